@@ -1,0 +1,63 @@
+# tuf-signer: `make run` starts a local signer, `make test` runs everything.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEV_DIR ?= .dev
+STAMP := $(VENV)/.installed-stamp
+SOFTHSM_MODULE := /usr/lib/softhsm/libsofthsm2.so
+# apt-get needs root; use sudo when we are not.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install system-deps run test lint format pytest proto clean
+
+help:
+	@echo "make run      install everything, create $(DEV_DIR)/ on first run, start the signer"
+	@echo "make test     install everything, lint, run the whole test suite"
+	@echo "make lint     ruff + mypy"
+	@echo "make format   ruff format + autofix"
+	@echo "make proto    regenerate service/tuf_signer/v1 from proto/"
+	@echo "make clean    remove $(VENV) and $(DEV_DIR)"
+
+install: system-deps $(STAMP)
+
+# Debian packages: SoftHSM2 (the local HSM). Idempotent: installs only what is missing.
+system-deps:
+	@if [ ! -e $(SOFTHSM_MODULE) ] || ! command -v softhsm2-util >/dev/null; then \
+	  echo "installing softhsm2 (Debian)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "tuf-signer needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	@[ -f $(DEV_DIR)/tuf-signer.toml ] || $(BIN)/tuf-signer dev-init $(DEV_DIR)
+	$(BIN)/tuf-signer serve --config $(DEV_DIR)/tuf-signer.toml
+
+test: install lint pytest
+
+lint: install
+	$(BIN)/ruff check service tests scripts
+	$(BIN)/ruff format --check service tests scripts
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix service tests scripts
+	$(BIN)/ruff format service tests scripts
+
+pytest: install
+	$(BIN)/pytest
+
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) $(DEV_DIR) .mypy_cache .ruff_cache .pytest_cache

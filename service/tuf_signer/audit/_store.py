@@ -1,0 +1,147 @@
+"""The audit store interface: the record, the role state and the key registry.
+
+One store holds all three so that a signature's record and the role state it
+advances are committed in one transaction (DESIGN.md §3, step 5).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from tuf_signer.model import AuditEvent, KeyRecord, KeyState, KeyVersion, RoleState
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An event as chained and stored: ``hash = H(prev_hash, seq, event)``."""
+
+    seq: int
+    event: AuditEvent
+    prev_hash: str
+    hash: str
+
+
+# --- state changes, applied in the same transaction as their record ----------
+
+
+@dataclass(frozen=True)
+class AdvanceRole:
+    """Compare-and-set of a (key, role) high-water mark (P3).
+
+    Applied when there is no state yet, when ``state.version`` is above the
+    stored version, or when version and payload digest are equal and the keyid
+    differs (the same payload re-signed after a rotation). It also requires the
+    key version to still be ACTIVE. ``state.audit_seq`` is filled in by the store.
+    """
+
+    state: RoleState
+
+
+@dataclass(frozen=True)
+class CreateKey:
+    """Register a new key and its first version."""
+
+    key: KeyRecord
+    first: KeyVersion
+
+
+@dataclass(frozen=True)
+class AddVersion:
+    """Register a new (PENDING) version of an existing key."""
+
+    version: KeyVersion
+
+
+@dataclass(frozen=True)
+class SetVersionState:
+    """Move a key version along PENDING -> ACTIVE -> RETIRED (P6).
+
+    Activating a version retires the key's previous ACTIVE version in the same
+    transaction. A RETIRED version never changes again.
+    """
+
+    key_name: str
+    version: int
+    state: KeyState
+    at: str
+
+
+Change = AdvanceRole | CreateKey | AddVersion | SetVersionState
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One event to record, with the state change it carries (if any)."""
+
+    event: AuditEvent
+    change: Change | None = None
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What the store did with one entry.
+
+    Attributes:
+        seq: the sequence number of the record written for it.
+        status: "OK" when the change (if any) applied; otherwise the gRPC status
+            name of the refusal, and the record was written as refused.
+        reason: why it was refused ("" when OK).
+        current: for ``AdvanceRole``, the role state after the transaction.
+        replayed: the entry repeated the stored state exactly (same version,
+            payload and keyid); nothing changed and the record was written as a
+            granted replay carrying the stored signature.
+    """
+
+    seq: int
+    status: str = "OK"
+    reason: str = ""
+    current: RoleState | None = None
+    replayed: bool = False
+
+
+class AuditStore(abc.ABC):
+    """Durable record + role state + key registry.
+
+    ``append`` is called from one writer thread at a time; the read methods may
+    be called from any thread. Every method raises ``StoreError`` when the
+    database cannot be used.
+    """
+
+    @abc.abstractmethod
+    def append(self, entries: Sequence[Entry]) -> list[Committed]:
+        """Chain and write ``entries`` and apply their changes in ONE transaction.
+
+        Durable when it returns (group commit: one fsync for the whole batch).
+        A change that cannot apply does not fail the batch: its event is
+        recorded as refused and its ``Committed.status`` says why.
+        """
+
+    @abc.abstractmethod
+    def get_key(self, name: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    def list_keys(self) -> list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    def list_versions(self, key_name: str) -> list[KeyVersion]: ...
+
+    @abc.abstractmethod
+    def get_role_state(self, key_name: str, role: str) -> RoleState | None: ...
+
+    @abc.abstractmethod
+    def list_role_states(self, key_name: str | None = None) -> list[RoleState]: ...
+
+    @abc.abstractmethod
+    def records(self, start_seq: int = 1) -> Iterator[AuditRecord]:
+        """Stored records in ascending ``seq`` order, as stored (unverified)."""
+
+    @abc.abstractmethod
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the last record, ``(0, GENESIS_HASH)`` when empty."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

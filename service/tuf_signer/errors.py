@@ -1,0 +1,144 @@
+"""One exception tree for tuf-signer, split by origin.
+
+Every class carries the name of the gRPC status code it maps to, as a string, so
+that the lower layers (policy, keys, audit) never import gRPC. The server's error
+interceptor is the only place that turns these into statuses.
+
+Messages must never contain PINs or key material: they are shown to clients and
+written to the audit record.
+"""
+
+from __future__ import annotations
+
+class TufSignerError(Exception):
+    """Base class of every error this project raises on purpose.
+
+    Attributes:
+        code: name of the gRPC status code (``grpc.StatusCode[code]``).
+        reason: a short message safe to show to a client and to record.
+    """
+
+    code: str = "INTERNAL"
+
+    def __init__(self, reason: str, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+
+# --- request: the caller sent something we cannot accept -----------------------
+
+
+class RequestError(TufSignerError):
+    """The request itself is malformed."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFoundError(RequestError):
+    """A named key or key version does not exist."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExistsError(RequestError):
+    """A key with that name exists already."""
+
+    code = "ALREADY_EXISTS"
+
+
+class PermissionError_(RequestError):  # noqa: N801 - avoid shadowing the builtin
+    """The key's policy (or, later, the caller's identity) does not allow this."""
+
+    code = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(RequestError):
+    """The caller has no identity we can authorise."""
+
+    code = "UNAUTHENTICATED"
+
+
+class ResourceExhaustedError(RequestError):
+    """A limit was hit (rate, concurrency, quota)."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+# --- policy: the payload is well-formed but must not be signed ------------------
+
+
+class PolicyError(TufSignerError):
+    """The payload is well-formed JSON but breaks a TUF rule (P3)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class PayloadError(PolicyError):
+    """The payload is not acceptable TUF ``signed`` canonical JSON."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class RollbackError(PolicyError):
+    """The metadata version is not above the high-water mark (rollback/equivocation)."""
+
+
+class KeyStateError(PolicyError):
+    """The key version asked for cannot be used (not ACTIVE, stale keyid pin...)."""
+
+
+# --- backend: the HSM or KMS -----------------------------------------------------
+
+
+class BackendError(TufSignerError):
+    """The key backend failed in a way the caller cannot fix."""
+
+    code = "INTERNAL"
+
+
+class BackendUnavailableError(BackendError):
+    """The HSM or KMS cannot be reached or refused to work; fail closed."""
+
+    code = "UNAVAILABLE"
+
+
+# --- store: the audit record and role state ---------------------------------------
+
+
+class StoreError(TufSignerError):
+    """The audit store cannot be written or read; fail closed."""
+
+    code = "UNAVAILABLE"
+
+
+class AuditChainError(TufSignerError):
+    """The audit record failed verification.
+
+    Attributes:
+        seq: sequence number of the first broken record, or None when the
+            break is not tied to one record.
+    """
+
+    code = "DATA_LOSS"
+
+    def __init__(self, reason: str, seq: int | None = None) -> None:
+        super().__init__(reason)
+        self.seq = seq
+
+
+# --- configuration ------------------------------------------------------------------
+
+
+class RemoteError(TufSignerError):
+    """A refusal or failure reported by a tuf-signer server to a client.
+
+    ``code`` is the gRPC status name the server sent, ``reason`` its message.
+    """
+
+
+class ConfigError(TufSignerError):
+    """The configuration is wrong, missing or contradictory; names the setting."""
+
+    code = "FAILED_PRECONDITION"

@@ -1,0 +1,165 @@
+"""SoftHSM2 helpers shared by ``tuf-signer dev-init`` and the tests.
+
+SoftHSM reads ``SOFTHSM2_CONF`` once, at ``C_Initialize``; a process that loads
+the library must set it before the first load and keep it for its lifetime.
+Tokens created later by ``softhsm2-util`` are invisible to a process that has
+already initialised the library until it re-initialises (see
+``Pkcs11Backend.start``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tuf_signer.errors import BackendError, ConfigError
+
+__all__ = ["init_token", "softhsm_module_path", "write_softhsm_config"]
+
+_INSTALL_HINT = "install SoftHSM2 (Debian/Ubuntu: apt-get install softhsm2)"
+
+# Where distributions put the module, most common first. Debian's
+# /usr/lib/softhsm/libsofthsm2.so is a symlink into the multiarch directory.
+_MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/*-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/usr/lib64/softhsm/libsofthsm2.so",
+    "/usr/lib/pkcs11/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+)
+
+_UTIL_TIMEOUT = 60.0  # seconds
+
+
+def softhsm_module_path() -> Path:
+    """Find the SoftHSM2 PKCS#11 module on this machine.
+
+    Returns:
+        The path of ``libsofthsm2.so``.
+
+    Raises:
+        ConfigError: SoftHSM2 is not installed in any known location.
+    """
+    for pattern in _MODULE_CANDIDATES:
+        for found in sorted(glob.glob(pattern)):
+            path = Path(found)
+            if path.is_file():
+                return path
+    raise ConfigError(f"libsofthsm2.so not found; {_INSTALL_HINT}")
+
+
+def write_softhsm_config(dir: Path) -> Path:
+    """Write a private SoftHSM2 configuration under ``dir``.
+
+    The token directory is ``dir/tokens`` (created, mode 0700); objects are
+    stored as files and only errors are logged.
+
+    Args:
+        dir: directory to hold ``softhsm2.conf`` and ``tokens/``; created if missing.
+
+    Returns:
+        The path of the written ``softhsm2.conf`` (absolute).
+
+    Raises:
+        ConfigError: the directory or file cannot be created.
+    """
+    base = Path(dir).resolve()
+    tokens = base / "tokens"
+    conf = base / "softhsm2.conf"
+    try:
+        tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tokens.chmod(0o700)  # mkdir's mode is masked by umask, and exist_ok skips it
+        conf.write_text(
+            "# SoftHSM2 configuration written by tuf-signer\n"
+            f"directories.tokendir = {tokens}\n"
+            "objectstore.backend = file\n"
+            "log.level = ERROR\n",
+            encoding="utf-8",
+        )
+        conf.chmod(0o600)
+    except OSError as e:
+        raise ConfigError(f"cannot write SoftHSM2 configuration under {base}: {e}") from e
+    return conf
+
+
+def init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
+    """Initialise a new SoftHSM2 token in the first free slot.
+
+    Runs ``softhsm2-util --init-token --free`` with ``SOFTHSM2_CONF=conf``.
+    ``softhsm2-util`` only takes the PINs as arguments, so they are briefly
+    visible in this machine's process list; use it for development tokens
+    only. The PINs are never logged, and errors never contain them.
+
+    Args:
+        conf: the SoftHSM2 configuration (see ``write_softhsm_config``).
+        label: token label (at most 32 bytes of UTF-8); must not exist yet.
+        pin: the user PIN (SoftHSM requires 4 to 255 characters).
+        so_pin: the security officer PIN (same length rules).
+
+    Raises:
+        ConfigError: ``softhsm2-util`` is missing, or a token with ``label``
+            already exists in that configuration.
+        BackendError: ``softhsm2-util`` failed or timed out.
+    """
+    if label in _token_labels(conf):
+        raise ConfigError(f"a SoftHSM token labelled {label!r} already exists in {conf}")
+    _run_util(
+        conf,
+        ["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin],
+        secrets=(pin, so_pin),
+        what=f"initialising SoftHSM token {label!r}",
+    )
+
+
+def _token_labels(conf: Path) -> set[str]:
+    """Return the labels of the initialised tokens in ``conf``."""
+    out = _run_util(conf, ["--show-slots"], secrets=(), what="listing SoftHSM slots")
+    labels = set()
+    for line in out.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "Label" and value.strip():
+            labels.add(value.strip())
+    return labels
+
+
+def _run_util(conf: Path, args: list[str], *, secrets: tuple[str, ...], what: str) -> str:
+    """Run ``softhsm2-util`` and return its stdout; errors never contain argv."""
+    util = shutil.which("softhsm2-util")
+    if util is None:
+        raise ConfigError(f"softhsm2-util not found; {_INSTALL_HINT}")
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    # The errors below are raised "from None": CalledProcessError and
+    # TimeoutExpired carry argv, which holds the PINs, and a chained cause would
+    # put them in every logged traceback.
+    try:
+        done = subprocess.run(
+            [util, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=_UTIL_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{what}: softhsm2-util timed out after {_UTIL_TIMEOUT:.0f}s") from None
+    except OSError as e:
+        raise BackendError(f"{what}: cannot run softhsm2-util: {e.strerror}") from None
+    if done.returncode != 0:
+        detail = _scrub((done.stderr or done.stdout).strip(), secrets)
+        raise BackendError(
+            f"{what}: softhsm2-util exited with status {done.returncode}: {detail}"
+        ) from None
+    return done.stdout
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """Remove every secret from ``text`` (softhsm2-util does not echo PINs today)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:500]

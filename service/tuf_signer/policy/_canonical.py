@@ -1,0 +1,230 @@
+"""Strict parsing of the canonical JSON that TUF signs (P3).
+
+TUF signs the OLPC canonical JSON form of a metadata file's ``signed`` object:
+python-tuf's ``Metadata.signed_bytes`` is securesystemslib's ``encode_canonical``
+encoded as UTF-8. That form has no whitespace, no floats, object keys sorted by
+code point (Python ``str`` order), and escapes only ``"`` and ``\\``; every
+other character, control characters included, is written raw.
+
+A payload is accepted only when it *is* that form, byte for byte, so that what
+the service checks is exactly what every TUF client will parse.
+
+Speed: a PEP 458 expiry sweep re-signs 16,384 bins of ~54 KB, and
+``encode_canonical`` is pure Python. The C ``json`` encoder writes the same bytes
+as ``encode_canonical`` unless a string holds a control character (which it
+escapes and canonical JSON does not), so it is the fast path and
+``encode_canonical`` is only the fallback for the exact answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import accumulate
+from typing import Any, NoReturn
+
+from securesystemslib.formats import encode_canonical
+
+from tuf_signer.errors import PayloadError
+
+# Depth pre-scan (see _check_depth): keep only quotes and brackets; what is left
+# of a JSON string is '"', any brackets it held, '"'. The pattern also matches an
+# unterminated string so that the scan stays linear on hostile input.
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{}')
+_SKELETON_STRING = re.compile(rb'"[^"]*+(?:"|\Z)')
+_DEPTH_STEP = [1 if c in b"{[" else -1 if c in b"}]" else 0 for c in range(256)]
+
+_SNIPPET = 24  # characters of context shown in "not canonical" reasons
+
+
+def _reject_float(literal: str) -> NoReturn:
+    raise PayloadError(f"payload has a float {literal[:_SNIPPET]!r}: canonical JSON has no floats")
+
+
+def _reject_constant(literal: str) -> NoReturn:
+    raise PayloadError(f"payload has {literal}: canonical JSON has no NaN or Infinity")
+
+
+def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise PayloadError(f"payload has a duplicate object key {key[:_SNIPPET]!r}")
+            seen.add(key)
+    return obj
+
+
+# strict=False lets raw control characters through inside strings: canonical JSON
+# writes them raw, so a canonical payload may hold them.
+_DECODER = json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_constant, strict=False)
+_FAST_ENCODER = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+    check_circular=False,
+)
+
+
+def parse_canonical(payload: bytes, *, max_depth: int = 64) -> dict[str, Any]:
+    """Parse a payload that must be the canonical JSON of a TUF ``signed`` object.
+
+    Args:
+        payload: the bytes to be signed.
+        max_depth: the deepest nesting of objects and arrays allowed; the
+            top-level object counts as 1.
+
+    Returns:
+        The parsed object (a fresh ``dict``; the caller may keep it).
+
+    Raises:
+        PayloadError: the payload is not UTF-8, is nested deeper than
+            ``max_depth``, is not JSON, is not an object at the top level, has a
+            duplicate key, a float, NaN or Infinity, or is not byte for byte the
+            canonical form of what it parses to.
+    """
+    try:
+        text = payload.decode("utf-8")  # strict: no lone surrogates, no overlong forms
+    except UnicodeDecodeError as e:
+        raise PayloadError(f"payload is not valid UTF-8 at byte {e.start}: {e.reason}") from e
+
+    _check_depth(payload, max_depth)
+
+    try:
+        obj = _DECODER.decode(text)
+    except json.JSONDecodeError as e:
+        raise PayloadError(
+            f"payload is not JSON: {e.msg} at byte {_byte_offset(text, e.pos)}"
+        ) from e
+    except ValueError as e:
+        # int() refuses literals longer than sys.get_int_max_str_digits().
+        raise PayloadError("payload has an integer literal too long to parse") from e
+    except RecursionError as e:  # pragma: no cover - _check_depth prevents it
+        raise PayloadError("payload is nested too deeply") from e
+
+    if not isinstance(obj, dict):
+        raise PayloadError(f"payload top level is {_json_kind(obj)}, not an object")
+
+    # Fast path. Equality implies no duplicate keys: the re-encoding comes from a
+    # dict, so it has none, and the bytes are the same.
+    if _FAST_ENCODER.encode(obj) == text and not _has_control_escape(text):
+        return obj
+    return _check_canonical_slow(text, obj)
+
+
+def _check_depth(payload: bytes, max_depth: int) -> None:
+    """Refuse deep nesting before the recursive parser and encoders meet it.
+
+    Works on the raw bytes: no byte of a multi-byte UTF-8 sequence is ASCII.
+    """
+    if payload.count(b"{") + payload.count(b"[") <= max_depth:
+        return
+    skeleton = payload
+    if b"\\" in skeleton:
+        # Inside strings every backslash starts an escape. Only the escapes of
+        # backslash and quote have a second character that matters here: drop
+        # them (left to right keeps the pairing), then every remaining backslash.
+        skeleton = skeleton.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = skeleton.translate(None, _NOT_STRUCTURE)
+    # Common case: no string holds a bracket, every string is now '""' and
+    # removing those pairs leaves no quote. If a quote is left, strip strings
+    # properly.
+    brackets = skeleton.replace(b'""', b"")
+    if b'"' in brackets:
+        brackets = _SKELETON_STRING.sub(b"", skeleton)
+    # Cheap when balanced: each pass removes the innermost level.
+    for _ in range(max_depth):
+        inner = brackets.replace(b"{}", b"").replace(b"[]", b"")
+        if not inner:
+            return
+        if inner == brackets:
+            break  # unbalanced or mismatched: the parser will refuse it; measure
+        brackets = inner
+    # Over any prefix the parser accepts, the running sum is its nesting depth.
+    depth = max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+    if depth > max_depth:
+        raise PayloadError(f"payload is nested deeper than {max_depth} levels")
+
+
+def _has_control_escape(text: str) -> bool:
+    r"""Whether JSON text written by ``json.dumps`` escapes a control character.
+
+    In that text every backslash starts an escape: ``\\``, ``\"`` or a control
+    character's ``\n``/``\u001f``... Dropping the first two kinds, scanning left
+    to right, leaves a backslash only if a control character was escaped.
+    """
+    if "\\" not in text:
+        return False
+    return "\\" in text.replace("\\\\", "").replace('\\"', "")
+
+
+def _check_canonical_slow(text: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """Give the exact verdict, and a precise reason, when the fast path did not accept."""
+    unsorted: list[tuple[str, str]] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = _strict_pairs(pairs)
+        if not unsorted:
+            for (a, _), (b, _) in zip(pairs, pairs[1:], strict=False):
+                if a > b:
+                    unsorted.append((a, b))
+                    break
+        return result
+
+    checker = json.JSONDecoder(
+        parse_float=_reject_float,
+        parse_constant=_reject_constant,
+        object_pairs_hook=pairs_hook,
+        strict=False,
+    )
+    checker.decode(text)  # raises PayloadError on a duplicate key
+    if unsorted:
+        a, b = unsorted[0]
+        raise PayloadError(
+            f"payload is not canonical JSON: object keys are not sorted "
+            f"({a[:_SNIPPET]!r} before {b[:_SNIPPET]!r})"
+        )
+
+    canonical = encode_canonical(obj)
+    assert isinstance(canonical, str)
+    if canonical == text:
+        return obj
+    raise PayloadError(_describe_difference(text, canonical))
+
+
+def _describe_difference(text: str, canonical: str) -> str:
+    i = next(
+        (i for i, (a, b) in enumerate(zip(text, canonical, strict=False)) if a != b),
+        min(len(text), len(canonical)),
+    )
+    at = f"at byte {_byte_offset(text, i)}"
+    got = text[i : i + _SNIPPET]
+    if got[:1] in (" ", "\t", "\n", "\r"):
+        return f"payload is not canonical JSON: whitespace {at}"
+    if got[:1] == "\\":
+        return (
+            f"payload is not canonical JSON: escape sequence {got[:6]!r} {at} "
+            "(canonical JSON escapes only '\"' and '\\\\' and writes other characters raw)"
+        )
+    return (
+        f"payload is not canonical JSON: {at} it has {got!r} "
+        f"where the canonical form has {canonical[i : i + _SNIPPET]!r}"
+    )
+
+
+def _byte_offset(text: str, pos: int) -> int:
+    return len(text[:pos].encode("utf-8", "surrogatepass"))
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"

@@ -1,0 +1,221 @@
+"""Assemble the server from a config: backends, store, service, gRPC; run and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tuf_signer.audit import AuditStore, SqliteAuditStore
+from tuf_signer.config import Config, ServerConfig, check_listen
+from tuf_signer.errors import ConfigError, TufSignerError
+from tuf_signer.keys import KeyBackend, Pkcs11Backend
+from tuf_signer.server._grpc import ErrorInterceptor, KeyAdminServicer, SignerServicer
+from tuf_signer.server._service import Clock, SigningService, utc_now
+from tuf_signer.v1 import signer_pb2 as pb
+from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Signer"].full_name,
+    pb.DESCRIPTOR.services_by_name["KeyAdmin"].full_name,
+)
+
+
+def apply_backend_env(env: Mapping[str, str], setting: str) -> None:
+    """Export a backend's environment (e.g. ``SOFTHSM2_CONF``) before its library loads.
+
+    The PKCS#11 library reads it once per process, so two backends that need
+    different values cannot share a process.
+
+    Raises:
+        ConfigError: the variable is already set to a different value.
+    """
+    for key, value in env.items():
+        current = os.environ.get(key)
+        if current is not None and current != value:
+            raise ConfigError(
+                f"{setting}.env.{key}: already set to a different value in this process"
+            )
+        os.environ[key] = value
+
+
+async def start_backends(config: Config) -> dict[str, KeyBackend]:
+    """Build and start every configured backend.
+
+    Raises:
+        TufSignerError: a backend cannot start (closes those already started).
+    """
+    started: dict[str, KeyBackend] = {}
+    try:
+        for name, cfg in config.backends.items():
+            apply_backend_env(cfg.env, f"backends.{name}")
+            backend = Pkcs11Backend(
+                name=name, module=cfg.module, token_label=cfg.token_label, pin=cfg.pin.reader()
+            )
+            await backend.start()
+            started[name] = backend
+    except BaseException:
+        for backend in started.values():
+            await backend.close()
+        raise
+    return started
+
+
+def open_store(config: Config) -> AuditStore:
+    """Open the configured audit store."""
+    return SqliteAuditStore(config.audit.path)
+
+
+class SignerServer:
+    """A running tuf-signer: gRPC server, service, backends and store.
+
+    Args:
+        config: the validated configuration.
+        listen: overrides ``server.listen`` (``HOST:0`` picks a free port).
+        clock: injected into the service (tests freeze it).
+    """
+
+    def __init__(self, config: Config, listen: str | None = None, clock: Clock = utc_now) -> None:
+        self.config = config
+        self._server_cfg = (
+            ServerConfig(**{**config.server.__dict__, "listen": listen})
+            if listen
+            else config.server
+        )
+        self._clock = clock
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+        self._backends: dict[str, KeyBackend] = {}
+        self._store: AuditStore | None = None
+        self.service: SigningService | None = None
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Start everything and listen. Returns the bound port.
+
+        Raises:
+            ConfigError: the listener is not allowed or cannot bind.
+            TufSignerError: a backend or the store cannot start.
+        """
+        cfg = self._server_cfg
+        check_listen(cfg)
+        self._store = open_store(self.config)
+        try:
+            self._backends = await start_backends(self.config)
+            self.service = SigningService(
+                self._store,
+                self._backends,
+                self.config.default_backend,
+                cfg.max_payload_bytes,
+                clock=self._clock,
+            )
+            server = grpc.aio.server(
+                interceptors=[ErrorInterceptor()],
+                options=[
+                    # Room for a payload of max_payload_bytes plus the envelope.
+                    ("grpc.max_receive_message_length", cfg.max_payload_bytes + 64 * 1024),
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ],
+            )
+            pb_grpc.add_SignerServicer_to_server(SignerServicer(self.service), server)
+            pb_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(self.service), server)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            try:
+                self.port = server.add_insecure_port(cfg.listen)
+            except RuntimeError as e:
+                raise ConfigError(f"server.listen: cannot bind {cfg.listen}: {e}") from e
+            await server.start()
+            self._server = server
+        except BaseException:
+            await self._release()
+            raise
+        await self._set_health(serving=True)
+        self._health_task = asyncio.create_task(self._watch_health(cfg.health_interval))
+        log.info("tuf-signer listening on %s (port %d, plaintext loopback)", cfg.listen, self.port)
+        return self.port
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+
+    async def _watch_health(self, interval: float) -> None:
+        healthy = True
+        while True:
+            await asyncio.sleep(interval)
+            assert self.service is not None
+            try:
+                await self.service.check_health()
+                now = True
+            except TufSignerError as e:
+                now = False
+                if healthy:
+                    log.error("health check failed: %s", e.reason)
+            if now != healthy:
+                await self._set_health(serving=now)
+                healthy = now
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls, let in-flight ones finish and commit, then close.
+
+        In-flight calls return only after their audit records commit, so when
+        ``server.stop`` returns every answered request is on the record (P8).
+        """
+        if self._stopped.is_set():
+            return
+        grace = self._server_cfg.drain_seconds if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self._release()
+        self._stopped.set()
+        log.info("tuf-signer stopped")
+
+    async def _release(self) -> None:
+        if self.service is not None:
+            self.service.close()
+        for backend in self._backends.values():
+            await backend.close()
+        if self._store is not None:
+            self._store.close()
+
+    async def wait(self) -> None:
+        """Return once ``stop`` has finished."""
+        await self._stopped.wait()
+
+
+async def serve(config: Config, listen: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain (``server.drain_seconds``)."""
+    server = SignerServer(config, listen=listen)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: _on_signal(server, s))
+    await server.wait()
+
+
+def _on_signal(server: SignerServer, sig: signal.Signals) -> None:
+    log.info("received %s: draining", sig.name)
+    asyncio.get_running_loop().create_task(server.stop())

@@ -1,0 +1,223 @@
+"""gRPC servicers and the error interceptor: protobuf in, ``SigningService`` out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from tuf_signer.errors import RequestError, TufSignerError
+from tuf_signer.model import Algorithm, KeyState, KeyVersion, RoleRule
+from tuf_signer.server._service import KeyView, SigningService, public_key_json
+from tuf_signer.v1 import signer_pb2 as pb
+from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+
+_ALGORITHMS = {
+    pb.ALGORITHM_UNSPECIFIED: Algorithm.ED25519,
+    pb.ED25519: Algorithm.ED25519,
+    pb.ECDSA_P256: Algorithm.ECDSA_P256,
+    pb.RSA_3072_PSS: Algorithm.RSA_3072_PSS,
+}
+_ALGORITHM_TO_PB = {
+    Algorithm.ED25519: pb.ED25519,
+    Algorithm.ECDSA_P256: pb.ECDSA_P256,
+    Algorithm.RSA_3072_PSS: pb.RSA_3072_PSS,
+}
+_STATE_TO_PB = {KeyState.PENDING: pb.PENDING, KeyState.ACTIVE: pb.ACTIVE, KeyState.RETIRED: pb.RETIRED}
+
+
+def identity_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's identity. Plaintext loopback listeners have none: ``anonymous``."""
+    return ANONYMOUS
+
+
+def _version_pb(v: KeyVersion) -> pb.KeyVersionInfo:
+    return pb.KeyVersionInfo(
+        key=v.key_name,
+        version=v.version,
+        state=_STATE_TO_PB[v.state],
+        keyid=v.keyid,
+        public_key_json=public_key_json(v.public_key),
+        created_at=v.created_at,
+        activated_at=v.activated_at or "",
+        retired_at=v.retired_at or "",
+    )
+
+
+def _key_pb(view: KeyView) -> pb.KeyInfo:
+    return pb.KeyInfo(
+        name=view.key.name,
+        algorithm=_ALGORITHM_TO_PB[view.key.algorithm],
+        backend=view.key.backend,
+        roles=[
+            pb.RoleRule(pattern=r.pattern, max_validity_seconds=r.max_validity)
+            for r in view.key.rules
+        ],
+        versions=[_version_pb(v) for v in view.versions],
+        created_at=view.key.created_at,
+    )
+
+
+def _algorithm(value: int) -> Algorithm:
+    try:
+        return _ALGORITHMS[value]
+    except KeyError:
+        raise RequestError(f"unknown algorithm {value}") from None
+
+
+def _version_number(value: int) -> int:
+    if value < 1:
+        raise RequestError("key version is required (versions start at 1)")
+    return value
+
+
+class SignerServicer(pb_grpc.SignerServicer):
+    """``tuf_signer.v1.Signer``."""
+
+    def __init__(self, service: SigningService) -> None:
+        self._service = service
+
+    async def Sign(  # noqa: N802 - gRPC method names
+        self, request: pb.SignRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SignResponse:
+        result = await self._service.sign(
+            identity_of(context),
+            request.key,
+            request.role or None,
+            request.payload,
+            request.expected_keyid,
+        )
+        return pb.SignResponse(
+            signature=pb.TufSignature(keyid=result.keyid, sig=result.signature),
+            key_version=result.key_version,
+            audit_seq=result.audit_seq,
+            role=result.role,
+            metadata_version=result.metadata_version,
+            replayed=result.replayed,
+        )
+
+    async def GetPublicKeys(  # noqa: N802
+        self, request: pb.GetPublicKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetPublicKeysResponse:
+        views = await _off_loop(self._service.list_keys, request.key)
+        return pb.GetPublicKeysResponse(keys=[_key_pb(v) for v in views])
+
+    async def GetRoleState(  # noqa: N802
+        self, request: pb.GetRoleStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetRoleStateResponse:
+        states = await _off_loop(self._service.role_states, request.key, request.role)
+        return pb.GetRoleStateResponse(
+            states=[
+                pb.RoleStateInfo(
+                    key=s.key_name,
+                    role=s.role,
+                    version=s.version,
+                    payload_sha256=s.payload_sha256,
+                    keyid=s.keyid,
+                    key_version=s.key_version,
+                    expires=s.expires,
+                    audit_seq=s.audit_seq,
+                )
+                for s in states
+            ]
+        )
+
+
+class KeyAdminServicer(pb_grpc.KeyAdminServicer):
+    """``tuf_signer.v1.KeyAdmin``."""
+
+    def __init__(self, service: SigningService) -> None:
+        self._service = service
+
+    async def CreateKey(  # noqa: N802
+        self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateKeyResponse:
+        view, seq = await self._service.create_key(
+            identity_of(context),
+            request.name,
+            _algorithm(request.algorithm),
+            [RoleRule(r.pattern, r.max_validity_seconds) for r in request.roles],
+            request.backend,
+            request.activate,
+        )
+        return pb.CreateKeyResponse(key=_key_pb(view), audit_seq=seq)
+
+    async def RotateKey(  # noqa: N802
+        self, request: pb.RotateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.KeyVersionResponse:
+        version, seq = await self._service.rotate_key(identity_of(context), request.key)
+        return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
+
+    async def ActivateKeyVersion(  # noqa: N802
+        self, request: pb.ActivateKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.KeyVersionResponse:
+        version, seq = await self._service.set_version_state(
+            identity_of(context),
+            request.key,
+            _version_number(request.version),
+            KeyState.ACTIVE,
+            request.expected_keyid,
+        )
+        return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
+
+    async def RetireKeyVersion(  # noqa: N802
+        self, request: pb.RetireKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.KeyVersionResponse:
+        version, seq = await self._service.set_version_state(
+            identity_of(context), request.key, _version_number(request.version), KeyState.RETIRED
+        )
+        return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
+
+    async def ListKeys(  # noqa: N802
+        self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListKeysResponse:
+        views = await _off_loop(self._service.list_keys, "")
+        return pb.ListKeysResponse(keys=[_key_pb(v) for v in views])
+
+
+async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a blocking store read on the default executor, not the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns ``TufSignerError`` into its status; anything else into INTERNAL.
+
+    The reason of a ``TufSignerError`` is safe to show (it never holds secrets);
+    an unexpected exception's details go to the log only.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await inner(request, context)
+            except TufSignerError as e:
+                await context.abort(grpc.StatusCode[e.code], e.reason)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                log.exception("unexpected error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,558 @@
+"""The signing service itself, free of gRPC: policy, HSM, record, in that order.
+
+One Sign (DESIGN.md §3):
+
+1. identity (given by the caller's transport layer);
+2. look up the key and its ACTIVE version;
+3. parse the payload and apply the TUF policy (P3), then the high-water mark
+   known to this process;
+4. sign in the backend (off the event loop);
+5. in one transaction: compare-and-set the role state and append the record
+   (the store is authoritative: a signature that loses the race is dropped);
+6. reply.
+
+Every request that reaches this class produces exactly one audit record,
+granted or refused (P4). A refusal never reaches the backend, and a signature
+is returned only once its record is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from tuf_signer import policy
+from tuf_signer.audit import (
+    AddVersion,
+    AdvanceRole,
+    AuditStore,
+    Committed,
+    CreateKey,
+    Entry,
+    SetVersionState,
+    advance_decision,
+)
+from tuf_signer.errors import (
+    AlreadyExistsError,
+    BackendError,
+    KeyStateError,
+    NotFoundError,
+    RequestError,
+    StoreError,
+    TufSignerError,
+)
+from tuf_signer.keys import KeyBackend
+from tuf_signer.model import (
+    Algorithm,
+    AuditEvent,
+    KeyRecord,
+    KeyState,
+    KeyVersion,
+    Outcome,
+    RoleRule,
+    RoleState,
+)
+from tuf_signer.server._writer import AuditWriter
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+_KEY_NAME_MAX = 128
+
+
+def utc_now() -> datetime:
+    """The default clock."""
+    return datetime.now(UTC)
+
+
+def rfc3339(t: datetime) -> str:
+    """UTC time with microseconds, e.g. ``2026-11-24T22:16:48.123456Z``."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _error_for(status: str, reason: str) -> TufSignerError:
+    """Rebuild the error a store refusal stands for, by its status name."""
+    for cls in (NotFoundError, AlreadyExistsError, KeyStateError):
+        if cls.code == status:
+            return cls(reason)
+    return TufSignerError(reason, code=status)
+
+
+@dataclass(frozen=True)
+class SignResult:
+    """A granted Sign."""
+
+    keyid: str
+    signature: str  # hex
+    key_version: int
+    audit_seq: int
+    role: str
+    metadata_version: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class KeyView:
+    """A key with its versions, as the read RPCs return it."""
+
+    key: KeyRecord
+    versions: tuple[KeyVersion, ...]
+
+
+def validate_key_name(name: str) -> None:
+    """Key names are short printable ASCII identifiers.
+
+    Raises:
+        RequestError: empty, too long, or with characters outside ``[A-Za-z0-9._-]``.
+    """
+    if not name:
+        raise RequestError("key name is required")
+    if len(name) > _KEY_NAME_MAX:
+        raise RequestError(f"key name is longer than {_KEY_NAME_MAX} characters")
+    if not all(c.isascii() and (c.isalnum() or c in "._-") for c in name):
+        raise RequestError(f"key name {name!r} may only use letters, digits, '.', '_' and '-'")
+
+
+class SigningService:
+    """Keys, policy and record behind the gRPC surface.
+
+    Args:
+        store: the audit store (also the key registry and role state).
+        backends: key backends by name, already started.
+        default_backend: backend for keys created without naming one.
+        max_payload_bytes: largest Sign payload accepted.
+        clock: returns the current UTC time (tests inject a frozen clock).
+        writer: the group-commit writer; created over ``store`` when omitted.
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        backends: Mapping[str, KeyBackend],
+        default_backend: str,
+        max_payload_bytes: int,
+        clock: Clock = utc_now,
+        writer: AuditWriter | None = None,
+    ) -> None:
+        self._store = store
+        self._backends = dict(backends)
+        self._default_backend = default_backend
+        self._max_payload = max_payload_bytes
+        self._clock = clock
+        self._writer = writer or AuditWriter(store)
+        # Caches. The store is authoritative; these only save reads. The role
+        # state cache is a lower bound on the stored high-water marks, so a
+        # refusal based on it is always right, and a stale entry only costs
+        # an HSM call that the transaction then refuses.
+        self._keys: dict[str, KeyView] = {}
+        self._roles: dict[tuple[str, str], RoleState] = {}
+        self._admin_lock = asyncio.Lock()
+        self.reload()
+
+    # --- state -------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the key registry and role state from the store.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        keys = {}
+        for key in self._store.list_keys():
+            keys[key.name] = KeyView(key, tuple(self._store.list_versions(key.name)))
+        self._keys = keys
+        self._roles = {(s.key_name, s.role): s for s in self._store.list_role_states()}
+
+    def _refresh_key(self, name: str) -> KeyView | None:
+        key = self._store.get_key(name)
+        if key is None:
+            self._keys.pop(name, None)
+            return None
+        view = KeyView(key, tuple(self._store.list_versions(name)))
+        self._keys[name] = view
+        return view
+
+    def _view(self, name: str) -> KeyView:
+        view = self._keys.get(name) or self._refresh_key(name)
+        if view is None:
+            raise NotFoundError(f"unknown key {name!r}")
+        return view
+
+    def _backend_for(self, key: KeyRecord) -> KeyBackend:
+        backend = self._backends.get(key.backend)
+        if backend is None:
+            raise BackendError(f"key {key.name!r} lives in backend {key.backend!r}, not configured")
+        return backend
+
+    @staticmethod
+    def _active(view: KeyView) -> KeyVersion:
+        for v in view.versions:
+            if v.state is KeyState.ACTIVE:
+                return v
+        raise KeyStateError(f"key {view.key.name!r} has no ACTIVE version")
+
+    def _now_event(self, identity: str, operation: str, **fields: Any) -> AuditEvent:
+        return AuditEvent(
+            time=rfc3339(self._clock()),
+            identity=identity,
+            operation=operation,
+            outcome=Outcome.GRANTED,
+            status="OK",
+            **fields,
+        )
+
+    async def _record(self, entry: Entry) -> Committed:
+        (committed,) = await self._writer.submit([entry])
+        return committed
+
+    async def _refuse(self, event: AuditEvent, error: TufSignerError) -> None:
+        """Record a refusal. If even that fails, fail closed with the store error."""
+        refused = replace(event, outcome=Outcome.REFUSED, status=error.code, reason=error.reason)
+        await self._record(Entry(refused))
+
+    # --- Sign ----------------------------------------------------------------
+
+    async def sign(
+        self,
+        identity: str,
+        key_name: str,
+        role: str | None,
+        payload: bytes,
+        expected_keyid: str = "",
+    ) -> SignResult:
+        """Check, sign and record one TUF ``signed`` payload.
+
+        Raises:
+            TufSignerError: the refusal (already recorded), or ``StoreError``
+                when nothing could be recorded (nothing was signed).
+        """
+        digest = hashlib.sha256(payload).hexdigest()
+        event = self._now_event(
+            identity, "sign", key_name=key_name, role=role or "", payload_sha256=digest
+        )
+        try:
+            return await self._sign(event, key_name, role, payload, expected_keyid)
+        except StoreError:
+            raise
+        except TufSignerError as e:
+            await self._refuse(event, e)
+            raise
+        except Exception as e:
+            log.exception("unexpected error in Sign")
+            await self._refuse(event, TufSignerError("internal error"))
+            raise TufSignerError("internal error") from e
+
+    async def _sign(
+        self,
+        event: AuditEvent,
+        key_name: str,
+        role: str | None,
+        payload: bytes,
+        expected_keyid: str,
+    ) -> SignResult:
+        view = self._view(key_name)
+        now = self._clock()
+        resolved, info, _rule = policy.check_sign_request(
+            payload, role, key_name, view.key.rules, now, self._max_payload
+        )
+        event = replace(
+            event,
+            role=resolved,
+            metadata_version=info.version,
+            expires=info.expires.strftime(policy.TUF_EXPIRES_FORMAT),
+        )
+        active = self._active(view)
+        if expected_keyid and expected_keyid != active.keyid:
+            # Our cache may trail an activation made elsewhere: look once more.
+            view = self._refresh_key(key_name) or view
+            active = self._active(view)
+            if expected_keyid != active.keyid:
+                raise KeyStateError(
+                    f"expected keyid {expected_keyid[:16]}... is not the ACTIVE version of "
+                    f"key {key_name!r} (active: version {active.version}, "
+                    f"keyid {active.keyid[:16]}...)"
+                )
+        event = replace(event, keyid=active.keyid, key_version=active.version)
+        state = RoleState(
+            key_name=key_name,
+            role=resolved,
+            version=info.version,
+            payload_sha256=info.payload_sha256,
+            keyid=active.keyid,
+            key_version=active.version,
+            signature="",
+            expires=event.expires,
+            audit_seq=0,
+        )
+        cached = self._roles.get((key_name, resolved))
+        # Raises RollbackError before any HSM work; True for an identical retry.
+        if advance_decision(cached, state) == "replay":
+            assert cached is not None
+            committed = await self._record(Entry(replace(event, signature=cached.signature)))
+            return self._result(cached, committed, resolved, info.version, replayed=True)
+
+        sig = await self._backend_for(view.key).sign(active.handle, view.key.algorithm, payload)
+        state = replace(state, signature=sig.hex())
+        committed = await self._record(
+            Entry(replace(event, signature=state.signature), AdvanceRole(state))
+        )
+        if committed.current is not None:
+            self._remember(committed.current)
+        if committed.status != "OK":
+            # Lost a race (another process or request advanced the role first,
+            # or the version was retired meanwhile): the signature is dropped.
+            if committed.status == KeyStateError.code and "ACTIVE" in committed.reason:
+                self._refresh_key(key_name)
+            raise _error_for(committed.status, committed.reason)
+        final = committed.current or state
+        return self._result(final, committed, resolved, info.version, committed.replayed)
+
+    def _remember(self, state: RoleState) -> None:
+        key = (state.key_name, state.role)
+        cur = self._roles.get(key)
+        if cur is None or (state.version, state.audit_seq) >= (cur.version, cur.audit_seq):
+            self._roles[key] = state
+
+    @staticmethod
+    def _result(
+        state: RoleState, committed: Committed, role: str, version: int, replayed: bool
+    ) -> SignResult:
+        return SignResult(
+            keyid=state.keyid,
+            signature=state.signature,
+            key_version=state.key_version,
+            audit_seq=committed.seq,
+            role=role,
+            metadata_version=version,
+            replayed=replayed,
+        )
+
+    # --- reads ---------------------------------------------------------------
+
+    def list_keys(self, name: str = "") -> list[KeyView]:
+        """Every key (or the named one) with its versions, fresh from the store.
+
+        Raises:
+            NotFoundError: ``name`` is given and unknown.
+            StoreError: the store cannot be read.
+        """
+        if name:
+            view = self._refresh_key(name)
+            if view is None:
+                raise NotFoundError(f"unknown key {name!r}")
+            return [view]
+        self.reload()
+        return [self._keys[k] for k in sorted(self._keys)]
+
+    def role_states(self, key_name: str = "", role: str = "") -> list[RoleState]:
+        """The stored high-water marks, optionally filtered.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        states = self._store.list_role_states(key_name or None)
+        return [s for s in states if not role or s.role == role]
+
+    # --- KeyAdmin ------------------------------------------------------------
+
+    async def _commit_change(self, event: AuditEvent, change: Any) -> Committed:
+        committed = await self._record(Entry(event, change))
+        if committed.status != "OK":
+            raise _Recorded(_error_for(committed.status, committed.reason))
+        return committed
+
+    async def create_key(
+        self,
+        identity: str,
+        name: str,
+        algorithm: Algorithm,
+        rules: Sequence[RoleRule],
+        backend: str = "",
+        activate: bool = False,
+    ) -> tuple[KeyView, int]:
+        """Create a key (version 1) in a backend; ACTIVE at once if ``activate``.
+
+        Returns:
+            The new key and the audit sequence number of its record.
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        event = self._now_event(identity, "create-key", key_name=name, key_version=1)
+        event = replace(
+            event,
+            detail={
+                "algorithm": algorithm.value,
+                "backend": backend or self._default_backend,
+                "roles": [[r.pattern, r.max_validity] for r in rules],
+                "activate": activate,
+            },
+        )
+
+        async def body() -> tuple[KeyView, int]:
+            validate_key_name(name)
+            policy.validate_rules(rules)
+            backend_name = backend or self._default_backend
+            if backend_name not in self._backends:
+                raise NotFoundError(f"unknown backend {backend_name!r}")
+            async with self._admin_lock:
+                if self._store.get_key(name) is not None:
+                    raise AlreadyExistsError(f"key {name!r} already exists")
+                now = rfc3339(self._clock())
+                new = await self._backends[backend_name].create(algorithm, self._label(name, 1))
+                key = KeyRecord(name, algorithm, backend_name, tuple(rules), now)
+                first = self._version(name, 1, new.handle, new.public_key, now, activate)
+                committed = await self._commit_change(
+                    replace(event, keyid=first.keyid), CreateKey(key, first)
+                )
+                view = self._refresh_key(name)
+                assert view is not None
+                return view, committed.seq
+
+        return await self._run_admin(event, body)
+
+    async def rotate_key(self, identity: str, name: str) -> tuple[KeyVersion, int]:
+        """Create the next version of a key as PENDING and return it (P6).
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        event = self._now_event(identity, "rotate-key", key_name=name)
+
+        async def body() -> tuple[KeyVersion, int]:
+            async with self._admin_lock:
+                view = self._refresh_key(name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {name!r}")
+                number = max((v.version for v in view.versions), default=0) + 1
+                now = rfc3339(self._clock())
+                backend = self._backend_for(view.key)
+                new = await backend.create(view.key.algorithm, self._label(name, number))
+                version = self._version(name, number, new.handle, new.public_key, now, False)
+                committed = await self._commit_change(
+                    replace(event, keyid=version.keyid, key_version=number), AddVersion(version)
+                )
+                self._refresh_key(name)
+                return version, committed.seq
+
+        return await self._run_admin(event, body)
+
+    async def set_version_state(
+        self,
+        identity: str,
+        name: str,
+        version: int,
+        state: KeyState,
+        expected_keyid: str = "",
+    ) -> tuple[KeyVersion, int]:
+        """Activate or retire a key version (P6).
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        operation = "activate-key-version" if state is KeyState.ACTIVE else "retire-key-version"
+        event = self._now_event(identity, operation, key_name=name, key_version=version)
+
+        async def body() -> tuple[KeyVersion, int]:
+            async with self._admin_lock:
+                view = self._refresh_key(name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {name!r}")
+                found = [v for v in view.versions if v.version == version]
+                if not found:
+                    raise NotFoundError(f"key {name!r} has no version {version}")
+                target = found[0]
+                if expected_keyid and expected_keyid != target.keyid:
+                    raise KeyStateError(
+                        f"version {version} of key {name!r} has keyid {target.keyid[:16]}..., "
+                        f"not the expected {expected_keyid[:16]}..."
+                    )
+                now = rfc3339(self._clock())
+                committed = await self._commit_change(
+                    replace(event, keyid=target.keyid),
+                    SetVersionState(name, version, state, now),
+                )
+                if state is KeyState.RETIRED:
+                    try:
+                        await self._backend_for(view.key).disable(target.handle)
+                    except BackendError:
+                        # Retirement is our own state and already recorded; the
+                        # backend flag is defence in depth.
+                        log.warning("could not disable %s v%d in its backend", name, version)
+                view = self._refresh_key(name)
+                assert view is not None
+                return next(v for v in view.versions if v.version == version), committed.seq
+
+        return await self._run_admin(event, body)
+
+    async def _run_admin(self, event: AuditEvent, body: Callable[[], Any]) -> Any:
+        try:
+            return await body()
+        except _Recorded as r:
+            raise r.error from None
+        except StoreError:
+            raise
+        except TufSignerError as e:
+            await self._refuse(event, e)
+            raise
+        except Exception as e:
+            log.exception("unexpected error in %s", event.operation)
+            await self._refuse(event, TufSignerError("internal error"))
+            raise TufSignerError("internal error") from e
+
+    @staticmethod
+    def _label(name: str, version: int) -> str:
+        return f"tuf-signer/{name}/{version}/{secrets.token_hex(4)}"
+
+    @staticmethod
+    def _version(
+        name: str, number: int, handle: str, public_key: Any, now: str, active: bool
+    ) -> KeyVersion:
+        key_dict = public_key.to_dict()
+        return KeyVersion(
+            key_name=name,
+            version=number,
+            state=KeyState.ACTIVE if active else KeyState.PENDING,
+            keyid=public_key.keyid,
+            public_key=key_dict,
+            handle=handle,
+            created_at=now,
+            activated_at=now if active else None,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def check_health(self) -> None:
+        """Probe every backend and the store.
+
+        Raises:
+            TufSignerError: the first failing component.
+        """
+        for backend in self._backends.values():
+            await backend.check()
+        await asyncio.get_running_loop().run_in_executor(None, self._store.head)
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer (the store stays open)."""
+        self._writer.close()
+
+
+class _Recorded(Exception):  # noqa: N818 - internal control flow
+    """A refusal the store already recorded (do not record it twice)."""
+
+    def __init__(self, error: TufSignerError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def public_key_json(public_key: Mapping[str, Any]) -> str:
+    """The TUF key dict as canonical-ish JSON for the wire (sorted, compact)."""
+    return json.dumps(dict(public_key), sort_keys=True, separators=(",", ":"))

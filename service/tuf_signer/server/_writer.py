@@ -1,0 +1,120 @@
+"""Group commit: one writer thread turns concurrent appends into shared transactions.
+
+Every request that must be recorded hands its entries to ``AuditWriter.submit``
+and waits. The writer thread takes everything queued at that moment, up to
+``max_batch`` entries, and commits it with one ``AuditStore.append`` call: one
+transaction, one fsync. While that commit runs, new requests queue up for the
+next one, so under load durability costs a fraction of an fsync per signature
+(P4, P8), and with no load a lone request commits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tuf_signer.audit import AuditStore, Committed, Entry
+from tuf_signer.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    entries: Sequence[Entry]
+    future: asyncio.Future[list[Committed]]
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+
+
+class AuditWriter:
+    """Serialises all writes to an ``AuditStore`` on one thread, batching them.
+
+    Args:
+        store: the store; only this writer's thread calls its ``append``.
+        max_batch: most entries per transaction.
+    """
+
+    def __init__(self, store: AuditStore, max_batch: int = 4096) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    async def submit(self, entries: Sequence[Entry]) -> list[Committed]:
+        """Record ``entries`` durably; returns one ``Committed`` per entry.
+
+        Raises:
+            StoreError: the store could not commit (nothing of the batch was
+                written), or the writer is closed.
+        """
+        if self._closed:
+            raise StoreError("audit store unavailable: the writer is shut down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Committed]] = loop.create_future()
+        self._queue.put(_Job(entries, future, loop))
+        return await future
+
+    def close(self) -> None:
+        """Commit whatever is queued, then stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            jobs = [first]
+            size = len(first.entries)  # type: ignore[union-attr]
+            # Take what queued up during the previous commit: that is the group.
+            while size < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                jobs.append(item)
+                size += len(item.entries)  # type: ignore[union-attr]
+            self._commit([j for j in jobs if isinstance(j, _Job)])
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        entries = [e for job in jobs for e in job.entries]
+        try:
+            results = self._store.append(entries)
+        except Exception as e:  # noqa: BLE001 - every job must be answered
+            if not isinstance(e, StoreError):
+                log.exception("audit store append failed")
+                e = StoreError("audit store unavailable")
+            for job in jobs:
+                job.loop.call_soon_threadsafe(_fail, job.future, e)
+            return
+        start = 0
+        for job in jobs:
+            end = start + len(job.entries)
+            job.loop.call_soon_threadsafe(_succeed, job.future, results[start:end])
+            start = end
+
+
+def _succeed(future: asyncio.Future[list[Committed]], value: list[Committed]) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[list[Committed]], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import Any, NoReturn
 
 from securesystemslib.formats import encode_canonical
 
 from tuf_signer.errors import PayloadError
 
-# Depth pre-scan (see _check_depth): keep only quotes and brackets; what is left
-# of a JSON string is '"', any brackets it held, '"'. The pattern also matches an
-# unterminated string so that the scan stays linear on hostile input.
+# Depth pre-scan (see _check_depth): keep only quotes and brackets, with '[' and
+# ']' written as '{' and '}' (the parser refuses mismatched pairs anyway). What
+# is left of a JSON string is '"', any brackets it held, '"'. The pattern also
+# matches an unterminated string so that the scan stays linear on hostile input.
+_BRACKETS_AS_BRACES = bytes.maketrans(b"[]", b"{}")
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{}')
 _SKELETON_STRING = re.compile(rb'"[^"]*+(?:"|\Z)')
-_DEPTH_STEP = [1 if c in b"{[" else -1 if c in b"}]" else 0 for c in range(256)]
+_DEPTH_STEP = [1 if c == ord("{") else -1 if c == ord("}") else 0 for c in range(256)]
 
 _SNIPPET = 24  # characters of context shown in "not canonical" reasons
 
@@ -58,7 +60,9 @@ def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 # strict=False lets raw control characters through inside strings: canonical JSON
 # writes them raw, so a canonical payload may hold them.
-_DECODER = json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_constant, strict=False)
+_DECODER = json.JSONDecoder(
+    parse_float=_reject_float, parse_constant=_reject_constant, strict=False
+)
 _FAST_ENCODER = json.JSONEncoder(
     sort_keys=True,
     separators=(",", ":"),
@@ -90,6 +94,8 @@ def parse_canonical(payload: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise PayloadError(f"payload is not valid UTF-8 at byte {e.start}: {e.reason}") from e
 
+    if text.startswith("\ufeff"):
+        raise PayloadError("payload starts with a byte order mark; canonical JSON has none")
     _check_depth(payload, max_depth)
 
     try:
@@ -119,29 +125,28 @@ def _check_depth(payload: bytes, max_depth: int) -> None:
 
     Works on the raw bytes: no byte of a multi-byte UTF-8 sequence is ASCII.
     """
-    if payload.count(b"{") + payload.count(b"[") <= max_depth:
-        return
     skeleton = payload
     if b"\\" in skeleton:
         # Inside strings every backslash starts an escape. Only the escapes of
         # backslash and quote have a second character that matters here: drop
-        # them (left to right keeps the pairing), then every remaining backslash.
+        # them (left to right keeps the pairing); other backslashes go below.
         skeleton = skeleton.replace(b"\\\\", b"").replace(b'\\"', b"")
-    skeleton = skeleton.translate(None, _NOT_STRUCTURE)
-    # Common case: no string holds a bracket, every string is now '""' and
-    # removing those pairs leaves no quote. If a quote is left, strip strings
-    # properly.
+    skeleton = skeleton.translate(_BRACKETS_AS_BRACES, _NOT_STRUCTURE)
+    # Common case: no string holds a bracket, so every string is now '""' and
+    # dropping those pairs leaves no quote. Otherwise strip strings properly.
     brackets = skeleton.replace(b'""', b"")
     if b'"' in brackets:
         brackets = _SKELETON_STRING.sub(b"", skeleton)
-    # Cheap when balanced: each pass removes the innermost level.
+    # Cheap when balanced: one replace (it does not rescan its own output)
+    # removes exactly the innermost level.
+    rest = brackets
     for _ in range(max_depth):
-        inner = brackets.replace(b"{}", b"").replace(b"[]", b"")
+        inner = rest.replace(b"{}", b"")
         if not inner:
             return
-        if inner == brackets:
-            break  # unbalanced or mismatched: the parser will refuse it; measure
-        brackets = inner
+        if inner == rest:
+            break  # unbalanced: the parser refuses it, but measure anyway
+        rest = inner
     # Over any prefix the parser accepts, the running sum is its nesting depth.
     depth = max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
     if depth > max_depth:
@@ -167,7 +172,7 @@ def _check_canonical_slow(text: str, obj: dict[str, Any]) -> dict[str, Any]:
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result = _strict_pairs(pairs)
         if not unsorted:
-            for (a, _), (b, _) in zip(pairs, pairs[1:], strict=False):
+            for (a, _), (b, _) in pairwise(pairs):
                 if a > b:
                     unsorted.append((a, b))
                     break
@@ -204,9 +209,10 @@ def _describe_difference(text: str, canonical: str) -> str:
     if got[:1] in (" ", "\t", "\n", "\r"):
         return f"payload is not canonical JSON: whitespace {at}"
     if got[:1] == "\\":
+        escape = got[:6] if got[1:2] == "u" else got[:2]
         return (
-            f"payload is not canonical JSON: escape sequence {got[:6]!r} {at} "
-            "(canonical JSON escapes only '\"' and '\\\\' and writes other characters raw)"
+            f"payload is not canonical JSON: escape sequence {escape!r} {at} "
+            "(canonical JSON escapes only quote and backslash, and writes all else raw)"
         )
     return (
         f"payload is not canonical JSON: {at} it has {got!r} "

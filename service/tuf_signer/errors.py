@@ -10,6 +10,7 @@ written to the audit record.
 
 from __future__ import annotations
 
+
 class TufSignerError(Exception):
     """Base class of every error this project raises on purpose.
 

@@ -59,7 +59,10 @@ from dataclasses import fields
 from typing import Any
 
 from tuf_signer.audit._store import AuditRecord
-from tuf_signer.model import AuditEvent, Outcome
+from tuf_signer.model import AuditEvent, Outcome, RoleState
+
+# The operation of a signature record; a granted one always passed the high-water check.
+SIGN = "sign"
 
 # The event's members, in the dataclass order (also the audit_log column order).
 EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
@@ -79,7 +82,9 @@ def canonical_json(obj: Any) -> str:
         ValueError: ``obj`` holds NaN or an infinity.
         TypeError: ``obj`` holds something JSON cannot represent.
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
 
 
 def _check_detail(value: Any, where: str) -> None:
@@ -169,4 +174,24 @@ def chain(prev_hash: str, seq: int, event: AuditEvent) -> AuditRecord:
     """
     return AuditRecord(
         seq=seq, event=event, prev_hash=prev_hash, hash=record_hash(prev_hash, seq, event)
+    )
+
+
+def is_granted_sign(event: AuditEvent) -> bool:
+    """Whether ``event`` records a signature handed out (and so a role state)."""
+    return event.operation == SIGN and event.outcome is Outcome.GRANTED
+
+
+def state_of(event: AuditEvent, seq: int = 0) -> RoleState:
+    """The role state that a granted sign ``event``, as record ``seq``, stands for."""
+    return RoleState(
+        key_name=event.key_name,
+        role=event.role,
+        version=event.metadata_version,
+        payload_sha256=event.payload_sha256,
+        keyid=event.keyid,
+        key_version=event.key_version,
+        signature=event.signature,
+        expires=event.expires,
+        audit_seq=seq,
     )

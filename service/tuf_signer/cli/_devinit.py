@@ -63,7 +63,9 @@ def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
     directory = directory.resolve()
     config_path = directory / CONFIG_NAME
     if config_path.exists():
-        raise ConfigError(f"dev-init: {config_path} exists already; remove {directory} to start over")
+        raise ConfigError(
+            f"dev-init: {config_path} exists already; remove {directory} to start over"
+        )
     module = softhsm_module_path()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     conf = write_softhsm_config(directory)

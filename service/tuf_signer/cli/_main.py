@@ -180,8 +180,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     try:
         report = verify_store(store)
     except AuditChainError as e:
-        where = f"record {e.seq}" if e.seq is not None else "audit log"
-        print(f"FAILED: {where}: {e.reason}", file=sys.stderr)
+        print(f"FAILED: {e.reason}", file=sys.stderr)
         return 1
     finally:
         store.close()

@@ -30,7 +30,11 @@ _ALGORITHM_TO_PB = {
     Algorithm.ECDSA_P256: pb.ECDSA_P256,
     Algorithm.RSA_3072_PSS: pb.RSA_3072_PSS,
 }
-_STATE_TO_PB = {KeyState.PENDING: pb.PENDING, KeyState.ACTIVE: pb.ACTIVE, KeyState.RETIRED: pb.RETIRED}
+_STATE_TO_PB = {
+    KeyState.PENDING: pb.PENDING,
+    KeyState.ACTIVE: pb.ACTIVE,
+    KeyState.RETIRED: pb.RETIRED,
+}
 
 
 def identity_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -70,12 +74,6 @@ def _algorithm(value: int) -> Algorithm:
         return _ALGORITHMS[value]
     except KeyError:
         raise RequestError(f"unknown algorithm {value}") from None
-
-
-def _version_number(value: int) -> int:
-    if value < 1:
-        raise RequestError("key version is required (versions start at 1)")
-    return value
 
 
 class SignerServicer(pb_grpc.SignerServicer):
@@ -139,10 +137,15 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     async def CreateKey(  # noqa: N802
         self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateKeyResponse:
+        identity = identity_of(context)
+        try:
+            algorithm = _algorithm(request.algorithm)
+        except RequestError as e:
+            await self._service.refuse(identity, "create-key", e, key_name=request.name)
         view, seq = await self._service.create_key(
-            identity_of(context),
+            identity,
             request.name,
-            _algorithm(request.algorithm),
+            algorithm,
             [RoleRule(r.pattern, r.max_validity_seconds) for r in request.roles],
             request.backend,
             request.activate,
@@ -158,22 +161,37 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     async def ActivateKeyVersion(  # noqa: N802
         self, request: pb.ActivateKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
+        identity = identity_of(context)
+        number = await self._version_number(identity, "activate-key-version", request)
         version, seq = await self._service.set_version_state(
-            identity_of(context),
-            request.key,
-            _version_number(request.version),
-            KeyState.ACTIVE,
-            request.expected_keyid,
+            identity, request.key, number, KeyState.ACTIVE, request.expected_keyid
         )
         return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
 
     async def RetireKeyVersion(  # noqa: N802
         self, request: pb.RetireKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
+        identity = identity_of(context)
+        number = await self._version_number(identity, "retire-key-version", request)
         version, seq = await self._service.set_version_state(
-            identity_of(context), request.key, _version_number(request.version), KeyState.RETIRED
+            identity, request.key, number, KeyState.RETIRED
         )
         return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
+
+    async def _version_number(
+        self,
+        identity: str,
+        operation: str,
+        request: pb.ActivateKeyVersionRequest | pb.RetireKeyVersionRequest,
+    ) -> int:
+        if request.version < 1:
+            await self._service.refuse(
+                identity,
+                operation,
+                RequestError("key version is required (versions start at 1)"),
+                key_name=request.key,
+            )
+        return request.version
 
     async def ListKeys(  # noqa: N802
         self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -218,6 +218,20 @@ class SigningService:
         refused = replace(event, outcome=Outcome.REFUSED, status=error.code, reason=error.reason)
         await self._record(Entry(refused))
 
+    async def refuse(
+        self, identity: str, operation: str, error: TufSignerError, **fields: Any
+    ) -> None:
+        """Record a request refused before it reached the service proper, then raise.
+
+        Used by the transport layer for requests it cannot even decode (an
+        unknown algorithm number, version 0), so that they are on the record too.
+
+        Raises:
+            TufSignerError: ``error``, once recorded (``StoreError`` if it cannot be).
+        """
+        await self._refuse(self._now_event(identity, operation, **fields), error)
+        raise error
+
     # --- Sign ----------------------------------------------------------------
 
     async def sign(
@@ -240,6 +254,8 @@ class SigningService:
         )
         try:
             return await self._sign(event, key_name, role, payload, expected_keyid)
+        except _Recorded as r:
+            raise r.error from None
         except StoreError:
             raise
         except TufSignerError as e:
@@ -297,7 +313,11 @@ class SigningService:
         if advance_decision(cached, state) == "replay":
             assert cached is not None
             committed = await self._record(Entry(replace(event, signature=cached.signature)))
-            return self._result(cached, committed, resolved, info.version, replayed=True)
+            if committed.status != "OK":
+                raise _Recorded(_error_for(committed.status, committed.reason))
+            return self._result(
+                committed.current or cached, committed, resolved, info.version, replayed=True
+            )
 
         sig = await self._backend_for(view.key).sign(active.handle, view.key.algorithm, payload)
         state = replace(state, signature=sig.hex())
@@ -309,9 +329,9 @@ class SigningService:
         if committed.status != "OK":
             # Lost a race (another process or request advanced the role first,
             # or the version was retired meanwhile): the signature is dropped.
-            if committed.status == KeyStateError.code and "ACTIVE" in committed.reason:
+            if "ACTIVE" in committed.reason:
                 self._refresh_key(key_name)
-            raise _error_for(committed.status, committed.reason)
+            raise _Recorded(_error_for(committed.status, committed.reason))
         final = committed.current or state
         return self._result(final, committed, resolved, info.version, committed.replayed)
 

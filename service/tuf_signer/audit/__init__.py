@@ -1,0 +1,45 @@
+"""The audit record: store interface, hash chain, SQLite store and verifier.
+
+One store holds the record, the role state and the key registry, so that a
+signature's record and the role state it advances commit together (P3, P4, P8).
+The record is a hash chain (P5); ``verify_records`` and ``verify_store`` check it
+offline.
+"""
+
+from __future__ import annotations
+
+from tuf_signer.audit._chain import event_from_dict, event_to_dict, record_hash
+from tuf_signer.audit._rules import advance_decision
+from tuf_signer.audit._sqlite import SqliteAuditStore
+from tuf_signer.audit._store import (
+    GENESIS_HASH,
+    AddVersion,
+    AdvanceRole,
+    AuditRecord,
+    AuditStore,
+    Committed,
+    CreateKey,
+    Entry,
+    SetVersionState,
+)
+from tuf_signer.audit._verify import VerifyReport, verify_records, verify_store
+
+__all__ = [
+    "GENESIS_HASH",
+    "AddVersion",
+    "AdvanceRole",
+    "AuditRecord",
+    "AuditStore",
+    "Committed",
+    "CreateKey",
+    "Entry",
+    "SetVersionState",
+    "SqliteAuditStore",
+    "VerifyReport",
+    "advance_decision",
+    "event_from_dict",
+    "event_to_dict",
+    "record_hash",
+    "verify_records",
+    "verify_store",
+]

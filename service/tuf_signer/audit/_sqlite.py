@@ -1,0 +1,182 @@
+"""The default audit store: one SQLite file (WAL mode, fsync on every commit).
+
+Writes come from one writer thread and reads from any thread, so each thread
+gets its own connection (``sqlite3`` connections are not for sharing). WAL lets
+readers run while the writer writes. ``synchronous=FULL`` makes every commit
+durable before ``append`` returns (P4, P8).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import urllib.parse
+import weakref
+from pathlib import Path
+
+from tuf_signer.audit._sql import Connection, Dialect, SqlAuditStore, unavailable
+from tuf_signer.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    bigint="INTEGER",
+    # IMMEDIATE takes the write lock at BEGIN, so the head read inside the
+    # transaction cannot change under us (a DEFERRED read would).
+    begin_write=("BEGIN IMMEDIATE",),
+    begin_schema=("BEGIN IMMEDIATE",),
+    table_exists="SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
+    errors=(sqlite3.Error,),
+)
+
+
+class SqliteAuditStore(SqlAuditStore):
+    """``AuditStore`` in one SQLite database file.
+
+    A new database file is created with mode 0600; its directory must exist.
+    Every connection runs with ``journal_mode=WAL``, ``synchronous=FULL``,
+    ``foreign_keys=ON`` and a busy timeout.
+
+    Before each commit the store checks that its path still names the file it
+    opened: SQLite in WAL mode would otherwise go on "committing" into a file
+    that was deleted or moved away, and the records would be lost on close.
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 5.0) -> None:
+        """Open (and if needed create) the database at ``path``.
+
+        Args:
+            path: the database file; its directory must exist.
+            busy_timeout: seconds to wait for another process's lock.
+
+        Raises:
+            StoreError: the directory is missing, the path is not a usable
+                SQLite database, or its schema version is not ours.
+        """
+        super().__init__(SQLITE)
+        if str(path) in ("", ":memory:"):
+            raise StoreError("the audit store needs a database file, not an in-memory database")
+        self._path = Path(path).absolute()
+        self._busy_timeout = busy_timeout
+        self._uri = "file:" + urllib.parse.quote(str(self._path)) + "?mode=rw"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        self._closed = False
+        self._create_file()
+        try:
+            self._identity = self._file_identity()
+            self._enable_wal()
+            self._init_schema()
+        except BaseException:
+            self.close()
+            raise
+        logger.debug("audit store open: %s", self._path)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    def _create_file(self) -> None:
+        parent = self._path.parent
+        if not parent.is_dir():
+            raise StoreError(f"audit database directory {parent} does not exist")
+        if self._path.is_dir():
+            raise StoreError(f"audit database path {self._path} is a directory")
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot create audit database {self._path}: {e.strerror}") from e
+        os.close(fd)
+        # Make the new directory entry durable before records go into the file.
+        try:
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            raise StoreError(f"cannot sync audit database directory {parent}: {e.strerror}") from e
+        logger.info("created audit database %s (mode 0600)", self._path)
+
+    def _file_identity(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self._path)
+        except OSError as e:
+            raise StoreError(
+                f"audit database {self._path} vanished while open (deleted or moved?)"
+            ) from e
+        return st.st_dev, st.st_ino
+
+    def _enable_wal(self) -> None:
+        conn = self._sqlite_connection()
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.Error as e:
+            raise unavailable(e) from e
+        if str(mode).lower() != "wal":
+            raise StoreError(f"audit database {self._path} cannot use WAL mode (got {mode!r})")
+
+    def _connection(self) -> Connection:
+        return self._sqlite_connection()
+
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("audit store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            # mode=rw: never create a fresh empty file behind a vanished one.
+            conn = sqlite3.connect(
+                self._uri,
+                uri=True,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # so that close() can close it
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as e:
+            raise unavailable(e) from e
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise StoreError("audit store is closed")
+            # Close the connections of threads that have ended.
+            alive = []
+            for ref, other in self._conns:
+                thread = ref()
+                if thread is not None and thread.is_alive():
+                    alive.append((ref, other))
+                else:
+                    other.close()
+            alive.append((weakref.ref(threading.current_thread()), conn))
+            self._conns = alive
+        self._local.conn = conn
+        return conn
+
+    def _check_before_commit(self) -> None:
+        if self._file_identity() != self._identity:
+            raise StoreError(f"audit database {self._path} was replaced while open")
+
+    def close(self) -> None:
+        """Close every connection this store opened; later calls raise StoreError."""
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for _, conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                logger.warning("closing an audit store connection failed", exc_info=True)

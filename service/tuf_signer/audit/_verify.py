@@ -1,0 +1,253 @@
+"""Offline verification of the audit record (P5).
+
+``verify_records`` needs nothing but the records (an export will do): it checks
+the hash chain described in ``_chain``. ``verify_store`` also holds the role
+state, the thing that stops rollback and equivocation, against the records that
+set it. Both raise ``AuditChainError`` naming the first bad record; neither
+returns a boolean to forget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from tuf_signer.audit._chain import is_granted_sign, record_hash
+from tuf_signer.audit._store import GENESIS_HASH, AuditRecord, AuditStore
+from tuf_signer.errors import AuditChainError, StoreError
+from tuf_signer.model import AuditEvent, RoleState
+
+# How often verify_store re-reads when appends keep landing between its reads.
+_SNAPSHOT_TRIES = 20
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify_store`` checked.
+
+    Attributes:
+        records: how many records were verified.
+        head_seq: seq of the last verified record (0 for an empty log).
+        head_hash: hash of the last verified record (``GENESIS_HASH`` when empty).
+        role_states: how many role states were checked against their records.
+    """
+
+    records: int
+    head_seq: int
+    head_hash: str
+    role_states: int
+
+
+def _verified(records: Iterable[AuditRecord]) -> Iterator[AuditRecord]:
+    """Yield each record once it has passed the chain checks; raise at the first break."""
+    expected = 1
+    prev_hash = GENESIS_HASH
+    granted: dict[tuple[str, str], AuditRecord] = {}  # last granted signature per role
+    for r in records:
+        if r.seq != expected:
+            if r.seq > expected:
+                missing = (
+                    f"record {expected}"
+                    if r.seq == expected + 1
+                    else f"records {expected}..{r.seq - 1}"
+                )
+                after = f"follows record {expected - 1}" if expected > 1 else "is the first record"
+                raise AuditChainError(
+                    f"record {r.seq} {after}: {missing} missing (deleted?)", seq=expected
+                )
+            raise AuditChainError(
+                f"record {r.seq} follows record {expected - 1}: records out of order "
+                "(duplicated or reordered?)",
+                seq=r.seq,
+            )
+        if r.prev_hash != prev_hash:
+            raise AuditChainError(
+                f"record {r.seq}: previous-hash link broken (record deleted or reordered?)",
+                seq=r.seq,
+            )
+        try:
+            digest = record_hash(r.prev_hash, r.seq, r.event)
+        except ValueError as e:
+            raise AuditChainError(f"record {r.seq}: cannot be serialised ({e})", seq=r.seq) from e
+        if digest != r.hash:
+            raise AuditChainError(
+                f"record {r.seq}: hash does not match its contents (edited?)", seq=r.seq
+            )
+        if is_granted_sign(r.event):
+            which = (r.event.key_name, r.event.role)
+            _check_p3(granted.get(which), r)
+            granted[which] = r
+        prev_hash = r.hash
+        expected += 1
+        yield r
+
+
+def verify_records(records: Iterable[AuditRecord]) -> int:
+    """Check the hash chain of ``records``, which must start at record 1.
+
+    Checks, record by record: ``seq`` is 1, 2, 3, ... without gaps; each
+    ``prev_hash`` is the previous record's ``hash`` (``GENESIS_HASH`` for record
+    1); each ``hash`` recomputes from the record's contents (``record_hash``).
+    And the granted signatures keep P3: per (key, role), versions never go down
+    and one version never has two payloads, which catches a forger who rebuilt
+    the chain from some record on.
+
+    Dropping records from the end cannot be seen from the records alone (see
+    ``verify_store``).
+
+    Args:
+        records: the records in the order stored, e.g. ``store.records()``.
+
+    Returns:
+        The number of records verified.
+
+    Raises:
+        AuditChainError: at the first broken record; ``seq`` names it (for
+            missing records, the first missing one).
+    """
+    return sum(1 for _ in _verified(records))
+
+
+def _differences(state: RoleState, event: AuditEvent) -> list[str]:
+    pairs = {
+        "key_name": (state.key_name, event.key_name),
+        "role": (state.role, event.role),
+        "version": (state.version, event.metadata_version),
+        "payload_sha256": (state.payload_sha256, event.payload_sha256),
+        "keyid": (state.keyid, event.keyid),
+        "key_version": (state.key_version, event.key_version),
+        "signature": (state.signature, event.signature),
+        "expires": (state.expires, event.expires),
+    }
+    return [name for name, (a, b) in pairs.items() if a != b]
+
+
+def _check_p3(prior: AuditRecord | None, r: AuditRecord) -> None:
+    """Raise unless granted signature ``r`` keeps P3 after ``prior``, the last one of its role.
+
+    The store grants a signature only above the high-water mark, or for the
+    same payload again, so on an intact record the versions of one (key, role)
+    never go down and one version never has two payloads.
+    """
+    if prior is None:
+        return
+    e, p = r.event, prior.event
+    where = f"role {e.role!r} with key {e.key_name!r}"
+    if e.metadata_version < p.metadata_version:
+        raise AuditChainError(
+            f"record {r.seq}: rollback on record: version {e.metadata_version} of {where} "
+            f"was granted after version {p.metadata_version} (record {prior.seq})",
+            seq=r.seq,
+        )
+    if e.metadata_version == p.metadata_version and e.payload_sha256 != p.payload_sha256:
+        raise AuditChainError(
+            f"record {r.seq}: equivocation on record: version {e.metadata_version} of {where} "
+            f"was granted for another payload in record {prior.seq}",
+            seq=r.seq,
+        )
+
+
+def verify_store(store: AuditStore) -> VerifyReport:
+    """Verify a store's chain, then its role state against the records.
+
+    After the checks of ``verify_records``, every role state must point
+    (``audit_seq``) at a record that exists and is a granted signature of the
+    same key, role, metadata version, payload digest, keyid, key version,
+    signature and expiry; it must also match the *last* granted signature of
+    its (key, role) in the log, and every (key, role) that the log shows signed
+    must have a role state. This catches a truncated tail whose last record set
+    a role state, and any edit, deletion or rollback of role state. It cannot
+    catch the removal of trailing records that set no role state.
+
+    Appends may run meanwhile: role states are read together with the head,
+    and only records up to that head are held against them.
+
+    Args:
+        store: the store to check.
+
+    Returns:
+        What was checked.
+
+    Raises:
+        AuditChainError: a record or role state does not verify; the message
+            names it and ``seq`` is the record concerned.
+        StoreError: the store cannot be read, or kept changing too fast to
+            take a consistent view of its role state.
+    """
+    for _ in range(_SNAPSHOT_TRIES):
+        head = store.head()
+        states = store.list_role_states()
+        if store.head() == head:
+            break
+    else:
+        raise StoreError("the audit store kept changing; could not read its role state")
+    head_seq = head[0]
+
+    wanted = {s.audit_seq for s in states}
+    by_seq: dict[int, AuditRecord] = {}
+    last_sign: dict[tuple[str, str], AuditRecord] = {}  # the same, up to the head read
+    count = 0
+    last: AuditRecord | None = None
+    for r in _verified(store.records()):
+        count += 1
+        last = r
+        if not is_granted_sign(r.event):
+            if r.seq <= head_seq and r.seq in wanted:
+                by_seq[r.seq] = r
+            continue
+        which = (r.event.key_name, r.event.role)
+        if r.seq <= head_seq:  # later ones were appended after the role state was read
+            last_sign[which] = r
+            if r.seq in wanted:
+                by_seq[r.seq] = r
+
+    end = last.seq if last is not None else 0
+    if end < head_seq:
+        raise AuditChainError(
+            f"the log ends at record {end} but its head was record {head_seq} (truncated?)",
+            seq=end + 1,
+        )
+
+    for s in states:
+        name = f"role {s.role!r} of key {s.key_name!r}"
+        rec = by_seq.get(s.audit_seq)
+        if rec is None:
+            raise AuditChainError(
+                f"{name}: its record {s.audit_seq} is missing (log truncated?)", seq=s.audit_seq
+            )
+        if not is_granted_sign(rec.event):
+            raise AuditChainError(
+                f"{name}: its record {rec.seq} is not a granted signature (role state edited?)",
+                seq=rec.seq,
+            )
+        diff = _differences(s, rec.event)
+        if diff:
+            raise AuditChainError(
+                f"{name} does not match its record {rec.seq}: {', '.join(diff)} differ "
+                "(role state edited?)",
+                seq=rec.seq,
+            )
+        latest = last_sign[(s.key_name, s.role)]
+        if _differences(s, latest.event):
+            raise AuditChainError(
+                f"{name} (version {s.version}) is not the last signature of that role, "
+                f"record {latest.seq} (version {latest.event.metadata_version}); "
+                "role state rolled back?",
+                seq=latest.seq,
+            )
+
+    have = {(s.key_name, s.role) for s in states}
+    for (key_name, role), r in sorted(last_sign.items(), key=lambda kv: kv[1].seq):
+        if (key_name, role) not in have:
+            raise AuditChainError(
+                f"role {role!r} of key {key_name!r}: record {r.seq} signed version "
+                f"{r.event.metadata_version} but there is no role state (role state deleted?)",
+                seq=r.seq,
+            )
+
+    return VerifyReport(
+        records=count,
+        head_seq=end,
+        head_hash=last.hash if last is not None else GENESIS_HASH,
+        role_states=len(states),
+    )

@@ -1,0 +1,20 @@
+"""Key backends: one ``KeyBackend`` interface, one implementation per HSM/KMS.
+
+Importing this package loads no PKCS#11 module: ``Pkcs11Backend.start`` does.
+(python-pkcs11 itself is imported anyway, by securesystemslib's signers.)
+"""
+
+from __future__ import annotations
+
+from tuf_signer.keys._backend import KeyBackend, NewKey
+from tuf_signer.keys._pkcs11 import Pkcs11Backend
+from tuf_signer.keys._softhsm import init_token, softhsm_module_path, write_softhsm_config
+
+__all__ = [
+    "KeyBackend",
+    "NewKey",
+    "Pkcs11Backend",
+    "init_token",
+    "softhsm_module_path",
+    "write_softhsm_config",
+]

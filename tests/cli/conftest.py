@@ -1,0 +1,95 @@
+"""Run the real ``tuf-signer`` command in subprocesses, as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+CLI = [sys.executable, "-m", "tuf_signer.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(*args: str, stdin: bytes | None = None, check: bool = True, env: dict | None = None):
+    """Run ``tuf-signer ARGS``; returns the CompletedProcess (text decoded)."""
+    proc = subprocess.run(
+        [*CLI, *args], input=stdin, capture_output=True, timeout=120, env=env or _env()
+    )
+    out = subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tuf-signer {' '.join(args)} failed:\n{out.stderr}")
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Each subprocess finds its token through the config, not through the test session.
+    env.pop("SOFTHSM2_CONF", None)
+    return env
+
+
+def wait_healthy(address: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited: {proc.stderr.read().decode()}")
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+@dataclass
+class DevSigner:
+    directory: Path
+    config: Path
+    address: str
+    proc: subprocess.Popen
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def dev_signer(tmp_path: Path) -> Iterator[DevSigner]:
+    """``tuf-signer dev-init DIR`` then ``tuf-signer serve`` on a free loopback port."""
+    directory = tmp_path / "dev"
+    address = f"127.0.0.1:{free_port()}"
+    config = Path(run("dev-init", str(directory), "--listen", address).stdout.strip())
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    signer = DevSigner(directory, config, address, proc)
+    try:
+        wait_healthy(address, proc)
+        yield signer
+    finally:
+        signer.stop()

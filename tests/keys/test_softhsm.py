@@ -1,0 +1,78 @@
+"""SoftHSM helpers: each test uses its own configuration, in softhsm2-util only.
+
+Nothing here loads libsofthsm2 into the test process (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tuf_signer.errors import BackendError, ConfigError
+from tuf_signer.keys import init_token, softhsm_module_path, write_softhsm_config
+
+
+def show_slots(conf: Path) -> str:
+    return subprocess.run(
+        ["softhsm2-util", "--show-slots"],
+        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_write_softhsm_config(tmp_path: Path) -> None:
+    conf = write_softhsm_config(tmp_path / "hsm")
+
+    assert conf == (tmp_path / "hsm" / "softhsm2.conf").resolve()
+    lines = conf.read_text().splitlines()
+    assert f"directories.tokendir = {tmp_path / 'hsm' / 'tokens'}" in lines
+    assert "objectstore.backend = file" in lines
+    assert "log.level = ERROR" in lines
+    assert stat.S_IMODE((tmp_path / "hsm" / "tokens").stat().st_mode) == 0o700
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+
+
+def test_init_token_creates_a_token(tmp_path: Path) -> None:
+    conf = write_softhsm_config(tmp_path)
+
+    init_token(conf, "fresh", "246810", "135791")
+
+    assert "Label:            fresh" in show_slots(conf)
+
+
+def test_init_token_refuses_an_existing_label(tmp_path: Path) -> None:
+    conf = write_softhsm_config(tmp_path)
+    init_token(conf, "twice", "246810", "135791")
+
+    with pytest.raises(ConfigError, match="'twice' already exists"):
+        init_token(conf, "twice", "246810", "135791")
+
+
+def test_init_token_failure_does_not_show_the_pins(tmp_path: Path) -> None:
+    conf = write_softhsm_config(tmp_path)
+
+    # SoftHSM wants PINs of 4 to 255 characters.
+    with pytest.raises(BackendError, match="softhsm2-util exited with status") as raised:
+        init_token(conf, "short-pin", "q7z", "w8x4v2")
+
+    error: BaseException | None = raised.value
+    assert raised.value.__cause__ is None
+    assert raised.value.__suppress_context__
+    while error is not None:
+        assert "q7z" not in str(error)
+        assert "w8x4v2" not in str(error)
+        error = error.__cause__
+    assert "short-pin" not in show_slots(conf)
+
+
+def test_softhsm_module_path() -> None:
+    path = softhsm_module_path()
+
+    assert path.name == "libsofthsm2.so"
+    assert path.is_file()

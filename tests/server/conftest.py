@@ -1,0 +1,196 @@
+"""A real tuf-signer on a loopback port, over the session's SoftHSM token."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, TargetFile, Timestamp
+
+from tuf_signer.audit import AuditRecord, SqliteAuditStore
+from tuf_signer.config import Config, load_config
+from tuf_signer.server import SignerServer
+from tuf_signer.v1 import signer_pb2 as pb
+from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
+
+# Small enough that a test can exceed it cheaply, large enough for real bins.
+TEST_MAX_PAYLOAD = 256 * 1024
+
+
+class Clock:
+    """A clock the test can move; starts at the real time."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def write_config(directory: Path, hsm: Any, max_payload: int = TEST_MAX_PAYLOAD) -> Path:
+    """A server config over the session token, with its own audit database."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pin_file = directory / "hsm.pin"
+    pin_file.write_text(hsm.pin + "\n")
+    pin_file.chmod(0o600)
+    path = directory / "tuf-signer.toml"
+    path.write_text(
+        f"""
+[server]
+listen = "127.0.0.1:0"
+insecure = true
+max_payload_bytes = {max_payload}
+drain_seconds = 5
+
+[audit]
+path = "audit.db"
+
+[backends.softhsm]
+type = "pkcs11"
+module = "{hsm.module}"
+token_label = "{hsm.token_label}"
+pin_file = "hsm.pin"
+env = {{ SOFTHSM2_CONF = "{hsm.conf}" }}
+"""
+    )
+    return path
+
+
+@dataclass
+class Payloads:
+    """TUF ``signed`` payloads built with python-tuf, canonical as it signs them."""
+
+    clock: Clock
+
+    def expires(self, seconds: int = 3600) -> datetime:
+        return self.clock.now + timedelta(seconds=seconds)
+
+    def timestamp(self, version: int, snapshot_version: int = 1, **kw: Any) -> bytes:
+        ts = Timestamp(
+            version=version,
+            expires=kw.pop("expires", self.expires()),
+            snapshot_meta=MetaFile(snapshot_version),
+            **kw,
+        )
+        return Metadata(ts).signed_bytes
+
+    def snapshot(self, version: int, bins: int = 4, **kw: Any) -> bytes:
+        meta = {"targets.json": MetaFile(1)} | {f"bins-{i}.json": MetaFile(1) for i in range(bins)}
+        snap = Snapshot(version=version, expires=kw.pop("expires", self.expires()), meta=meta, **kw)
+        return Metadata(snap).signed_bytes
+
+    def root(self, version: int = 1) -> bytes:
+        return Metadata(Root(version=version, expires=self.expires())).signed_bytes
+
+    def targets(self, version: int, n_targets: int = 3, salt: str = "", **kw: Any) -> bytes:
+        files = {}
+        for i in range(n_targets):
+            data = f"{salt}{i}".encode()
+            path = f"packages/{i:04d}/example-{salt}{i}.tar.gz"
+            files[path] = TargetFile(
+                length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=path
+            )
+        t = Targets(version=version, expires=kw.pop("expires", self.expires()), targets=files, **kw)
+        return Metadata(t).signed_bytes
+
+
+@dataclass
+class Harness:
+    """A running server and stubs to call it."""
+
+    config: Config
+    server: SignerServer
+    channel: grpc.aio.Channel
+    signer: pb_grpc.SignerStub
+    admin: pb_grpc.KeyAdminStub
+    clock: Clock
+    payloads: Payloads
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def create_key(
+        self, name: str, algorithm: int = pb.ED25519, roles: list[tuple[str, int]] | None = None
+    ) -> pb.KeyInfo:
+        roles = roles or [("timestamp", 86400), ("snapshot", 86400), ("bins-*", 86400)]
+        r = await self.admin.CreateKey(
+            pb.CreateKeyRequest(
+                name=name,
+                algorithm=algorithm,
+                roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in roles],
+                activate=True,
+            )
+        )
+        return r.key
+
+    async def sign(self, key: str, payload: bytes, role: str = "", keyid: str = "") -> pb.SignResponse:
+        return await self.signer.Sign(
+            pb.SignRequest(key=key, role=role, payload=payload, expected_keyid=keyid)
+        )
+
+    def records(self) -> list[AuditRecord]:
+        store = SqliteAuditStore(self.config.audit.path)
+        try:
+            return list(store.records())
+        finally:
+            store.close()
+
+
+async def start_harness(config_path: Path, clock: Clock) -> Harness:
+    config = load_config(config_path)
+    server = SignerServer(config, clock=clock)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return Harness(
+        config=config,
+        server=server,
+        channel=channel,
+        signer=pb_grpc.SignerStub(channel),
+        admin=pb_grpc.KeyAdminStub(channel),
+        clock=clock,
+        payloads=Payloads(clock),
+    )
+
+
+async def stop_harness(h: Harness) -> None:
+    await h.channel.close()
+    await h.server.stop(grace=5)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, softhsm: Any) -> Path:
+    return write_config(tmp_path / "signer", softhsm)
+
+
+@pytest.fixture
+async def harness(config_path: Path, clock: Clock) -> AsyncIterator[Harness]:
+    h = await start_harness(config_path, clock)
+    try:
+        yield h
+    finally:
+        await stop_harness(h)
+
+
+@pytest.fixture
+async def restart(config_path: Path, clock: Clock) -> AsyncIterator[Callable[[Harness], Any]]:
+    """Stop a harness and start a new server over the same config and store."""
+    started: list[Harness] = []
+
+    async def do(h: Harness) -> Harness:
+        await stop_harness(h)
+        new = await start_harness(config_path, clock)
+        started.append(new)
+        return new
+
+    yield do
+    for h in started:
+        await stop_harness(h)

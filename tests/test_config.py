@@ -41,27 +41,51 @@ def test_good_config_resolves_paths(tmp_path: Path) -> None:
 
 BAD = [
     ("unknown-top", GOOD + "\n[extra]\n", "extra: unknown setting"),
-    ("unknown-server-key", GOOD.replace("insecure = true", "insecure = true\nport = 1"),
-     "server.port: unknown setting"),
+    (
+        "unknown-server-key",
+        GOOD.replace("insecure = true", "insecure = true\nport = 1"),
+        "server.port: unknown setting",
+    ),
     ("listen-no-port", GOOD.replace("127.0.0.1:50051", "127.0.0.1"), "server.listen"),
-    ("insecure-not-bool", GOOD.replace("insecure = true", 'insecure = "yes"'),
-     "server.insecure: expected bool"),
-    ("payload-limit-bool", GOOD.replace("insecure = true", "insecure = true\nmax_payload_bytes = true"),
-     "server.max_payload_bytes: expected int, got a boolean"),
-    ("payload-limit-tiny", GOOD.replace("insecure = true", "insecure = true\nmax_payload_bytes = 10"),
-     "server.max_payload_bytes"),
+    (
+        "insecure-not-bool",
+        GOOD.replace("insecure = true", 'insecure = "yes"'),
+        "server.insecure: expected bool",
+    ),
+    (
+        "payload-limit-bool",
+        GOOD.replace("insecure = true", "insecure = true\nmax_payload_bytes = true"),
+        "server.max_payload_bytes: expected int, got a boolean",
+    ),
+    (
+        "payload-limit-tiny",
+        GOOD.replace("insecure = true", "insecure = true\nmax_payload_bytes = 10"),
+        "server.max_payload_bytes",
+    ),
     ("store-unknown", GOOD.replace('path = "audit.db"', 'store = "mongo"'), "audit.store"),
     ("no-backends", GOOD.split("[backends.hsm]")[0], "backends: at least one"),
     ("backend-type", GOOD.replace('type = "pkcs11"', 'type = "tpm"'), "backends.hsm.type"),
-    ("backend-no-module", GOOD.replace('module = "/usr/lib/softhsm/libsofthsm2.so"\n', ""),
-     "backends.hsm.module: missing"),
-    ("pin-inline", GOOD.replace('pin_env = "PIN_VAR"', 'pin_env = "PIN_VAR"\npin = "1234"'),
-     "backends.hsm.pin: secrets are never written"),
-    ("pin-both", GOOD.replace('pin_env = "PIN_VAR"', 'pin_env = "X"\npin_file = "f"'),
-     "set exactly one"),
+    (
+        "backend-no-module",
+        GOOD.replace('module = "/usr/lib/softhsm/libsofthsm2.so"\n', ""),
+        "backends.hsm.module: missing",
+    ),
+    (
+        "pin-inline",
+        GOOD.replace('pin_env = "PIN_VAR"', 'pin_env = "PIN_VAR"\npin = "1234"'),
+        "backends.hsm.pin: secrets are never written",
+    ),
+    (
+        "pin-both",
+        GOOD.replace('pin_env = "PIN_VAR"', 'pin_env = "X"\npin_file = "f"'),
+        "set exactly one",
+    ),
     ("pin-none", GOOD.replace('pin_env = "PIN_VAR"', ""), "set exactly one"),
-    ("default-backend-unknown", GOOD + '\n[keys]\ndefault_backend = "kms"\n',
-     "keys.default_backend"),
+    (
+        "default-backend-unknown",
+        GOOD + '\n[keys]\ndefault_backend = "kms"\n',
+        "keys.default_backend",
+    ),
     ("not-toml", "[server\n", "not valid TOML"),
 ]
 
@@ -86,7 +110,9 @@ def test_plaintext_listener_only_on_loopback(listen: str, insecure: bool, match:
     config = parse_config(
         {
             "server": {"listen": listen, "insecure": insecure},
-            "backends": {"h": {"type": "pkcs11", "module": "m", "token_label": "t", "pin_env": "P"}},
+            "backends": {
+                "h": {"type": "pkcs11", "module": "m", "token_label": "t", "pin_env": "P"}
+            },
         },
         Path("/x/c.toml"),
     )
@@ -99,7 +125,9 @@ def test_loopback_addresses_accepted(listen: str) -> None:
     config = parse_config(
         {
             "server": {"listen": listen, "insecure": True},
-            "backends": {"h": {"type": "pkcs11", "module": "m", "token_label": "t", "pin_env": "P"}},
+            "backends": {
+                "h": {"type": "pkcs11", "module": "m", "token_label": "t", "pin_env": "P"}
+            },
         },
         Path("/x/c.toml"),
     )

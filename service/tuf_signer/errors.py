@@ -49,7 +49,7 @@ class AlreadyExistsError(RequestError):
     code = "ALREADY_EXISTS"
 
 
-class PermissionError_(RequestError):  # noqa: N801 - avoid shadowing the builtin
+class PermissionError_(RequestError):
     """The key's policy (or, later, the caller's identity) does not allow this."""
 
     code = "PERMISSION_DENIED"

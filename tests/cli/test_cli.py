@@ -48,7 +48,9 @@ def test_walkthrough(dev_signer: DevSigner, tmp_path) -> None:
     )
 
     # A rollback to version 1 is refused, naming the high-water version.
-    rolled = run("sign", *server, "--key", "online", "-", stdin=payload("timestamp", 1), check=False)
+    rolled = run(
+        "sign", *server, "--key", "online", "-", stdin=payload("timestamp", 1), check=False
+    )
     assert rolled.returncode == 1
     assert "FAILED_PRECONDITION" in rolled.stderr and "version 2" in rolled.stderr
     assert rolled.stdout == ""
@@ -90,7 +92,15 @@ def test_server_from_environment(dev_signer: DevSigner) -> None:
 
 def _sign_some(signer: DevSigner, n: int = 4) -> None:
     for v in range(1, n + 1):
-        run("sign", "--server", signer.address, "--key", "online", "-", stdin=payload("timestamp", v))
+        run(
+            "sign",
+            "--server",
+            signer.address,
+            "--key",
+            "online",
+            "-",
+            stdin=payload("timestamp", v),
+        )
 
 
 TAMPER = {
@@ -101,7 +111,10 @@ TAMPER = {
         "UPDATE audit_log SET seq = CASE seq WHEN 2 THEN 3 WHEN 3 THEN 2 END WHERE seq IN (2, 3)",
         2,
     ),
-    "truncate-the-tail": ("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)", None),
+    "truncate-the-tail": (
+        "DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)",
+        None,
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import Metadata, Targets
+
 from tuf_signer.errors import PayloadError
 from tuf_signer.policy import parse_canonical
 

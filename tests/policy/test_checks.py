@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from tuf.api.metadata import Metadata, Snapshot, Timestamp
+
 from tuf_signer.errors import (
     PayloadError,
     PermissionError_,

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, TargetFile, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
 from tuf_signer.audit import AuditRecord, SqliteAuditStore
 from tuf_signer.config import Config, load_config
@@ -127,7 +127,9 @@ class Harness:
         )
         return r.key
 
-    async def sign(self, key: str, payload: bytes, role: str = "", keyid: str = "") -> pb.SignResponse:
+    async def sign(
+        self, key: str, payload: bytes, role: str = "", keyid: str = ""
+    ) -> pb.SignResponse:
         return await self.signer.Sign(
             pb.SignRequest(key=key, role=role, payload=payload, expected_keyid=keyid)
         )

@@ -26,16 +26,16 @@ async def test_sigterm_drains_in_flight_signs(tmp_path: Path) -> None:
     try:
         wait_healthy(address, proc)
         payloads = [
-            run("dev-payload", "snapshot", "--version", str(v)).stdout.encode()
-            for v in range(1, 2)
+            run("dev-payload", "snapshot", "--version", str(v)).stdout.encode() for v in range(1, 2)
         ]
         with Client(address) as client:
             client.sign("online", payloads[0])
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.SignerStub(channel)
             # Many distinct bins in flight, then SIGTERM while they run.
-            from tuf.api.metadata import Metadata, Targets
             from datetime import UTC, datetime, timedelta
+
+            from tuf.api.metadata import Metadata, Targets
 
             expires = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
             bins = [Metadata(Targets(version=1, expires=expires)).signed_bytes] * 300

@@ -13,8 +13,7 @@ import grpc
 import pytest
 from securesystemslib.signer import Signature, SSlibKey
 
-from tuf_signer.audit import verify_store
-from tuf_signer.audit import SqliteAuditStore
+from tuf_signer.audit import SqliteAuditStore, verify_store
 from tuf_signer.model import Outcome
 from tuf_signer.v1 import signer_pb2 as pb
 
@@ -71,11 +70,14 @@ async def test_keyid_matches_securesystemslib_default(harness: Harness) -> None:
     d = json.loads(v1.public_key_json)
     # SSlibKey computes the default keyid when constructed from crypto objects;
     # recompute it from the dict's fields the same way.
-    from securesystemslib.formats import encode_canonical
     import hashlib
 
+    from securesystemslib.formats import encode_canonical
+
     expected = hashlib.sha256(
-        encode_canonical({"keytype": d["keytype"], "scheme": d["scheme"], "keyval": d["keyval"]}).encode()
+        encode_canonical(
+            {"keytype": d["keytype"], "scheme": d["scheme"], "keyval": d["keyval"]}
+        ).encode()
     ).hexdigest()
     assert v1.keyid == expected
 
@@ -333,12 +335,16 @@ async def test_rotation_lifecycle(harness: Harness, restart) -> None:
 
 ADMIN_BAD = {
     "duplicate-name": (
-        pb.CreateKeyRequest(name="k", roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)]),
+        pb.CreateKeyRequest(
+            name="k", roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)]
+        ),
         grpc.StatusCode.ALREADY_EXISTS,
         "already exists",
     ),
     "bad-name": (
-        pb.CreateKeyRequest(name="a/b", roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)]),
+        pb.CreateKeyRequest(
+            name="a/b", roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)]
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "key name",
     ),
@@ -350,14 +356,18 @@ ADMIN_BAD = {
     ),
     "unknown-backend": (
         pb.CreateKeyRequest(
-            name="n", backend="kms", roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)]
+            name="n",
+            backend="kms",
+            roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)],
         ),
         grpc.StatusCode.NOT_FOUND,
         "backend",
     ),
     "unknown-algorithm": (
         pb.CreateKeyRequest(
-            name="n", algorithm=99, roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)]
+            name="n",
+            algorithm=99,
+            roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)],
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "algorithm",
@@ -435,7 +445,9 @@ async def test_concurrent_signs_across_roles_and_algorithms(harness: Harness) ->
         jobs.append((name, "", harness.payloads.timestamp(1)))
         jobs.append((name, "", harness.payloads.snapshot(1)))
         count = 8 if name == "rsa" else 40
-        jobs += [(name, f"bins-{i}", harness.payloads.targets(1, salt=str(i))) for i in range(count)]
+        jobs += [
+            (name, f"bins-{i}", harness.payloads.targets(1, salt=str(i))) for i in range(count)
+        ]
     assert len(jobs) >= 64
     results = await asyncio.gather(*(harness.sign(k, p, role=r) for k, r, p in jobs))
     for (name, _, payload), resp in zip(jobs, results, strict=True):

@@ -16,7 +16,7 @@ from pathlib import Path
 from tuf_signer.errors import ConfigError
 
 CONFIG_NAME = "tuf-signer.toml"
-TOKEN_LABEL = "tuf-signer"
+TOKEN_LABEL = "tuf-signer"  # noqa: S105 - a label, not a secret
 DEV_KEY = "online"
 
 _CONFIG = """\

@@ -69,7 +69,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
         try:
             metadata = json.loads(data)
-            payload = encode_canonical(metadata["signed"]).encode("utf-8")
+            payload = str(encode_canonical(metadata["signed"])).encode("utf-8")
         except (ValueError, KeyError, TypeError) as e:
             raise RequestError(f"{args.file} is not TUF metadata with a 'signed' object") from e
     else:
@@ -249,7 +249,7 @@ def cmd_dev_payload(args: argparse.Namespace) -> int:
         "expires": expires,
         "meta": meta,
     }
-    sys.stdout.write(encode_canonical(signed))
+    sys.stdout.write(str(encode_canonical(signed)))
     return 0
 
 

@@ -1,7 +1,7 @@
 """The gRPC server: servicers, error interceptor, group-committing audit writer."""
 
 from tuf_signer.server._app import SignerServer, serve, start_backends
-from tuf_signer.server._service import KeyView, SignResult, SigningService, rfc3339, utc_now
+from tuf_signer.server._service import KeyView, SigningService, SignResult, rfc3339, utc_now
 from tuf_signer.server._writer import AuditWriter
 
 __all__ = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -58,7 +59,7 @@ async def start_backends(config: Config) -> dict[str, KeyBackend]:
     try:
         for name, cfg in config.backends.items():
             apply_backend_env(cfg.env, f"backends.{name}")
-            backend = Pkcs11Backend(
+            backend: KeyBackend = Pkcs11Backend(
                 name=name, module=cfg.module, token_label=cfg.token_label, pin=cfg.pin.reader()
             )
             await backend.start()
@@ -212,7 +213,7 @@ async def serve(config: Config, listen: str | None = None) -> None:
     await server.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: _on_signal(server, s))
+        loop.add_signal_handler(sig, functools.partial(_on_signal, server, sig))
     await server.wait()
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 
-_ALGORITHMS = {
+_ALGORITHMS: dict[int, Algorithm] = {
     pb.ALGORITHM_UNSPECIFIED: Algorithm.ED25519,
     pb.ED25519: Algorithm.ED25519,
     pb.ECDSA_P256: Algorithm.ECDSA_P256,
@@ -82,7 +82,7 @@ class SignerServicer(pb_grpc.SignerServicer):
     def __init__(self, service: SigningService) -> None:
         self._service = service
 
-    async def Sign(  # noqa: N802 - gRPC method names
+    async def Sign(
         self, request: pb.SignRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SignResponse:
         result = await self._service.sign(
@@ -101,13 +101,13 @@ class SignerServicer(pb_grpc.SignerServicer):
             replayed=result.replayed,
         )
 
-    async def GetPublicKeys(  # noqa: N802
+    async def GetPublicKeys(
         self, request: pb.GetPublicKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetPublicKeysResponse:
         views = await _off_loop(self._service.list_keys, request.key)
         return pb.GetPublicKeysResponse(keys=[_key_pb(v) for v in views])
 
-    async def GetRoleState(  # noqa: N802
+    async def GetRoleState(
         self, request: pb.GetRoleStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetRoleStateResponse:
         states = await _off_loop(self._service.role_states, request.key, request.role)
@@ -134,7 +134,7 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     def __init__(self, service: SigningService) -> None:
         self._service = service
 
-    async def CreateKey(  # noqa: N802
+    async def CreateKey(
         self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateKeyResponse:
         identity = identity_of(context)
@@ -152,13 +152,13 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
         )
         return pb.CreateKeyResponse(key=_key_pb(view), audit_seq=seq)
 
-    async def RotateKey(  # noqa: N802
+    async def RotateKey(
         self, request: pb.RotateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
         version, seq = await self._service.rotate_key(identity_of(context), request.key)
         return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
 
-    async def ActivateKeyVersion(  # noqa: N802
+    async def ActivateKeyVersion(
         self, request: pb.ActivateKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
         identity = identity_of(context)
@@ -168,7 +168,7 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
         )
         return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
 
-    async def RetireKeyVersion(  # noqa: N802
+    async def RetireKeyVersion(
         self, request: pb.RetireKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
         identity = identity_of(context)
@@ -193,7 +193,7 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
             )
         return request.version
 
-    async def ListKeys(  # noqa: N802
+    async def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListKeysResponse:
         views = await _off_loop(self._service.list_keys, "")
@@ -214,13 +214,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
+        # The stubs type handlers as sync; under grpc.aio they are coroutines.
+        inner: Any = handler.unary_unary
         method = handler_call_details.method
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -234,8 +237,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unexpected error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
+        behaviour: Any = guarded  # grpc's stubs type only the sync context
         return grpc.unary_unary_rpc_method_handler(
-            guarded,
+            behaviour,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from tuf_signer import policy
 from tuf_signer.audit import (
@@ -64,6 +64,7 @@ from tuf_signer.server._writer import AuditWriter
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 _KEY_NAME_MAX = 128
 
@@ -513,7 +514,7 @@ class SigningService:
 
         return await self._run_admin(event, body)
 
-    async def _run_admin(self, event: AuditEvent, body: Callable[[], Any]) -> Any:
+    async def _run_admin(self, event: AuditEvent, body: Callable[[], Awaitable[T]]) -> T:
         try:
             return await body()
         except _Recorded as r:
@@ -565,7 +566,7 @@ class SigningService:
         self._writer.close()
 
 
-class _Recorded(Exception):  # noqa: N818 - internal control flow
+class _Recorded(Exception):
     """A refusal the store already recorded (do not record it twice)."""
 
     def __init__(self, error: TufSignerError) -> None:

@@ -75,28 +75,28 @@ class AuditWriter:
         stopping = False
         while not stopping:
             first = self._queue.get()
-            if first is _STOP:
+            if not isinstance(first, _Job):
                 return
             jobs = [first]
-            size = len(first.entries)  # type: ignore[union-attr]
+            size = len(first.entries)
             # Take what queued up during the previous commit: that is the group.
             while size < self._max_batch:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if not isinstance(item, _Job):
                     stopping = True
                     break
                 jobs.append(item)
-                size += len(item.entries)  # type: ignore[union-attr]
-            self._commit([j for j in jobs if isinstance(j, _Job)])
+                size += len(item.entries)
+            self._commit(jobs)
 
     def _commit(self, jobs: list[_Job]) -> None:
         entries = [e for job in jobs for e in job.entries]
         try:
             results = self._store.append(entries)
-        except Exception as e:  # noqa: BLE001 - every job must be answered
+        except Exception as e:
             if not isinstance(e, StoreError):
                 log.exception("audit store append failed")
                 e = StoreError("audit store unavailable")

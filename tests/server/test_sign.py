@@ -520,3 +520,43 @@ async def test_health_and_reflection(harness: Harness) -> None:
     async for resp in stub.ServerReflectionInfo(requests()):
         names |= {s.name for s in resp.list_services_response.service}
     assert {"tuf_signer.v1.Signer", "tuf_signer.v1.KeyAdmin", "grpc.health.v1.Health"} <= names
+
+
+# python-pkcs11 leaves a search object whose cleanup fails on the dead session.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_hsm_unavailable_fails_closed(harness: Harness) -> None:
+    """The token drops our session and the PIN no longer logs in: UNAVAILABLE, recorded."""
+    from tuf_signer.keys import _pkcs11
+
+    await harness.create_key("k")
+    backend = harness.server._backends["softhsm"]
+    pin_file = harness.config.path.parent / "hsm.pin"
+    good_pin = pin_file.read_text()
+    session = backend._conn.session
+    await _pkcs11._run(session.close)
+    pin_file.write_text("000000\n")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await harness.sign("k", harness.payloads.timestamp(1))
+    finally:
+        pin_file.write_text(good_pin)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "000000" not in info.value.details()
+    last = harness.records()[-1].event
+    assert last.outcome is Outcome.REFUSED
+    assert last.status == "UNAVAILABLE"
+    assert last.signature == ""
+    # The HSM is back: the same request is signed at version 1, nothing was lost.
+    resp = await harness.sign("k", harness.payloads.timestamp(1))
+    assert resp.metadata_version == 1
+
+
+async def test_refusal_record_carries_what_was_known(harness: Harness) -> None:
+    key = await harness.create_key("k")
+    await harness.sign("k", harness.payloads.timestamp(5))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await harness.sign("k", harness.payloads.timestamp(4))
+    event = harness.records()[-1].event
+    assert (event.role, event.metadata_version, event.key_version) == ("timestamp", 4, 1)
+    assert event.keyid == key.versions[0].keyid
+    assert event.expires.endswith("Z")

@@ -250,26 +250,29 @@ class SigningService:
                 when nothing could be recorded (nothing was signed).
         """
         digest = hashlib.sha256(payload).hexdigest()
-        event = self._now_event(
-            identity, "sign", key_name=key_name, role=role or "", payload_sha256=digest
+        # The refusal record carries whatever was learnt before the refusal.
+        known = _Known(
+            self._now_event(
+                identity, "sign", key_name=key_name, role=role or "", payload_sha256=digest
+            )
         )
         try:
-            return await self._sign(event, key_name, role, payload, expected_keyid)
+            return await self._sign(known, key_name, role, payload, expected_keyid)
         except _Recorded as r:
             raise r.error from None
         except StoreError:
             raise
         except TufSignerError as e:
-            await self._refuse(event, e)
+            await self._refuse(known.event, e)
             raise
         except Exception as e:
             log.exception("unexpected error in Sign")
-            await self._refuse(event, TufSignerError("internal error"))
+            await self._refuse(known.event, TufSignerError("internal error"))
             raise TufSignerError("internal error") from e
 
     async def _sign(
         self,
-        event: AuditEvent,
+        known: _Known,
         key_name: str,
         role: str | None,
         payload: bytes,
@@ -280,8 +283,8 @@ class SigningService:
         resolved, info, _rule = policy.check_sign_request(
             payload, role, key_name, view.key.rules, now, self._max_payload
         )
-        event = replace(
-            event,
+        event = known.event = replace(
+            known.event,
             role=resolved,
             metadata_version=info.version,
             expires=info.expires.strftime(policy.TUF_EXPIRES_FORMAT),
@@ -297,7 +300,7 @@ class SigningService:
                     f"key {key_name!r} (active: version {active.version}, "
                     f"keyid {active.keyid[:16]}...)"
                 )
-        event = replace(event, keyid=active.keyid, key_version=active.version)
+        event = known.event = replace(event, keyid=active.keyid, key_version=active.version)
         state = RoleState(
             key_name=key_name,
             role=resolved,
@@ -564,6 +567,13 @@ class SigningService:
     def close(self) -> None:
         """Commit what is queued and stop the writer (the store stays open)."""
         self._writer.close()
+
+
+@dataclass
+class _Known:
+    """What a Sign has learnt so far, for its record if it is refused."""
+
+    event: AuditEvent
 
 
 class _Recorded(Exception):

@@ -102,7 +102,7 @@ def test_bad_config_names_the_setting(tmp_path: Path, text: str, match: str) -> 
         ("0.0.0.0:50051", True, "loopback"),
         ("10.1.2.3:50051", True, "loopback"),
         ("example.org:50051", True, "loopback"),
-        ("127.0.0.1:50051", False, "server.insecure"),
+        ("127.0.0.1:50051", False, "server.tls: mutual TLS is required"),
     ],
     ids=["any-address", "private-address", "hostname", "insecure-off"],
 )

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,10 +38,26 @@ from pathlib import Path
 from typing import Any
 
 from tuf_signer.errors import ConfigError
+from tuf_signer.policy import AccessPolicy, AccessRule
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 # A 16,384-bin snapshot lists every bin and is MB-sized (PEP 458); leave room.
 DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The server's mutual-TLS material (PEM files).
+
+    Attributes:
+        cert: the server certificate chain.
+        key: its private key; a secret: mode 0600 or stricter.
+        client_ca: CA certificates that client certificates must chain to.
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path
 
 
 @dataclass(frozen=True)
@@ -49,16 +67,35 @@ class ServerConfig:
     Attributes:
         listen: ``HOST:PORT``; port 0 picks a free port.
         insecure: plaintext without TLS; refused unless HOST is loopback.
+        tls: mutual TLS (required unless ``insecure``).
         max_payload_bytes: largest Sign payload accepted, in bytes.
         drain_seconds: how long SIGTERM waits for in-flight calls, in seconds.
         health_interval: seconds between backend and store health probes.
+        call_deadline: the longest any call may run on the server, in seconds.
     """
 
     listen: str = DEFAULT_LISTEN
     insecure: bool = False
+    tls: TlsConfig | None = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     drain_seconds: float = 10.0
     health_interval: float = 10.0
+    call_deadline: float = 30.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-identity abuse limits (an access rule may override each).
+
+    Attributes:
+        max_concurrent: calls one identity may have in flight at once.
+        rate: sustained calls per second for one identity (token bucket).
+        burst: calls one identity may make at once above ``rate``.
+    """
+
+    max_concurrent: int = 256
+    rate: float = 5000.0
+    burst: int = 10000
 
 
 @dataclass(frozen=True)
@@ -119,7 +156,39 @@ class Pkcs11Config:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-BackendConfig = Pkcs11Config
+@dataclass(frozen=True)
+class GcpKmsConfig:
+    """A Google Cloud KMS key ring (backend type ``gcpkms``).
+
+    Attributes:
+        name: the backend's name.
+        project: Google Cloud project id.
+        location: KMS location, e.g. ``global`` or ``europe-west1``.
+        key_ring: key ring id; created with the first key if it is missing.
+        credentials_file: a service-account (or workload identity federation)
+            JSON file, mode 0600; None for Application Default Credentials.
+        endpoint: ``HOST:PORT`` instead of ``cloudkms.googleapis.com``. A
+            loopback address is spoken to in plaintext without credentials
+            (the fake KMS); any other endpoint uses TLS.
+        protection_level: ``HSM`` or ``SOFTWARE``, for new keys.
+        call_timeout: budget of one sign, public-key read or disable, retries
+            and backoff included, in seconds.
+        create_timeout: budget of one key creation, including the wait for
+            KMS to generate the key, in seconds.
+    """
+
+    name: str
+    project: str
+    location: str
+    key_ring: str
+    credentials_file: Path | None = None
+    endpoint: str | None = None
+    protection_level: str = "HSM"
+    call_timeout: float = 10.0
+    create_timeout: float = 120.0
+
+
+BackendConfig = Pkcs11Config | GcpKmsConfig
 
 
 @dataclass(frozen=True)
@@ -131,6 +200,8 @@ class Config:
     audit: AuditConfig
     backends: Mapping[str, BackendConfig]
     default_backend: str
+    authz: AccessPolicy = field(default_factory=AccessPolicy)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -193,23 +264,64 @@ def is_loopback(host: str) -> bool:
 
 
 def check_listen(server: ServerConfig) -> None:
-    """Refuse a plaintext listener anywhere but loopback.
+    """Mutual TLS, or plaintext only when declared and only on loopback.
 
     Raises:
-        ConfigError: ``insecure`` is off (TLS is not configured) or the host
-            is not a loopback address.
+        ConfigError: no TLS and not ``insecure``; both; or a plaintext listener
+            on an address that is not loopback.
     """
     host, _ = split_host_port(server.listen)
-    if not server.insecure:
+    if server.insecure:
+        if server.tls is not None:
+            raise ConfigError("server.insecure: contradicts [server.tls]; remove one of them")
+        if not is_loopback(host):
+            raise ConfigError(
+                f"server.listen: a plaintext (insecure) listener must be on a loopback "
+                f"address, not {host!r}"
+            )
+    elif server.tls is None:
         raise ConfigError(
-            "server.insecure: TLS settings are not configured, so the listener must be "
-            "declared plaintext with `insecure = true` (loopback only)"
+            "server.tls: mutual TLS is required (cert, key, client_ca); for a plaintext "
+            "loopback listener set `insecure = true` explicitly"
         )
-    if not is_loopback(host):
+
+
+def check_secret_file(path: Path, setting: str) -> None:
+    """Refuse a secret file that others could read or change.
+
+    Raises:
+        ConfigError: the file is missing, not a regular file, or its mode lets
+            group or others read or write it.
+    """
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ConfigError(f"{setting}: cannot read {path}: {e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{setting}: {path} is not a regular file")
+    if st.st_mode & 0o077:
         raise ConfigError(
-            f"server.listen: a plaintext (insecure) listener must be on a loopback "
-            f"address, not {host!r}"
+            f"{setting}: {path} is accessible to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it"
         )
+
+
+def check_secrets(config: Config) -> None:
+    """Check every secret file the server will read (run at server start).
+
+    Raises:
+        ConfigError: naming the first secret file that is unsafe.
+    """
+    if config.server.tls is not None:
+        check_secret_file(config.server.tls.key, "server.tls.key")
+        for name in ("cert", "client_ca"):
+            path = getattr(config.server.tls, name)
+            if not path.is_file():
+                raise ConfigError(f"server.tls.{name}: {path} does not exist")
+    for name, backend in config.backends.items():
+        pin = getattr(backend, "pin", None)
+        if isinstance(pin, SecretSource) and pin.file is not None:
+            check_secret_file(pin.file, f"backends.{name}.pin_file")
 
 
 def _secret(table: Mapping[str, Any], prefix: str, base: Path, where: str) -> SecretSource:
@@ -229,11 +341,78 @@ def _secret(table: Mapping[str, Any], prefix: str, base: Path, where: str) -> Se
     )
 
 
+# Cloud KMS resource ids (https://cloud.google.com/kms/docs/resource-hierarchy).
+_KMS_ID = re.compile(r"[a-zA-Z0-9_-]{1,63}")
+_GCP_PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
+_KMS_LOCATION = re.compile(r"[a-z][a-z0-9-]{0,62}")
+
+
+def _gcpkms_backend(name: str, table: Mapping[str, Any], base: Path) -> GcpKmsConfig:
+    where = f"backends.{name}."
+    _unknown(
+        table,
+        {
+            "type",
+            "project",
+            "location",
+            "key_ring",
+            "credentials_file",
+            "endpoint",
+            "protection_level",
+            "call_timeout",
+            "create_timeout",
+        },
+        where,
+    )
+    project = _get(table, "project", str, where, _REQUIRED)
+    if not _GCP_PROJECT.fullmatch(project):
+        raise ConfigError(f"{where}project: {project!r} is not a Google Cloud project id")
+    location = _get(table, "location", str, where, _REQUIRED)
+    if not _KMS_LOCATION.fullmatch(location):
+        raise ConfigError(f"{where}location: {location!r} is not a KMS location")
+    key_ring = _get(table, "key_ring", str, where, _REQUIRED)
+    if not _KMS_ID.fullmatch(key_ring):
+        raise ConfigError(f"{where}key_ring: {key_ring!r} must match [a-zA-Z0-9_-]{{1,63}}")
+    endpoint = _get(table, "endpoint", str, where, None)
+    plaintext = False
+    if endpoint is not None:
+        host, _ = split_host_port(endpoint, f"{where}endpoint")
+        plaintext = is_loopback(host)
+    credentials = _get(table, "credentials_file", str, where, None)
+    if credentials is not None and plaintext:
+        raise ConfigError(
+            f"{where}credentials_file: not used with the plaintext loopback endpoint {endpoint}"
+        )
+    level = _get(table, "protection_level", str, where, "hsm").upper()
+    if level not in ("HSM", "SOFTWARE"):
+        raise ConfigError(f"{where}protection_level: expected 'hsm' or 'software'")
+    timeouts = {}
+    for key, default in (("call_timeout", 10.0), ("create_timeout", 120.0)):
+        value = float(_get(table, key, (int, float), where, default))
+        if not 0 < value <= 3600:
+            raise ConfigError(f"{where}{key}: must be between 0 and 3600 seconds")
+        timeouts[key] = value
+    return GcpKmsConfig(
+        name=name,
+        project=project,
+        location=location,
+        key_ring=key_ring,
+        credentials_file=(base / credentials) if credentials is not None else None,
+        endpoint=endpoint,
+        protection_level=level,
+        **timeouts,
+    )
+
+
 def _backend(name: str, table: Mapping[str, Any], base: Path) -> BackendConfig:
     where = f"backends.{name}."
     kind = _get(table, "type", str, where, _REQUIRED)
+    if kind == "gcpkms":
+        return _gcpkms_backend(name, table, base)
     if kind != "pkcs11":
-        raise ConfigError(f"{where}type: unknown backend type {kind!r} (supported: 'pkcs11')")
+        raise ConfigError(
+            f"{where}type: unknown backend type {kind!r} (supported: 'pkcs11', 'gcpkms')"
+        )
     _unknown(table, {"type", "module", "token_label", "pin_file", "pin_env", "pin", "env"}, where)
     env = _table(table, "env", where)
     for key, value in env.items():
@@ -260,25 +439,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         ConfigError: naming the first wrong, missing or contradictory setting.
     """
     base = path.parent
-    _unknown(data, {"server", "audit", "backends", "keys"}, "")
-    s = _table(data, "server", "")
-    _unknown(
-        s,
-        {"listen", "insecure", "max_payload_bytes", "drain_seconds", "health_interval"},
-        "server.",
-    )
-    server = ServerConfig(
-        listen=_get(s, "listen", str, "server.", DEFAULT_LISTEN),
-        insecure=_get(s, "insecure", bool, "server.", False),
-        max_payload_bytes=_get(s, "max_payload_bytes", int, "server.", DEFAULT_MAX_PAYLOAD_BYTES),
-        drain_seconds=float(_get(s, "drain_seconds", (int, float), "server.", 10.0)),
-        health_interval=float(_get(s, "health_interval", (int, float), "server.", 10.0)),
-    )
-    split_host_port(server.listen)
-    if server.max_payload_bytes < 1024:
-        raise ConfigError("server.max_payload_bytes: must be at least 1024")
-    if server.drain_seconds < 0 or server.health_interval <= 0:
-        raise ConfigError("server.drain_seconds / server.health_interval: must be positive")
+    _unknown(data, {"server", "audit", "backends", "keys", "authz", "limits"}, "")
+    server = _server(_table(data, "server", ""), base)
 
     a = _table(data, "audit", "")
     _unknown(a, {"store", "path"}, "audit.")
@@ -307,7 +469,99 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         audit=audit,
         backends=backends,
         default_backend=default_backend,
+        authz=_authz(_table(data, "authz", "")),
+        limits=_limits(_table(data, "limits", ""), "limits."),
     )
+
+
+def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
+    _unknown(
+        s,
+        {
+            "listen",
+            "insecure",
+            "tls",
+            "max_payload_bytes",
+            "drain_seconds",
+            "health_interval",
+            "call_deadline_seconds",
+        },
+        "server.",
+    )
+    tls = None
+    if "tls" in s:
+        t = _table(s, "tls", "server.")
+        _unknown(t, {"cert", "key", "client_ca"}, "server.tls.")
+        tls = TlsConfig(
+            cert=base / _get(t, "cert", str, "server.tls.", _REQUIRED),
+            key=base / _get(t, "key", str, "server.tls.", _REQUIRED),
+            client_ca=base / _get(t, "client_ca", str, "server.tls.", _REQUIRED),
+        )
+    server = ServerConfig(
+        listen=_get(s, "listen", str, "server.", DEFAULT_LISTEN),
+        insecure=_get(s, "insecure", bool, "server.", False),
+        tls=tls,
+        max_payload_bytes=_get(s, "max_payload_bytes", int, "server.", DEFAULT_MAX_PAYLOAD_BYTES),
+        drain_seconds=float(_get(s, "drain_seconds", (int, float), "server.", 10.0)),
+        health_interval=float(_get(s, "health_interval", (int, float), "server.", 10.0)),
+        call_deadline=float(_get(s, "call_deadline_seconds", (int, float), "server.", 30.0)),
+    )
+    split_host_port(server.listen)
+    if server.max_payload_bytes < 1024:
+        raise ConfigError("server.max_payload_bytes: must be at least 1024")
+    if server.drain_seconds < 0 or server.health_interval <= 0:
+        raise ConfigError("server.drain_seconds / server.health_interval: must be positive")
+    if not 0 < server.call_deadline <= 3600:
+        raise ConfigError("server.call_deadline_seconds: must be between 0 and 3600")
+    return server
+
+
+def _limits(t: Mapping[str, Any], where: str, base: LimitsConfig | None = None) -> LimitsConfig:
+    _unknown(t, {"max_concurrent", "rate", "burst"}, where)
+    d = base or LimitsConfig()
+    limits = LimitsConfig(
+        max_concurrent=_get(t, "max_concurrent", int, where, d.max_concurrent),
+        rate=float(_get(t, "rate", (int, float), where, d.rate)),
+        burst=_get(t, "burst", int, where, d.burst),
+    )
+    if limits.max_concurrent < 1 or limits.burst < 1 or limits.rate <= 0:
+        raise ConfigError(f"{where}max_concurrent/rate/burst: must be positive")
+    return limits
+
+
+def _str_list(t: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = _get(t, key, list, where, [])
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}{key}: expected a list of strings")
+    return tuple(value)
+
+
+def _authz(a: Mapping[str, Any]) -> AccessPolicy:
+    _unknown(a, {"rules"}, "authz.")
+    rules = _get(a, "rules", list, "authz.", [])
+    parsed = []
+    for i, r in enumerate(rules):
+        where = f"authz.rules[{i}]."
+        if not isinstance(r, dict):
+            raise ConfigError(f"authz.rules[{i}]: expected a table ([[authz.rules]])")
+        _unknown(
+            r,
+            {"identity", "operations", "keys", "roles", "max_concurrent", "rate", "burst"},
+            where,
+        )
+        rate = _get(r, "rate", (int, float), where, None)
+        parsed.append(
+            AccessRule(
+                identity=_get(r, "identity", str, where, _REQUIRED),
+                operations=frozenset(_str_list(r, "operations", where)),
+                keys=_str_list(r, "keys", where),
+                roles=_str_list(r, "roles", where),
+                max_concurrent=_get(r, "max_concurrent", int, where, None),
+                rate=float(rate) if rate is not None else None,
+                burst=_get(r, "burst", int, where, None),
+            )
+        )
+    return AccessPolicy.from_rules(parsed)
 
 
 def load_config(path: Path | str) -> Config:

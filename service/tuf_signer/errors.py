@@ -105,6 +105,24 @@ class BackendUnavailableError(BackendError):
     code = "UNAVAILABLE"
 
 
+class DeadlineError(BackendError):
+    """The backend did not answer within the call's deadline; nothing was signed."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class BackendQuotaError(BackendError):
+    """The KMS refused for quota (requests per minute, per key...); try again later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class BackendPermissionError(BackendError):
+    """The KMS refused our credentials or a permission; an operator must grant it."""
+
+    code = "FAILED_PRECONDITION"
+
+
 # --- store: the audit record and role state ---------------------------------------
 
 

@@ -45,9 +45,35 @@ def _env() -> dict[str, str]:
     return env
 
 
-def wait_healthy(address: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+def client_env(directory: Path, client: str) -> dict[str, str]:
+    """The environment ``set -a; . DIR/CLIENT.env`` gives (backend or admin)."""
+    env = _env()
+    for line in (directory / f"{client}.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value
+    return env
+
+
+def credentials(directory: Path, client: str) -> grpc.ChannelCredentials:
+    tls = directory / "tls"
+    return grpc.ssl_channel_credentials(
+        root_certificates=(tls / "ca.crt").read_bytes(),
+        private_key=(tls / f"{client}.key").read_bytes(),
+        certificate_chain=(tls / f"{client}.crt").read_bytes(),
+    )
+
+
+def wait_healthy(
+    address: str,
+    proc: subprocess.Popen,
+    creds: grpc.ChannelCredentials | None = None,
+    timeout: float = 30,
+) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    last: Exception | None = None
+    channel = grpc.secure_channel(address, creds) if creds else grpc.insecure_channel(address)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -56,9 +82,10 @@ def wait_healthy(address: str, proc: subprocess.Popen, timeout: float = 30) -> N
                 r = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if r.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.RpcError:
+            except grpc.RpcError as e:
+                last = e
                 time.sleep(0.1)
-    raise AssertionError("server did not become healthy")
+    raise AssertionError(f"server did not become healthy: {last!r}")
 
 
 @dataclass
@@ -67,6 +94,14 @@ class DevSigner:
     config: Path
     address: str
     proc: subprocess.Popen
+
+    def env(self, client: str) -> dict[str, str]:
+        """The CLI environment of the ``backend`` or ``admin`` client."""
+        return client_env(self.directory, client)
+
+    def as_(self, client: str, *args: str, **kw):
+        """Run ``tuf-signer ARGS`` as that client."""
+        return run(*args, env=self.env(client), **kw)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -89,7 +124,7 @@ def dev_signer(tmp_path: Path) -> Iterator[DevSigner]:
     )
     signer = DevSigner(directory, config, address, proc)
     try:
-        wait_healthy(address, proc)
+        wait_healthy(address, proc, credentials(directory, "admin"))
         yield signer
     finally:
         signer.stop()

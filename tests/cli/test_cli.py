@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import stat
@@ -17,7 +18,7 @@ def payload(kind: str, version: int) -> bytes:
 
 
 def active_key(signer: DevSigner) -> dict:
-    keys = json.loads(run("keys", "list", "--json", "--server", signer.address).stdout)
+    keys = json.loads(signer.as_("admin", "keys", "list", "--json").stdout)
     (online,) = [k for k in keys if k["name"] == "online"]
     (active,) = [v for v in online["versions"] if v["state"] == "ACTIVE"]
     return active
@@ -35,12 +36,13 @@ def test_dev_init_layout(dev_signer: DevSigner) -> None:
 
 
 def test_walkthrough(dev_signer: DevSigner, tmp_path) -> None:
-    server = ["--server", dev_signer.address]
+    backend = functools.partial(dev_signer.as_, "backend")
+    admin = functools.partial(dev_signer.as_, "admin")
     ts2 = tmp_path / "timestamp-2.json"
     ts2.write_bytes(payload("timestamp", 2))
 
     # Sign a timestamp: the signature verifies against the listed public key.
-    sig = json.loads(run("sign", *server, "--key", "online", str(ts2)).stdout)
+    sig = json.loads(backend("sign", "--key", "online", str(ts2)).stdout)
     key = active_key(dev_signer)
     assert sig["keyid"] == key["keyid"]
     SSlibKey.from_dict(key["keyid"], key["public_key"]).verify_signature(
@@ -48,31 +50,31 @@ def test_walkthrough(dev_signer: DevSigner, tmp_path) -> None:
     )
 
     # A rollback to version 1 is refused, naming the high-water version.
-    rolled = run(
-        "sign", *server, "--key", "online", "-", stdin=payload("timestamp", 1), check=False
-    )
+    rolled = backend("sign", "--key", "online", "-", stdin=payload("timestamp", 1), check=False)
     assert rolled.returncode == 1
     assert "FAILED_PRECONDITION" in rolled.stderr and "version 2" in rolled.stderr
     assert rolled.stdout == ""
 
-    # Rotate: the new version is PENDING with a public key for root, then activated.
-    new = json.loads(run("keys", "rotate", *server, "online").stdout)
+    # The backend identity may sign but not rotate; the admin may.
+    denied = backend("keys", "rotate", "online", check=False)
+    assert denied.returncode == 1
+    assert "PERMISSION_DENIED" in denied.stderr
+    new = json.loads(admin("keys", "rotate", "online").stdout)
     assert new["state"] == "PENDING" and new["public_key"]["keyval"]["public"]
-    run("keys", "activate", *server, "online", "2", "--expected-keyid", new["keyid"])
-    sig3 = json.loads(
-        run("sign", *server, "--key", "online", "-", stdin=payload("timestamp", 3)).stdout
-    )
+    admin("keys", "activate", "online", "2", "--expected-keyid", new["keyid"])
+    sig3 = json.loads(backend("sign", "--key", "online", "-", stdin=payload("timestamp", 3)).stdout)
     assert sig3["keyid"] == new["keyid"]
 
     # The listing shows v1 RETIRED and v2 ACTIVE.
-    table = run("keys", "list", *server).stdout
+    table = admin("keys", "list").stdout
     assert "RETIRED" in table and "ACTIVE" in table
 
-    # The audit log verifies and shows every decision, the refusal included.
+    # The audit log verifies and shows every decision, the refusals included.
     ok = run("audit", "verify", "--config", str(dev_signer.config))
     assert ok.stdout.startswith("OK:")
     tail = run("audit", "tail", "--config", str(dev_signer.config), "-n", "50").stdout
     assert "refused" in tail and "rotate-key" in tail and "create-key" in tail
+    assert "spiffe://tuf-signer.dev/backend" in tail  # identities are on the record
     exported = [
         json.loads(line)
         for line in run("audit", "export", "--config", str(dev_signer.config)).stdout.splitlines()
@@ -81,26 +83,38 @@ def test_walkthrough(dev_signer: DevSigner, tmp_path) -> None:
     assert dev_signer.stop() == 0
 
 
-def test_server_from_environment(dev_signer: DevSigner) -> None:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
-    env["TUF_SIGNER_SERVER"] = dev_signer.address
-    out = run("sign", "--key", "online", "-", stdin=payload("snapshot", 1), env=env)
+def test_client_options_on_the_command_line(dev_signer: DevSigner) -> None:
+    tls = dev_signer.directory / "tls"
+    common = ["--server", dev_signer.address, "--ca", str(tls / "ca.crt")]
+    out = run(
+        "sign",
+        *common,
+        "--cert", str(tls / "backend.crt"),
+        "--tls-key", str(tls / "backend.key"),
+        "--key", "online",
+        "-",
+        stdin=payload("snapshot", 1),
+    )  # fmt: skip
     assert json.loads(out.stdout)["sig"]
+    listed = run(
+        "keys", "list", *common, "--cert", str(tls / "admin.crt"), "--key", str(tls / "admin.key")
+    )
+    assert "online" in listed.stdout
+
+
+def test_plaintext_client_cannot_reach_the_dev_signer(dev_signer: DevSigner) -> None:
+    out = run(
+        "sign", "--server", dev_signer.address, "--key", "online", "-",
+        stdin=payload("snapshot", 1), check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "UNAVAILABLE" in out.stderr
+    assert out.stdout == ""
 
 
 def _sign_some(signer: DevSigner, n: int = 4) -> None:
     for v in range(1, n + 1):
-        run(
-            "sign",
-            "--server",
-            signer.address,
-            "--key",
-            "online",
-            "-",
-            stdin=payload("timestamp", v),
-        )
+        signer.as_("backend", "sign", "--key", "online", "-", stdin=payload("timestamp", v))
 
 
 TAMPER = {

@@ -57,18 +57,30 @@ def test_init_token_refuses_an_existing_label(tmp_path: Path) -> None:
 def test_init_token_failure_does_not_show_the_pins(tmp_path: Path) -> None:
     conf = write_softhsm_config(tmp_path)
 
-    # SoftHSM wants PINs of 4 to 255 characters.
-    with pytest.raises(BackendError, match="softhsm2-util exited with status") as raised:
-        init_token(conf, "short-pin", "q7z", "w8x4v2")
+    # SoftHSM refuses labels over 32 characters.
+    with pytest.raises(BackendError, match=r"softhsm2-util exited with status.*32") as raised:
+        init_token(conf, "x" * 40, "q7z9", "w8x4v2")
 
     error: BaseException | None = raised.value
     assert raised.value.__cause__ is None
     assert raised.value.__suppress_context__
     while error is not None:
-        assert "q7z" not in str(error)
+        assert "q7z9" not in str(error)
         assert "w8x4v2" not in str(error)
         error = error.__cause__
-    assert "short-pin" not in show_slots(conf)
+    assert "x" * 40 not in show_slots(conf)
+
+
+@pytest.mark.parametrize(
+    ("pin", "so_pin"), [("q7z", "w8x4v2"), ("q7z9", "w" * 256)], ids=["short", "long"]
+)
+def test_init_token_refuses_pins_softhsm_would_reprompt_for(
+    tmp_path: Path, pin: str, so_pin: str
+) -> None:
+    conf = write_softhsm_config(tmp_path)
+    with pytest.raises(ConfigError, match="4 to 255 characters") as raised:
+        init_token(conf, "bad-pin", pin, so_pin)
+    assert pin not in str(raised.value)
 
 
 def test_softhsm_module_path() -> None:

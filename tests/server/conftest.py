@@ -57,6 +57,13 @@ module = "{hsm.module}"
 token_label = "{hsm.token_label}"
 pin_file = "hsm.pin"
 env = {{ SOFTHSM2_CONF = "{hsm.conf}" }}
+
+# Plaintext callers are "anonymous"; these tests let them do everything.
+[[authz.rules]]
+identity = "anonymous"
+operations = ["sign", "key-admin", "read-keys", "read-audit"]
+keys = ["*"]
+roles = ["timestamp", "snapshot", "targets", "bins-*"]
 """
     )
     return path

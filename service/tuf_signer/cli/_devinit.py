@@ -1,9 +1,12 @@
 """``tuf-signer dev-init DIR``: a complete local signer in one directory.
 
 DIR gets a SoftHSM token (config, token files, PIN files with mode 0600), a
-config file, an empty audit database, and an Ed25519 key ``online`` allowed
-to sign ``timestamp``, ``snapshot`` and ``bins-*`` for at most one day each
-(PEP 458). For development only: the PIN sits in a file beside the token.
+development PKI under ``tls/`` (a CA, the server's certificate, and client
+certificates for ``backend`` and ``admin``), ``backend.env`` and ``admin.env``
+that turn the CLI into either client, a config file with mutual TLS and an
+access policy, an audit database, and an Ed25519 key ``online`` allowed to
+sign ``timestamp``, ``snapshot`` and ``bins-*`` for at most one day each
+(PEP 458). For development only: the PIN and the CA key sit beside the token.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import secrets
 from pathlib import Path
 
+from tuf_signer.cli._devcerts import DEV_IDENTITY_PREFIX, DevCa
+from tuf_signer.client import CA_ENV, CERT_ENV, KEY_ENV, SERVER_ENV
 from tuf_signer.errors import ConfigError
 
 CONFIG_NAME = "tuf-signer.toml"
@@ -25,9 +30,30 @@ _CONFIG = """\
 
 [server]
 listen = "{listen}"
-insecure = true              # plaintext: allowed on loopback only
 max_payload_bytes = 8388608  # bytes; a 16,384-bin snapshot is MB-sized
 drain_seconds = 10           # seconds SIGTERM waits for in-flight calls
+call_deadline_seconds = 30   # the longest any call may run
+
+[server.tls]                 # mutual TLS: clients need a certificate from client_ca
+cert = "tls/server.crt"
+key = "tls/server.key"
+client_ca = "tls/ca.crt"
+
+[limits]                     # per client identity
+max_concurrent = 256         # calls in flight
+rate = 5000                  # calls per second, sustained
+burst = 10000                # calls at once above the rate
+
+# Deny by default: each client identity (its certificate's SAN URI) gets a rule.
+[[authz.rules]]
+identity = "{prefix}backend"
+operations = ["sign", "read-keys"]
+keys = ["{key}"]
+roles = ["timestamp", "snapshot", "bins-*"]
+
+[[authz.rules]]
+identity = "{prefix}admin"
+operations = ["key-admin", "read-keys", "read-audit"]
 
 [audit]
 store = "sqlite"
@@ -73,7 +99,26 @@ def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
     _write_secret(directory / "hsm.pin", pin)
     _write_secret(directory / "hsm.so-pin", so_pin)
     init_token(conf, TOKEN_LABEL, pin, so_pin)
-    config_path.write_text(_CONFIG.format(listen=listen, module=module, token=TOKEN_LABEL))
+    ca = DevCa(directory / "tls")
+    ca.issue("server", server=True)
+    for client in ("backend", "admin"):
+        issued = ca.issue(client, server=False)
+        (directory / f"{client}.env").write_text(
+            f"# `set -a; . {directory / client}.env; set +a` makes the CLI the {client} client.\n"
+            f"{SERVER_ENV}={listen}\n"
+            f"{CA_ENV}={ca.cert}\n"
+            f"{CERT_ENV}={issued.cert}\n"
+            f"{KEY_ENV}={issued.key}\n"
+        )
+    config_path.write_text(
+        _CONFIG.format(
+            listen=listen,
+            module=module,
+            token=TOKEN_LABEL,
+            prefix=DEV_IDENTITY_PREFIX,
+            key=DEV_KEY,
+        )
+    )
     asyncio.run(_create_dev_key(config_path))
     return config_path
 
@@ -84,12 +129,17 @@ async def _create_dev_key(config_path: Path) -> None:
     from tuf_signer.policy import PEP458_ONLINE_RULES
     from tuf_signer.server import SigningService, start_backends
     from tuf_signer.server._app import open_store
+    from tuf_signer.server._guard import Guard
 
     config = load_config(config_path)
     store = open_store(config)
     backends = await start_backends(config)
     service = SigningService(
-        store, backends, config.default_backend, config.server.max_payload_bytes
+        store,
+        backends,
+        config.default_backend,
+        config.server.max_payload_bytes,
+        guard=Guard.unrestricted(),
     )
     try:
         await service.create_key(

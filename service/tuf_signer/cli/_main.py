@@ -30,7 +30,7 @@ def _print_json(data: Any) -> None:
 def _client(args: argparse.Namespace) -> Any:
     from tuf_signer.client import Client
 
-    return Client(args.server, timeout=args.timeout)
+    return Client(args.server, ca=args.ca, cert=args.cert, key=args.tls_key, timeout=args.timeout)
 
 
 def _read_input(path: str) -> bytes:
@@ -256,8 +256,18 @@ def cmd_dev_payload(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------
 
 
-def _add_client_args(p: argparse.ArgumentParser) -> None:
+def _add_client_args(p: argparse.ArgumentParser, key_flag: bool = True) -> None:
+    """Server and mutual-TLS options of every client command.
+
+    ``--key`` is the client's TLS private key, except on commands where it
+    already names a signing key (``sign``, ``role-state``): there the TLS key
+    is ``--tls-key`` (accepted everywhere).
+    """
     p.add_argument("--server", help="HOST:PORT (default: $TUF_SIGNER_SERVER or 127.0.0.1:50051)")
+    p.add_argument("--ca", help="CA certificate of the server (default: $TUF_SIGNER_CA)")
+    p.add_argument("--cert", help="client certificate (default: $TUF_SIGNER_CERT)")
+    flags = ("--key", "--tls-key") if key_flag else ("--tls-key",)
+    p.add_argument(*flags, dest="tls_key", help="client private key (default: $TUF_SIGNER_KEY)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
 
 
@@ -281,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sign", help="sign a canonical-JSON TUF 'signed' payload")
-    _add_client_args(p)
+    _add_client_args(p, key_flag=False)
     p.add_argument("--key", required=True, help="key name")
     p.add_argument("--role", help="role name (optional for timestamp and snapshot)")
     p.add_argument("--expected-keyid", default="", help="refuse unless this keyid is ACTIVE")
@@ -336,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys_retire)
 
     p = sub.add_parser("role-state", help="highest version signed per (key, role)")
-    _add_client_args(p)
+    _add_client_args(p, key_flag=False)
     p.add_argument("--key", default="")
     p.add_argument("--role", default="")
     p.set_defaults(func=cmd_role_state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pty
 import shutil
 import subprocess
 from pathlib import Path
@@ -90,10 +91,10 @@ def write_softhsm_config(dir: Path) -> Path:
 def init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
     """Initialise a new SoftHSM2 token in the first free slot.
 
-    Runs ``softhsm2-util --init-token --free`` with ``SOFTHSM2_CONF=conf``.
-    ``softhsm2-util`` only takes the PINs as arguments, so they are briefly
-    visible in this machine's process list; use it for development tokens
-    only. The PINs are never logged, and errors never contain them.
+    Runs ``softhsm2-util --init-token --free`` with ``SOFTHSM2_CONF=conf`` and
+    types the PINs at its prompts through a pseudo-terminal, so they never
+    appear in its argv (``ps``). The PINs are never logged, and errors never
+    contain them.
 
     Args:
         conf: the SoftHSM2 configuration (see ``write_softhsm_config``).
@@ -106,12 +107,18 @@ def init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
             already exists in that configuration.
         BackendError: ``softhsm2-util`` failed or timed out.
     """
+    for name, value in (("PIN", pin), ("SO PIN", so_pin)):
+        # softhsm2-util would prompt again forever for a PIN out of range.
+        if not 4 <= len(value) <= 255:
+            raise ConfigError(f"a SoftHSM {name} must have 4 to 255 characters")
     if label in _token_labels(conf):
         raise ConfigError(f"a SoftHSM token labelled {label!r} already exists in {conf}")
     _run_util(
         conf,
-        ["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin],
+        ["--init-token", "--free", "--label", label],
         secrets=(pin, so_pin),
+        # softhsm2-util asks for the SO PIN twice, then the user PIN twice.
+        typed=f"{so_pin}\n{so_pin}\n{pin}\n{pin}\n",
         what=f"initialising SoftHSM token {label!r}",
     )
 
@@ -127,8 +134,14 @@ def _token_labels(conf: Path) -> set[str]:
     return labels
 
 
-def _run_util(conf: Path, args: list[str], *, secrets: tuple[str, ...], what: str) -> str:
-    """Run ``softhsm2-util`` and return its stdout; errors never contain argv."""
+def _run_util(
+    conf: Path, args: list[str], *, secrets: tuple[str, ...], what: str, typed: str = ""
+) -> str:
+    """Run ``softhsm2-util`` and return its stdout; errors never contain secrets.
+
+    ``typed`` is written to a pseudo-terminal on its standard input: the tool
+    reads PINs from a terminal only.
+    """
     util = shutil.which("softhsm2-util")
     if util is None:
         raise ConfigError(f"softhsm2-util not found; {_INSTALL_HINT}")
@@ -136,19 +149,36 @@ def _run_util(conf: Path, args: list[str], *, secrets: tuple[str, ...], what: st
     # The errors below are raised "from None": CalledProcessError and
     # TimeoutExpired carry argv, which holds the PINs, and a chained cause would
     # put them in every logged traceback.
+    master, slave = pty.openpty()
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [util, *args],
             env=env,
-            capture_output=True,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=_UTIL_TIMEOUT,
-            check=False,
+            start_new_session=True,
         )
+        os.close(slave)
+        slave = -1
+        if typed:
+            os.write(master, typed.encode())
+        try:
+            stdout, stderr = proc.communicate(timeout=_UTIL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     except subprocess.TimeoutExpired:
         raise BackendError(f"{what}: softhsm2-util timed out after {_UTIL_TIMEOUT:.0f}s") from None
     except OSError as e:
         raise BackendError(f"{what}: cannot run softhsm2-util: {e.strerror}") from None
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
     if done.returncode != 0:
         detail = _scrub((done.stderr or done.stdout).strip(), secrets)
         raise BackendError(

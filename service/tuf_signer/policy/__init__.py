@@ -1,4 +1,4 @@
-"""TUF payload checks (P3): pure functions, no I/O, no clock.
+"""TUF payload checks (P3) and client authorisation (P2): pure functions, no I/O.
 
 The server calls ``check_sign_request`` for a Sign request and
 ``validate_rules`` for CreateKey; the smaller checks are public so that tools
@@ -8,6 +8,20 @@ and tests can apply them one at a time. Every check raises a
 
 from __future__ import annotations
 
+from tuf_signer.policy._authz import (
+    ANONYMOUS,
+    KEY_ADMIN,
+    OPERATIONS,
+    READ_AUDIT,
+    READ_KEYS,
+    SIGN,
+    UNRESTRICTED,
+    AccessPolicy,
+    AccessRule,
+    authorize,
+    authorize_key,
+    authorize_role,
+)
 from tuf_signer.policy._canonical import parse_canonical
 from tuf_signer.policy._checks import (
     PEP458_ONLINE_RULES,
@@ -24,9 +38,21 @@ from tuf_signer.policy._checks import (
 )
 
 __all__ = [
+    "ANONYMOUS",
+    "KEY_ADMIN",
+    "OPERATIONS",
     "PEP458_ONLINE_RULES",
+    "READ_AUDIT",
+    "READ_KEYS",
+    "SIGN",
     "TUF_EXPIRES_FORMAT",
+    "UNRESTRICTED",
+    "AccessPolicy",
+    "AccessRule",
     "SignedInfo",
+    "authorize",
+    "authorize_key",
+    "authorize_role",
     "check_expiry",
     "check_role_allowed",
     "check_sign_request",

@@ -15,20 +15,33 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tuf_signer.audit import AuditStore, SqliteAuditStore
-from tuf_signer.config import Config, ServerConfig, check_listen
+from tuf_signer.config import (
+    Config,
+    GcpKmsConfig,
+    ServerConfig,
+    TlsConfig,
+    check_listen,
+    check_secret_file,
+    check_secrets,
+    load_config,
+)
 from tuf_signer.errors import ConfigError, TufSignerError
-from tuf_signer.keys import KeyBackend, Pkcs11Backend
-from tuf_signer.server._grpc import ErrorInterceptor, KeyAdminServicer, SignerServicer
+from tuf_signer.keys import GcpKmsBackend, KeyBackend, Pkcs11Backend, kms_transport
+from tuf_signer.server._grpc import (
+    AuditLogServicer,
+    ErrorInterceptor,
+    KeyAdminServicer,
+    SignerServicer,
+)
+from tuf_signer.server._guard import Guard
+from tuf_signer.server._harden import harden_process
 from tuf_signer.server._service import Clock, SigningService, utc_now
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    pb.DESCRIPTOR.services_by_name["Signer"].full_name,
-    pb.DESCRIPTOR.services_by_name["KeyAdmin"].full_name,
-)
+SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 
 
 def apply_backend_env(env: Mapping[str, str], setting: str) -> None:
@@ -58,10 +71,25 @@ async def start_backends(config: Config) -> dict[str, KeyBackend]:
     started: dict[str, KeyBackend] = {}
     try:
         for name, cfg in config.backends.items():
-            apply_backend_env(cfg.env, f"backends.{name}")
-            backend: KeyBackend = Pkcs11Backend(
-                name=name, module=cfg.module, token_label=cfg.token_label, pin=cfg.pin.reader()
-            )
+            backend: KeyBackend
+            if isinstance(cfg, GcpKmsConfig):
+                if cfg.credentials_file is not None:
+                    check_secret_file(cfg.credentials_file, f"backends.{name}.credentials_file")
+                backend = GcpKmsBackend(
+                    name,
+                    project=cfg.project,
+                    location=cfg.location,
+                    key_ring=cfg.key_ring,
+                    transport=kms_transport(cfg.endpoint, cfg.credentials_file),
+                    protection_level=cfg.protection_level,
+                    call_timeout=cfg.call_timeout,
+                    create_timeout=cfg.create_timeout,
+                )
+            else:
+                apply_backend_env(cfg.env, f"backends.{name}")
+                backend = Pkcs11Backend(
+                    name=name, module=cfg.module, token_label=cfg.token_label, pin=cfg.pin.reader()
+                )
             await backend.start()
             started[name] = backend
     except BaseException:
@@ -93,6 +121,7 @@ class SignerServer:
             else config.server
         )
         self._clock = clock
+        self.guard = Guard(config.authz, config.limits)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
@@ -111,6 +140,8 @@ class SignerServer:
         """
         cfg = self._server_cfg
         check_listen(cfg)
+        check_secrets(self.config)
+        credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
         self._store = open_store(self.config)
         try:
             self._backends = await start_backends(self.config)
@@ -119,10 +150,13 @@ class SignerServer:
                 self._backends,
                 self.config.default_backend,
                 cfg.max_payload_bytes,
+                guard=self.guard,
                 clock=self._clock,
+                # Leave room within the call deadline to record the refusal.
+                hsm_timeout=cfg.call_deadline * 0.8,
             )
             server = grpc.aio.server(
-                interceptors=[ErrorInterceptor()],
+                interceptors=[ErrorInterceptor(cfg.call_deadline)],
                 options=[
                     # Room for a payload of max_payload_bytes plus the envelope.
                     ("grpc.max_receive_message_length", cfg.max_payload_bytes + 64 * 1024),
@@ -131,12 +165,16 @@ class SignerServer:
             )
             pb_grpc.add_SignerServicer_to_server(SignerServicer(self.service), server)
             pb_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(self.service), server)
+            pb_grpc.add_AuditLogServicer_to_server(AuditLogServicer(self.service), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
             try:
-                self.port = server.add_insecure_port(cfg.listen)
+                if credentials is None:
+                    self.port = server.add_insecure_port(cfg.listen)
+                else:
+                    self.port = server.add_secure_port(cfg.listen, credentials)
             except RuntimeError as e:
                 raise ConfigError(f"server.listen: cannot bind {cfg.listen}: {e}") from e
             await server.start()
@@ -146,8 +184,35 @@ class SignerServer:
             raise
         await self._set_health(serving=True)
         self._health_task = asyncio.create_task(self._watch_health(cfg.health_interval))
-        log.info("tuf-signer listening on %s (port %d, plaintext loopback)", cfg.listen, self.port)
+        log.info(
+            "tuf-signer listening on %s (port %d, %s)",
+            cfg.listen,
+            self.port,
+            "plaintext loopback" if credentials is None else "mutual TLS",
+        )
         return self.port
+
+    def reload(self) -> bool:
+        """Re-read the config file and put its access policy and limits in force.
+
+        A config that does not validate leaves the policy in force unchanged
+        and says why in the log. Other settings need a restart.
+
+        Returns:
+            True when the new policy is in force.
+        """
+        try:
+            fresh = load_config(self.config.path)
+        except TufSignerError as e:
+            log.error("reload: keeping the previous access policy: %s", e.reason)
+            return False
+        self.guard.update(fresh.authz, fresh.limits)
+        log.info(
+            "reload: access policy with %d rules and limits %s in force",
+            len(fresh.authz.rules),
+            fresh.limits,
+        )
+        return True
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -208,13 +273,36 @@ class SignerServer:
 
 
 async def serve(config: Config, listen: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain (``server.drain_seconds``)."""
+    """Run until SIGTERM or SIGINT, then drain (``server.drain_seconds``).
+
+    SIGHUP reloads the access policy and limits from the config file.
+    """
+    harden_process()
     server = SignerServer(config, listen=listen)
     await server.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, functools.partial(_on_signal, server, sig))
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.wait()
+
+
+def _server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """Mutual TLS: the client must present a certificate from ``client_ca``.
+
+    gRPC's TLS stack negotiates TLS 1.3 when the client offers it and refuses
+    anything below TLS 1.2.
+
+    Raises:
+        ConfigError: a file cannot be read.
+    """
+    try:
+        cert, key, ca = tls.cert.read_bytes(), tls.key.read_bytes(), tls.client_ca.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"server.tls: cannot read {e.filename}: {e.strerror}") from e
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
 
 
 def _on_signal(server: SignerServer, sig: signal.Signals) -> None:

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from tuf_signer.audit import event_to_dict
 from tuf_signer.errors import RequestError, TufSignerError
 from tuf_signer.model import Algorithm, KeyState, KeyVersion, RoleRule
+from tuf_signer.server._identity import identity_of
 from tuf_signer.server._service import KeyView, SigningService, public_key_json
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-
-ANONYMOUS = "anonymous"
 
 _ALGORITHMS: dict[int, Algorithm] = {
     pb.ALGORITHM_UNSPECIFIED: Algorithm.ED25519,
@@ -35,11 +36,6 @@ _STATE_TO_PB = {
     KeyState.ACTIVE: pb.ACTIVE,
     KeyState.RETIRED: pb.RETIRED,
 }
-
-
-def identity_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's identity. Plaintext loopback listeners have none: ``anonymous``."""
-    return ANONYMOUS
 
 
 def _version_pb(v: KeyVersion) -> pb.KeyVersionInfo:
@@ -104,13 +100,13 @@ class SignerServicer(pb_grpc.SignerServicer):
     async def GetPublicKeys(
         self, request: pb.GetPublicKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetPublicKeysResponse:
-        views = await _off_loop(self._service.list_keys, request.key)
+        views = await self._service.public_keys(identity_of(context), request.key)
         return pb.GetPublicKeysResponse(keys=[_key_pb(v) for v in views])
 
     async def GetRoleState(
         self, request: pb.GetRoleStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetRoleStateResponse:
-        states = await _off_loop(self._service.role_states, request.key, request.role)
+        states = await self._service.role_states(identity_of(context), request.key, request.role)
         return pb.GetRoleStateResponse(
             states=[
                 pb.RoleStateInfo(
@@ -196,21 +192,51 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     async def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListKeysResponse:
-        views = await _off_loop(self._service.list_keys, "")
+        views = await self._service.admin_keys(identity_of(context))
         return pb.ListKeysResponse(keys=[_key_pb(v) for v in views])
 
 
-async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run a blocking store read on the default executor, not the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+class AuditLogServicer(pb_grpc.AuditLogServicer):
+    """``tuf_signer.v1.AuditLog``."""
+
+    def __init__(self, service: SigningService) -> None:
+        self._service = service
+
+    async def ListRecords(
+        self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListRecordsResponse:
+        limit = min(request.limit or 100, 1000)
+        records, (head_seq, head_hash) = await self._service.audit_records(
+            identity_of(context), request.start_seq, limit
+        )
+        return pb.ListRecordsResponse(
+            records=[
+                pb.AuditRecordInfo(
+                    seq=r.seq,
+                    prev_hash=r.prev_hash,
+                    hash=r.hash,
+                    event_json=json.dumps(event_to_dict(r.event), sort_keys=True),
+                )
+                for r in records
+            ],
+            head_seq=head_seq,
+            head_hash=head_hash,
+        )
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ``TufSignerError`` into its status; anything else into INTERNAL.
 
-    The reason of a ``TufSignerError`` is safe to show (it never holds secrets);
-    an unexpected exception's details go to the log only.
+    It also bounds every unary call by the server-side deadline. The reason of
+    a ``TufSignerError`` is safe to show (it never holds secrets); an
+    unexpected exception's details go to the log only.
+
+    Args:
+        deadline: the longest a call may run, in seconds.
     """
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
 
     async def intercept_service(
         self,
@@ -228,7 +254,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                return await inner(request, context)
+                return await asyncio.wait_for(inner(request, context), self._deadline)
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the call ran past the server's {self._deadline:g} s deadline",
+                )
             except TufSignerError as e:
                 await context.abort(grpc.StatusCode[e.code], e.reason)
             except (asyncio.CancelledError, grpc.aio.AbortError):

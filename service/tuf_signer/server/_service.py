@@ -19,7 +19,9 @@ is returned only once its record is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import secrets
@@ -32,6 +34,7 @@ from tuf_signer import policy
 from tuf_signer.audit import (
     AddVersion,
     AdvanceRole,
+    AuditRecord,
     AuditStore,
     Committed,
     CreateKey,
@@ -42,6 +45,7 @@ from tuf_signer.audit import (
 from tuf_signer.errors import (
     AlreadyExistsError,
     BackendError,
+    DeadlineError,
     KeyStateError,
     NotFoundError,
     RequestError,
@@ -59,6 +63,8 @@ from tuf_signer.model import (
     RoleRule,
     RoleState,
 )
+from tuf_signer.policy import AccessRule
+from tuf_signer.server._guard import Guard
 from tuf_signer.server._writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -130,8 +136,11 @@ class SigningService:
         backends: key backends by name, already started.
         default_backend: backend for keys created without naming one.
         max_payload_bytes: largest Sign payload accepted.
+        guard: admission (authorisation and per-identity limits).
         clock: returns the current UTC time (tests inject a frozen clock).
         writer: the group-commit writer; created over ``store`` when omitted.
+        hsm_timeout: seconds a backend call may take before the request is
+            refused with DEADLINE_EXCEEDED (keep it under the call deadline).
     """
 
     def __init__(
@@ -140,10 +149,14 @@ class SigningService:
         backends: Mapping[str, KeyBackend],
         default_backend: str,
         max_payload_bytes: int,
+        guard: Guard,
         clock: Clock = utc_now,
         writer: AuditWriter | None = None,
+        hsm_timeout: float = 25.0,
     ) -> None:
         self._store = store
+        self._guard = guard
+        self._hsm_timeout = hsm_timeout
         self._backends = dict(backends)
         self._default_backend = default_backend
         self._max_payload = max_payload_bytes
@@ -210,14 +223,56 @@ class SigningService:
             **fields,
         )
 
-    async def _record(self, entry: Entry) -> Committed:
-        (committed,) = await self._writer.submit([entry])
+    async def _record(self, known: _Known, entry: Entry) -> Committed:
+        """Commit one entry for this request; a cancelled caller does not stop it."""
+        task = asyncio.ensure_future(self._writer.submit([entry]))
+        try:
+            (committed,) = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The writer commits it anyway; wait so the record is settled.
+            with contextlib.suppress(Exception):
+                await task
+            known.recorded = True
+            raise
+        known.recorded = True
         return committed
 
-    async def _refuse(self, event: AuditEvent, error: TufSignerError) -> None:
+    async def _commit_checked(self, known: _Known, entry: Entry) -> Committed:
+        """Commit, turning a refusal by the store into its (already recorded) error."""
+        committed = await self._record(known, entry)
+        if committed.status != "OK":
+            raise _Recorded(_error_for(committed.status, committed.reason))
+        return committed
+
+    async def _refuse(self, known: _Known, error: TufSignerError) -> None:
         """Record a refusal. If even that fails, fail closed with the store error."""
+        event = known.event
         refused = replace(event, outcome=Outcome.REFUSED, status=error.code, reason=error.reason)
-        await self._record(Entry(refused))
+        await self._record(known, Entry(refused))
+
+    async def _guarded(
+        self, known: _Known, operation: str, body: Callable[[AccessRule], Awaitable[T]]
+    ) -> T:
+        """Admit, run ``body``, and put every refusal on the record exactly once."""
+        try:
+            with self._guard.admit(known.event.identity, operation) as rule:
+                return await body(rule)
+        except _Recorded as r:
+            raise r.error from None
+        except StoreError:
+            raise
+        except TufSignerError as e:
+            await self._refuse(known, e)
+            raise
+        except asyncio.CancelledError:
+            if not known.recorded:
+                with contextlib.suppress(TufSignerError):
+                    await self._refuse(known, _CANCELLED)
+            raise
+        except Exception as e:
+            log.exception("unexpected error in %s", known.event.operation)
+            await self._refuse(known, TufSignerError("internal error"))
+            raise TufSignerError("internal error") from e
 
     async def refuse(
         self, identity: str, operation: str, error: TufSignerError, **fields: Any
@@ -230,7 +285,7 @@ class SigningService:
         Raises:
             TufSignerError: ``error``, once recorded (``StoreError`` if it cannot be).
         """
-        await self._refuse(self._now_event(identity, operation, **fields), error)
+        await self._refuse(_Known(self._now_event(identity, operation, **fields)), error)
         raise error
 
     # --- Sign ----------------------------------------------------------------
@@ -256,28 +311,23 @@ class SigningService:
                 identity, "sign", key_name=key_name, role=role or "", payload_sha256=digest
             )
         )
-        try:
-            return await self._sign(known, key_name, role, payload, expected_keyid)
-        except _Recorded as r:
-            raise r.error from None
-        except StoreError:
-            raise
-        except TufSignerError as e:
-            await self._refuse(known.event, e)
-            raise
-        except Exception as e:
-            log.exception("unexpected error in Sign")
-            await self._refuse(known.event, TufSignerError("internal error"))
-            raise TufSignerError("internal error") from e
+
+        async def body(rule: AccessRule) -> SignResult:
+            return await self._sign(known, rule, key_name, role, payload, expected_keyid)
+
+        return await self._guarded(known, policy.SIGN, body)
 
     async def _sign(
         self,
         known: _Known,
+        rule: AccessRule,
         key_name: str,
         role: str | None,
         payload: bytes,
         expected_keyid: str,
     ) -> SignResult:
+        # Authorisation first: a caller learns nothing about keys it may not use.
+        policy.authorize_key(rule, key_name)
         view = self._view(key_name)
         now = self._clock()
         resolved, info, _rule = policy.check_sign_request(
@@ -289,6 +339,7 @@ class SigningService:
             metadata_version=info.version,
             expires=info.expires.strftime(policy.TUF_EXPIRES_FORMAT),
         )
+        policy.authorize_role(rule, resolved)
         active = self._active(view)
         if expected_keyid and expected_keyid != active.keyid:
             # Our cache may trail an activation made elsewhere: look once more.
@@ -316,17 +367,25 @@ class SigningService:
         # Raises RollbackError before any HSM work; True for an identical retry.
         if advance_decision(cached, state) == "replay":
             assert cached is not None
-            committed = await self._record(Entry(replace(event, signature=cached.signature)))
-            if committed.status != "OK":
-                raise _Recorded(_error_for(committed.status, committed.reason))
+            committed = await self._commit_checked(
+                known, Entry(replace(event, signature=cached.signature))
+            )
             return self._result(
                 committed.current or cached, committed, resolved, info.version, replayed=True
             )
 
-        sig = await self._backend_for(view.key).sign(active.handle, view.key.algorithm, payload)
+        backend = self._backend_for(view.key)
+        try:
+            sig = await asyncio.wait_for(
+                backend.sign(active.handle, view.key.algorithm, payload), self._hsm_timeout
+            )
+        except TimeoutError:
+            raise DeadlineError(
+                f"backend {backend.name!r} did not sign within {self._hsm_timeout:g} s"
+            ) from None
         state = replace(state, signature=sig.hex())
         committed = await self._record(
-            Entry(replace(event, signature=state.signature), AdvanceRole(state))
+            known, Entry(replace(event, signature=state.signature), AdvanceRole(state))
         )
         if committed.current is not None:
             self._remember(committed.current)
@@ -361,13 +420,66 @@ class SigningService:
 
     # --- reads ---------------------------------------------------------------
 
-    def list_keys(self, name: str = "") -> list[KeyView]:
-        """Every key (or the named one) with its versions, fresh from the store.
+    async def _read(self, identity: str, operation: str, fn: Callable[[], T], **fields: Any) -> T:
+        """Admit a read, run ``fn`` off the event loop; only refusals are recorded."""
+        known = _Known(self._now_event(identity, operation, **fields))
+
+        async def body(rule: AccessRule) -> T:
+            return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+        return await self._guarded(known, operation, body)
+
+    async def public_keys(self, identity: str, name: str = "") -> list[KeyView]:
+        """Every key (or one) with its versions, for callers allowed ``read-keys``.
 
         Raises:
-            NotFoundError: ``name`` is given and unknown.
-            StoreError: the store cannot be read.
+            TufSignerError: refused (recorded), e.g. ``NotFoundError`` for an
+                unknown ``name``.
         """
+        return await self._read(
+            identity, policy.READ_KEYS, lambda: self._list_keys(name), key_name=name
+        )
+
+    async def admin_keys(self, identity: str) -> list[KeyView]:
+        """Every key with policy and versions, for callers allowed ``key-admin``.
+
+        Raises:
+            TufSignerError: refused (recorded).
+        """
+        return await self._read(identity, policy.KEY_ADMIN, self._list_keys)
+
+    async def role_states(
+        self, identity: str, key_name: str = "", role: str = ""
+    ) -> list[RoleState]:
+        """The stored high-water marks, optionally filtered (``read-keys``).
+
+        Raises:
+            TufSignerError: refused (recorded).
+        """
+
+        def read() -> list[RoleState]:
+            states = self._store.list_role_states(key_name or None)
+            return [s for s in states if not role or s.role == role]
+
+        return await self._read(identity, policy.READ_KEYS, read, key_name=key_name, role=role)
+
+    async def audit_records(
+        self, identity: str, start_seq: int, limit: int
+    ) -> tuple[list[AuditRecord], tuple[int, str]]:
+        """Up to ``limit`` records from ``start_seq``, and the head (``read-audit``).
+
+        Raises:
+            TufSignerError: refused (recorded).
+        """
+
+        def read() -> tuple[list[AuditRecord], tuple[int, str]]:
+            head = self._store.head()
+            records = list(itertools.islice(self._store.records(max(1, start_seq)), limit))
+            return records, head
+
+        return await self._read(identity, policy.READ_AUDIT, read)
+
+    def _list_keys(self, name: str = "") -> list[KeyView]:
         if name:
             view = self._refresh_key(name)
             if view is None:
@@ -376,22 +488,7 @@ class SigningService:
         self.reload()
         return [self._keys[k] for k in sorted(self._keys)]
 
-    def role_states(self, key_name: str = "", role: str = "") -> list[RoleState]:
-        """The stored high-water marks, optionally filtered.
-
-        Raises:
-            StoreError: the store cannot be read.
-        """
-        states = self._store.list_role_states(key_name or None)
-        return [s for s in states if not role or s.role == role]
-
     # --- KeyAdmin ------------------------------------------------------------
-
-    async def _commit_change(self, event: AuditEvent, change: Any) -> Committed:
-        committed = await self._record(Entry(event, change))
-        if committed.status != "OK":
-            raise _Recorded(_error_for(committed.status, committed.reason))
-        return committed
 
     async def create_key(
         self,
@@ -410,9 +507,9 @@ class SigningService:
         Raises:
             TufSignerError: the refusal (recorded).
         """
-        event = self._now_event(identity, "create-key", key_name=name, key_version=1)
-        event = replace(
-            event,
+        known = _Known(self._now_event(identity, "create-key", key_name=name, key_version=1))
+        known.event = replace(
+            known.event,
             detail={
                 "algorithm": algorithm.value,
                 "backend": backend or self._default_backend,
@@ -421,7 +518,7 @@ class SigningService:
             },
         )
 
-        async def body() -> tuple[KeyView, int]:
+        async def body(rule: AccessRule) -> tuple[KeyView, int]:
             validate_key_name(name)
             policy.validate_rules(rules)
             backend_name = backend or self._default_backend
@@ -434,14 +531,15 @@ class SigningService:
                 new = await self._backends[backend_name].create(algorithm, self._label(name, 1))
                 key = KeyRecord(name, algorithm, backend_name, tuple(rules), now)
                 first = self._version(name, 1, new.handle, new.public_key, now, activate)
-                committed = await self._commit_change(
-                    replace(event, keyid=first.keyid), CreateKey(key, first)
+                known.event = replace(known.event, keyid=first.keyid)
+                committed = await self._commit_checked(
+                    known, Entry(known.event, CreateKey(key, first))
                 )
                 view = self._refresh_key(name)
                 assert view is not None
                 return view, committed.seq
 
-        return await self._run_admin(event, body)
+        return await self._guarded(known, policy.KEY_ADMIN, body)
 
     async def rotate_key(self, identity: str, name: str) -> tuple[KeyVersion, int]:
         """Create the next version of a key as PENDING and return it (P6).
@@ -449,9 +547,9 @@ class SigningService:
         Raises:
             TufSignerError: the refusal (recorded).
         """
-        event = self._now_event(identity, "rotate-key", key_name=name)
+        known = _Known(self._now_event(identity, "rotate-key", key_name=name))
 
-        async def body() -> tuple[KeyVersion, int]:
+        async def body(rule: AccessRule) -> tuple[KeyVersion, int]:
             async with self._admin_lock:
                 view = self._refresh_key(name)
                 if view is None:
@@ -461,13 +559,14 @@ class SigningService:
                 backend = self._backend_for(view.key)
                 new = await backend.create(view.key.algorithm, self._label(name, number))
                 version = self._version(name, number, new.handle, new.public_key, now, False)
-                committed = await self._commit_change(
-                    replace(event, keyid=version.keyid, key_version=number), AddVersion(version)
+                known.event = replace(known.event, keyid=version.keyid, key_version=number)
+                committed = await self._commit_checked(
+                    known, Entry(known.event, AddVersion(version))
                 )
                 self._refresh_key(name)
                 return version, committed.seq
 
-        return await self._run_admin(event, body)
+        return await self._guarded(known, policy.KEY_ADMIN, body)
 
     async def set_version_state(
         self,
@@ -483,9 +582,9 @@ class SigningService:
             TufSignerError: the refusal (recorded).
         """
         operation = "activate-key-version" if state is KeyState.ACTIVE else "retire-key-version"
-        event = self._now_event(identity, operation, key_name=name, key_version=version)
+        known = _Known(self._now_event(identity, operation, key_name=name, key_version=version))
 
-        async def body() -> tuple[KeyVersion, int]:
+        async def body(rule: AccessRule) -> tuple[KeyVersion, int]:
             async with self._admin_lock:
                 view = self._refresh_key(name)
                 if view is None:
@@ -500,9 +599,9 @@ class SigningService:
                         f"not the expected {expected_keyid[:16]}..."
                     )
                 now = rfc3339(self._clock())
-                committed = await self._commit_change(
-                    replace(event, keyid=target.keyid),
-                    SetVersionState(name, version, state, now),
+                known.event = replace(known.event, keyid=target.keyid)
+                committed = await self._commit_checked(
+                    known, Entry(known.event, SetVersionState(name, version, state, now))
                 )
                 if state is KeyState.RETIRED:
                     try:
@@ -515,22 +614,7 @@ class SigningService:
                 assert view is not None
                 return next(v for v in view.versions if v.version == version), committed.seq
 
-        return await self._run_admin(event, body)
-
-    async def _run_admin(self, event: AuditEvent, body: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await body()
-        except _Recorded as r:
-            raise r.error from None
-        except StoreError:
-            raise
-        except TufSignerError as e:
-            await self._refuse(event, e)
-            raise
-        except Exception as e:
-            log.exception("unexpected error in %s", event.operation)
-            await self._refuse(event, TufSignerError("internal error"))
-            raise TufSignerError("internal error") from e
+        return await self._guarded(known, policy.KEY_ADMIN, body)
 
     @staticmethod
     def _label(name: str, version: int) -> str:
@@ -571,9 +655,19 @@ class SigningService:
 
 @dataclass
 class _Known:
-    """What a Sign has learnt so far, for its record if it is refused."""
+    """What a request has learnt so far, for its record if it is refused.
+
+    ``recorded`` turns true once a record for this request has committed.
+    """
 
     event: AuditEvent
+    recorded: bool = False
+
+
+_CANCELLED = TufSignerError(
+    "the call was cancelled, or ran past its deadline, before it completed; nothing was returned",
+    code="CANCELLED",
+)
 
 
 class _Recorded(Exception):

@@ -435,3 +435,78 @@ class KeyAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AuditLogStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListRecords = channel.unary_unary(
+                '/tuf_signer.v1.AuditLog/ListRecords',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsResponse.FromString,
+                _registered_method=True)
+
+
+class AuditLogServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ListRecords(self, request, context):
+        """Records from `start_seq` on (at most `limit`; default 100, at most 1000)
+        and the current head, for callers allowed `read-audit`. Verify them with
+        the hash chain described in the README; do not trust this server's word.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditLogServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecords,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tuf_signer.v1.AuditLog', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tuf_signer.v1.AuditLog', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuditLog:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.AuditLog/ListRecords',
+            tuf__signer_dot_v1_dot_signer__pb2.ListRecordsRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.ListRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -163,3 +163,37 @@ class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
         """Every key with its policy, backend and versions."""
 
 def add_KeyAdminServicer_to_server(servicer: KeyAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AuditLogStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AuditLogAsyncStub: ...
+    ListRecords: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ListRecordsRequest, _signer_pb2.ListRecordsResponse]
+    """Records from `start_seq` on (at most `limit`; default 100, at most 1000)
+    and the current head, for callers allowed `read-audit`. Verify them with
+    the hash chain described in the README; do not trust this server's word.
+    """
+
+@_typing.type_check_only
+class AuditLogAsyncStub(AuditLogStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListRecords: _aio.UnaryUnaryMultiCallable[_signer_pb2.ListRecordsRequest, _signer_pb2.ListRecordsResponse]  # type: ignore[assignment]
+    """Records from `start_seq` on (at most `limit`; default 100, at most 1000)
+    and the current head, for callers allowed `read-audit`. Verify them with
+    the hash chain described in the README; do not trust this server's word.
+    """
+
+class AuditLogServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def ListRecords(
+        self,
+        request: _signer_pb2.ListRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ListRecordsResponse, _abc.Awaitable[_signer_pb2.ListRecordsResponse]]:
+        """Records from `start_seq` on (at most `limit`; default 100, at most 1000)
+        and the current head, for callers allowed `read-audit`. Verify them with
+        the hash chain described in the README; do not trust this server's word.
+        """
+
+def add_AuditLogServicer_to_server(servicer: AuditLogServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,152 @@
+"""Who may do what (P2): per-identity rules, denied by default. Pure functions.
+
+A rule names one client identity (from its certificate) and the operations it
+may call. ``sign`` is further limited to named keys and role-name patterns, so
+a stolen backend credential signs only what its rule allows.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from tuf_signer.errors import ConfigError, PermissionError_, UnauthenticatedError
+
+SIGN = "sign"
+KEY_ADMIN = "key-admin"
+READ_KEYS = "read-keys"
+READ_AUDIT = "read-audit"
+OPERATIONS = (SIGN, KEY_ADMIN, READ_KEYS, READ_AUDIT)
+
+# The identity of a caller on a plaintext (insecure, loopback-only) listener.
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """What one identity may do.
+
+    Attributes:
+        identity: the client identity (certificate SAN URI or DNS name, else CN).
+        operations: a subset of ``OPERATIONS``.
+        keys: key names this identity may sign with (``*`` for any).
+        roles: role-name patterns (``fnmatch``, case-sensitive) it may sign.
+        max_concurrent: per-identity override of ``limits.max_concurrent``.
+        rate: per-identity override of ``limits.rate`` (requests/s).
+        burst: per-identity override of ``limits.burst`` (requests).
+    """
+
+    identity: str
+    operations: frozenset[str]
+    keys: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    max_concurrent: int | None = None
+    rate: float | None = None
+    burst: int | None = None
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Every rule, by identity. An identity without a rule may do nothing."""
+
+    rules: Mapping[str, AccessRule] = field(default_factory=dict)
+
+    @classmethod
+    def from_rules(cls, rules: Iterable[AccessRule]) -> AccessPolicy:
+        """Build and validate a policy.
+
+        Raises:
+            ConfigError: a rule is contradictory or malformed (names it).
+        """
+        by_identity: dict[str, AccessRule] = {}
+        for i, rule in enumerate(rules):
+            where = f"authz.rules[{i}]"
+            validate_rule(rule, where)
+            if rule.identity in by_identity:
+                raise ConfigError(
+                    f"{where}.identity: {rule.identity!r} already has a rule; merge them"
+                )
+            by_identity[rule.identity] = rule
+        return cls(by_identity)
+
+
+def validate_rule(rule: AccessRule, where: str) -> None:
+    """Check one rule on its own.
+
+    Raises:
+        ConfigError: naming the setting at fault.
+    """
+    if not rule.identity or rule.identity != rule.identity.strip():
+        raise ConfigError(f"{where}.identity: must be a non-empty identity without spaces")
+    if not rule.operations:
+        raise ConfigError(f"{where}.operations: at least one of {', '.join(OPERATIONS)}")
+    unknown = sorted(rule.operations - set(OPERATIONS))
+    if unknown:
+        raise ConfigError(
+            f"{where}.operations: unknown operation {unknown[0]!r} "
+            f"(choose from {', '.join(OPERATIONS)})"
+        )
+    if SIGN in rule.operations:
+        if not rule.keys:
+            raise ConfigError(f"{where}.keys: 'sign' needs the key names it may use")
+        if not rule.roles:
+            raise ConfigError(f"{where}.roles: 'sign' needs the role patterns it may sign")
+    elif rule.keys or rule.roles:
+        raise ConfigError(f"{where}.keys/roles: only meaningful with the 'sign' operation")
+    if any(not r or r != r.strip() for r in (*rule.keys, *rule.roles)):
+        raise ConfigError(f"{where}.keys/roles: empty or padded entries are not allowed")
+    if any(fnmatch.fnmatchcase("root", pattern) for pattern in rule.roles):
+        raise ConfigError(f"{where}.roles: a pattern matches 'root', which is never signed online")
+    for name, value in (("max_concurrent", rule.max_concurrent), ("burst", rule.burst)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{where}.{name}: must be at least 1")
+    if rule.rate is not None and rule.rate <= 0:
+        raise ConfigError(f"{where}.rate: must be positive")
+
+
+def authorize(policy: AccessPolicy, identity: str, operation: str) -> AccessRule:
+    """The rule that lets ``identity`` call ``operation``.
+
+    Raises:
+        UnauthenticatedError: the caller has no identity (or is anonymous and
+            the policy has no rule for anonymous callers).
+        PermissionError_: the identity may not call ``operation``.
+    """
+    rule = policy.rules.get(identity)
+    if not identity or (identity == ANONYMOUS and rule is None):
+        raise UnauthenticatedError("the caller presented no identity (client certificate)")
+    if rule is None:
+        raise PermissionError_(f"identity {identity!r} has no access rule")
+    if operation not in rule.operations:
+        raise PermissionError_(f"identity {identity!r} may not {operation}")
+    return rule
+
+
+def authorize_key(rule: AccessRule, key_name: str) -> None:
+    """Refuse a key outside the rule's ``keys``.
+
+    Raises:
+        PermissionError_: the identity may not sign with ``key_name``.
+    """
+    if "*" not in rule.keys and key_name not in rule.keys:
+        raise PermissionError_(f"identity {rule.identity!r} may not sign with key {key_name!r}")
+
+
+def authorize_role(rule: AccessRule, role: str) -> None:
+    """Refuse a role outside the rule's ``roles`` patterns.
+
+    Raises:
+        PermissionError_: the identity may not sign ``role``.
+    """
+    if not any(fnmatch.fnmatchcase(role, pattern) for pattern in rule.roles):
+        raise PermissionError_(f"identity {rule.identity!r} may not sign role {role!r}")
+
+
+UNRESTRICTED = AccessRule(
+    identity="*local*",
+    operations=frozenset(OPERATIONS),
+    keys=("*",),
+    roles=("*",),
+)
+"""For in-process administration (``dev-init``), never for a network caller."""

@@ -45,13 +45,13 @@ run: install
 test: install lint pytest
 
 lint: install
-	$(BIN)/ruff check service tests scripts
-	$(BIN)/ruff format --check service tests scripts
+	$(BIN)/ruff check service tests scripts examples bench
+	$(BIN)/ruff format --check service tests scripts examples bench
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix service tests scripts
-	$(BIN)/ruff format service tests scripts
+	$(BIN)/ruff check --fix service tests scripts examples bench
+	$(BIN)/ruff format service tests scripts examples bench
 
 pytest: install
 	$(BIN)/pytest

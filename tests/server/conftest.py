@@ -203,3 +203,150 @@ async def restart(config_path: Path, clock: Clock) -> AsyncIterator[Callable[[Ha
     yield do
     for h in started:
         await stop_harness(h)
+
+
+# --- mutual TLS ------------------------------------------------------------------------
+
+BACKEND = "spiffe://tuf-signer.dev/backend"
+ADMIN = "spiffe://tuf-signer.dev/admin"
+NOBODY = "spiffe://tuf-signer.dev/nobody"
+
+
+@dataclass
+class Pki:
+    """A dev CA with client certificates, plus a certificate from a stranger CA."""
+
+    directory: Path
+    ca: Path
+
+    def creds(self, name: str | None, ca_dir: str = "tls") -> grpc.ChannelCredentials:
+        tls = self.directory / ca_dir
+        if name is None:
+            return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=(tls / f"{name}.key").read_bytes(),
+            certificate_chain=(tls / f"{name}.crt").read_bytes(),
+        )
+
+
+def make_pki(directory: Path) -> Pki:
+    from tuf_signer.cli._devcerts import DevCa
+
+    ca = DevCa(directory / "tls")
+    ca.issue("server", server=True)
+    for name in ("backend", "admin", "nobody"):
+        ca.issue(name, server=False)
+    stranger = DevCa(directory / "stranger")
+    stranger.issue("backend", server=False)
+    return Pki(directory, ca.cert)
+
+
+TLS_POLICY = f"""
+[[authz.rules]]
+identity = "{BACKEND}"
+operations = ["sign", "read-keys"]
+keys = ["k"]
+roles = ["timestamp", "snapshot", "bins-*"]
+
+[[authz.rules]]
+identity = "{ADMIN}"
+operations = ["key-admin", "read-keys", "read-audit"]
+"""
+
+
+def write_tls_config(
+    directory: Path, hsm: Any, extra: str = "", policy: str = TLS_POLICY, server: str = ""
+) -> Path:
+    """A config with mutual TLS over ``make_pki(directory)`` and ``policy``.
+
+    ``server`` adds lines to ``[server]``; ``extra`` adds tables before the policy.
+    """
+    path = write_config(directory, hsm)
+    text = path.read_text().replace("insecure = true\n", server)
+    text = text.split("# Plaintext callers")[0]
+    text = text.replace(
+        "[audit]",
+        '[server.tls]\ncert = "tls/server.crt"\nkey = "tls/server.key"\n'
+        'client_ca = "tls/ca.crt"\n\n[audit]',
+    )
+    path.write_text(text + extra + policy)
+    return path
+
+
+@dataclass
+class TlsHarness:
+    """A server with mutual TLS; ``as_(name)`` gives stubs for one client identity."""
+
+    config_path: Path
+    pki: Pki
+    server: SignerServer
+    clock: Clock
+    payloads: Payloads
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def channel(self, name: str | None, ca_dir: str = "tls") -> grpc.aio.Channel:
+        ch = grpc.aio.secure_channel(self.address, self.pki.creds(name, ca_dir))
+        self.channels.append(ch)
+        return ch
+
+    def signer(self, name: str | None, ca_dir: str = "tls") -> pb_grpc.SignerStub:
+        return pb_grpc.SignerStub(self.channel(name, ca_dir))
+
+    def admin(self, name: str | None) -> pb_grpc.KeyAdminStub:
+        return pb_grpc.KeyAdminStub(self.channel(name))
+
+    def audit(self, name: str | None) -> pb_grpc.AuditLogStub:
+        return pb_grpc.AuditLogStub(self.channel(name))
+
+    def records(self) -> list[AuditRecord]:
+        store = SqliteAuditStore(self.server.config.audit.path)
+        try:
+            return list(store.records())
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "signer")
+
+
+@pytest.fixture
+async def tls_harness(
+    tmp_path: Path, softhsm: Any, pki: Pki, clock: Clock, request: pytest.FixtureRequest
+) -> AsyncIterator[TlsHarness]:
+    """A mutual-TLS server with key ``k`` (timestamp, snapshot, bins-*) already created.
+
+    Parametrise indirectly with a dict to add config text: ``{"extra": "[limits]..."}``.
+    """
+    options = getattr(request, "param", {})
+    path = write_tls_config(
+        tmp_path / "signer",
+        softhsm,
+        extra=options.get("extra", ""),
+        server=options.get("server", ""),
+    )
+    server = SignerServer(load_config(path), clock=clock)
+    await server.start()
+    h = TlsHarness(path, pki, server, clock, Payloads(clock))
+    await h.admin("admin").CreateKey(
+        pb.CreateKeyRequest(
+            name="k",
+            roles=[
+                pb.RoleRule(pattern=p, max_validity_seconds=86400)
+                for p in ("timestamp", "snapshot", "targets", "bins-*")
+            ],
+            activate=True,
+        )
+    )
+    try:
+        yield h
+    finally:
+        for ch in h.channels:
+            await ch.close()
+        await server.stop(grace=5)

@@ -1,12 +1,94 @@
-"""Client side of tuf-signer: a typed gRPC client."""
+"""Client side of tuf-signer: sync and asyncio clients, and a securesystemslib Signer.
 
-from tuf_signer.client._client import (
+- ``Client`` / ``AsyncClient``: every RPC, typed, one reused channel each;
+  refusals raise ``RemoteError`` subclasses that also belong to the project's
+  exception tree (``RemotePolicyError`` is a ``PolicyError``, and so on).
+- ``sign_many``: many Signs in flight at once, for bulk re-signing of bins.
+- ``TlsConfig``: TLS settings from arguments or ``$TUF_SIGNER_CA``,
+  ``$TUF_SIGNER_CERT``, ``$TUF_SIGNER_KEY``.
+- ``TufSignerSigner`` and ``register()``: the ``tufsigner://HOST:PORT/KEY?role=ROLE``
+  private-key URI for python-tuf and RSTUF.
+"""
+
+from tuf_signer.client._aio import DEFAULT_MAX_IN_FLIGHT, AsyncClient
+from tuf_signer.client._client import Client
+from tuf_signer.client._errors import (
+    RemoteAlreadyExistsError,
+    RemoteNotFoundError,
+    RemotePermissionError,
+    RemotePolicyError,
+    RemoteRequestError,
+    RemoteResourceExhaustedError,
+    RemoteUnauthenticatedError,
+    RemoteUnavailableError,
+)
+from tuf_signer.client._models import (
     ALGORITHMS,
-    DEFAULT_SERVER,
-    SERVER_ENV,
-    Client,
+    AuditPage,
+    AuditRecordInfo,
+    KeyInfo,
+    KeyVersionInfo,
+    RoleRuleInfo,
+    RoleStateInfo,
     SignedResult,
+    SignOutcome,
+    SignRequest,
+    sslib_key,
+)
+from tuf_signer.client._signer import (
+    SCHEME,
+    SignerUri,
+    TufSignerSigner,
+    close_shared_clients,
+    register,
+    shared_client,
+)
+from tuf_signer.client._tls import (
+    CA_ENV,
+    CERT_ENV,
+    DEFAULT_SERVER,
+    KEY_ENV,
+    SERVER_ENV,
+    TlsConfig,
     resolve_server,
 )
+from tuf_signer.errors import RemoteError
 
-__all__ = ["ALGORITHMS", "DEFAULT_SERVER", "SERVER_ENV", "Client", "SignedResult", "resolve_server"]
+__all__ = [
+    "ALGORITHMS",
+    "CA_ENV",
+    "CERT_ENV",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_SERVER",
+    "KEY_ENV",
+    "SCHEME",
+    "SERVER_ENV",
+    "AsyncClient",
+    "AuditPage",
+    "AuditRecordInfo",
+    "Client",
+    "KeyInfo",
+    "KeyVersionInfo",
+    "RemoteAlreadyExistsError",
+    "RemoteError",
+    "RemoteNotFoundError",
+    "RemotePermissionError",
+    "RemotePolicyError",
+    "RemoteRequestError",
+    "RemoteResourceExhaustedError",
+    "RemoteUnauthenticatedError",
+    "RemoteUnavailableError",
+    "RoleRuleInfo",
+    "RoleStateInfo",
+    "SignOutcome",
+    "SignRequest",
+    "SignedResult",
+    "SignerUri",
+    "TlsConfig",
+    "TufSignerSigner",
+    "close_shared_clients",
+    "register",
+    "resolve_server",
+    "shared_client",
+    "sslib_key",
+]

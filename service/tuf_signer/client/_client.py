@@ -1,120 +1,85 @@
-"""A small synchronous client for every RPC, used by the CLI and by repositories.
+"""The synchronous client, used by the CLI, by the Signer plugin and by repositories.
 
-One ``Client`` owns one channel; reuse it across calls.
+One ``Client`` owns one channel, reused by every call and safe to share between
+threads. ``sign_many`` runs the asyncio client on a private event loop in a
+private thread (started on first use), so synchronous code gets the same
+concurrency as asyncio code.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
-import grpc
-
-from tuf_signer.errors import RemoteError, RequestError
+from tuf_signer.client._aio import DEFAULT_MAX_IN_FLIGHT, AsyncClient
+from tuf_signer.client._errors import translated
+from tuf_signer.client._models import (
+    AuditPage,
+    KeyInfo,
+    KeyVersionInfo,
+    RoleStateInfo,
+    SignedResult,
+    SignOutcome,
+    SignRequest,
+    audit_page,
+    create_key_request,
+    key_info,
+    role_state_info,
+    version_info,
+)
+from tuf_signer.client._tls import TlsConfig, open_channel, resolve_server, tls_config
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
-SERVER_ENV = "TUF_SIGNER_SERVER"
-DEFAULT_SERVER = "127.0.0.1:50051"
-_MAX_MESSAGE = 64 * 1024 * 1024
-
 T = TypeVar("T")
-
-ALGORITHMS = {
-    "ed25519": pb.ED25519,
-    "ecdsa-p256": pb.ECDSA_P256,
-    "rsa-3072-pss": pb.RSA_3072_PSS,
-}
-STATES = {pb.PENDING: "PENDING", pb.ACTIVE: "ACTIVE", pb.RETIRED: "RETIRED"}
-
-
-@dataclass(frozen=True)
-class SignedResult:
-    """A signature returned by the server, in securesystemslib ``Signature`` form."""
-
-    keyid: str
-    sig: str
-    key_version: int
-    audit_seq: int
-    role: str
-    metadata_version: int
-    replayed: bool
-
-    def signature_dict(self) -> dict[str, str]:
-        """``{"keyid": ..., "sig": ...}`` as in TUF metadata ``signatures``."""
-        return {"keyid": self.keyid, "sig": self.sig}
-
-
-def version_dict(v: pb.KeyVersionInfo) -> dict[str, Any]:
-    """A key version as plain JSON-able data, with its TUF key dict."""
-    return {
-        "key": v.key,
-        "version": v.version,
-        "state": STATES.get(v.state, "UNSPECIFIED"),
-        "keyid": v.keyid,
-        "public_key": json.loads(v.public_key_json) if v.public_key_json else None,
-        "created_at": v.created_at,
-        "activated_at": v.activated_at or None,
-        "retired_at": v.retired_at or None,
-    }
-
-
-def key_dict(k: pb.KeyInfo) -> dict[str, Any]:
-    """A key with its policy and versions as plain JSON-able data."""
-    names = {v: n for n, v in ALGORITHMS.items()}
-    return {
-        "name": k.name,
-        "algorithm": names.get(k.algorithm, "unspecified"),
-        "backend": k.backend,
-        "roles": [{"pattern": r.pattern, "max_validity": r.max_validity_seconds} for r in k.roles],
-        "created_at": k.created_at,
-        "versions": [version_dict(v) for v in k.versions],
-    }
-
-
-def resolve_server(server: str | None) -> str:
-    """``server``, else ``$TUF_SIGNER_SERVER``, else ``127.0.0.1:50051``."""
-    return server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
-
-
-@contextmanager
-def _remote_errors() -> Iterator[None]:
-    try:
-        yield
-    except grpc.RpcError as e:
-        code = e.code() if hasattr(e, "code") else None
-        details = e.details() if hasattr(e, "details") else None
-        name = code.name if code is not None else "UNKNOWN"
-        raise RemoteError(details or name, code=name) from None
 
 
 class Client:
-    """Synchronous tuf-signer client.
+    """Synchronous tuf-signer client: every RPC, plus ``sign_many``.
 
     Args:
-        server: ``HOST:PORT``; defaults to ``$TUF_SIGNER_SERVER``.
-        timeout: per-call deadline in seconds.
+        server: ``HOST:PORT``; default ``$TUF_SIGNER_SERVER``, else ``127.0.0.1:50051``.
+        ca: CA file that issued the server's certificate; default ``$TUF_SIGNER_CA``.
+            Without one the channel is plaintext (loopback servers only).
+        cert: client certificate file for mutual TLS; default ``$TUF_SIGNER_CERT``.
+        key: client key file for mutual TLS; default ``$TUF_SIGNER_KEY``.
+        timeout: deadline of each call, seconds.
+        tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``.
+
+    Raises:
+        ConfigError: contradictory or unreadable TLS settings.
+        RequestError: both ``tls`` and ``ca``/``cert``/``key`` were given.
     """
 
-    def __init__(self, server: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+        tls: TlsConfig | None = None,
+    ) -> None:
         self.server = resolve_server(server)
+        self.tls = tls_config(tls, ca, cert, key)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            self.server,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ],
-        )
+        self._channel = open_channel(self.server, self.tls)
         self._signer = pb_grpc.SignerStub(self._channel)
         self._admin = pb_grpc.KeyAdminStub(self._channel)
+        self._audit = pb_grpc.AuditLogStub(self._channel)
+        self._loop_lock = threading.Lock()
+        self._loop: _LoopThread | None = None
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (and the ``sign_many`` loop, if it was started)."""
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -123,56 +88,84 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # --- Signer -------------------------------------------------------------------
+
     def sign(
-        self, key: str, payload: bytes, role: str | None = None, expected_keyid: str = ""
+        self,
+        key: str,
+        payload: bytes,
+        role: str | None = None,
+        expected_keyid: str = "",
     ) -> SignedResult:
         """Sign a canonical-JSON TUF ``signed`` payload.
 
+        Args:
+            key: key name.
+            payload: canonical JSON of the ``signed`` object (``Metadata.signed_bytes``).
+            role: role name; required for targets-type roles such as bins.
+            expected_keyid: refuse unless this is the ACTIVE version's keyid.
+
         Raises:
-            RemoteError: the server refused (``code`` and ``reason`` say why).
+            RemoteError: the server refused or could not be reached; the
+                subclass and ``code`` give the status, ``reason`` says why.
         """
-        with _remote_errors():
-            r = self._signer.Sign(
-                pb.SignRequest(
-                    key=key, role=role or "", payload=payload, expected_keyid=expected_keyid
-                ),
-                timeout=self.timeout,
-            )
-        return SignedResult(
-            keyid=r.signature.keyid,
-            sig=r.signature.sig,
-            key_version=r.key_version,
-            audit_seq=r.audit_seq,
-            role=r.role,
-            metadata_version=r.metadata_version,
-            replayed=r.replayed,
-        )
+        request = SignRequest(key, payload, role, expected_keyid)
+        with translated():
+            r = self._signer.Sign(request.to_pb(), timeout=self.timeout)
+        return SignedResult.from_pb(r)
 
-    def public_keys(self, key: str = "") -> list[dict[str, Any]]:
-        """Every key (or one) with versions, states and TUF key dicts."""
-        with _remote_errors():
+    def sign_many(
+        self,
+        requests: Iterable[SignRequest],
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> list[SignOutcome]:
+        """Sign many payloads concurrently; see ``AsyncClient.sign_many``.
+
+        Args:
+            requests: what to sign, consumed lazily on the client's private thread.
+            max_in_flight: most calls open at once (at least 1).
+
+        Returns:
+            One outcome per request, in request order: a ``SignedResult``, or
+            the ``RemoteError`` the server answered for that request.
+
+        Raises:
+            RequestError: ``max_in_flight`` is below 1.
+            ConfigError: the client's TLS files cannot be read any more.
+        """
+        loop = self._loop_thread()
+        return loop.run(loop.client.sign_many(requests, max_in_flight=max_in_flight))
+
+    def _loop_thread(self) -> _LoopThread:
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = _LoopThread(self.server, self.tls, self.timeout)
+            return self._loop
+
+    def public_keys(self, key: str = "") -> list[KeyInfo]:
+        """Every key (or only ``key``) with its versions, states and TUF key dicts.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
             r = self._signer.GetPublicKeys(pb.GetPublicKeysRequest(key=key), timeout=self.timeout)
-        return [key_dict(k) for k in r.keys]
+        return [key_info(k) for k in r.keys]
 
-    def role_state(self, key: str = "", role: str = "") -> list[dict[str, Any]]:
-        """The highest version and payload digest signed per (key, role)."""
-        with _remote_errors():
+    def role_state(self, key: str = "", role: str = "") -> list[RoleStateInfo]:
+        """The highest version and payload digest signed per (key, role), filtered.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
             r = self._signer.GetRoleState(
                 pb.GetRoleStateRequest(key=key, role=role), timeout=self.timeout
             )
-        return [
-            {
-                "key": s.key,
-                "role": s.role,
-                "version": s.version,
-                "payload_sha256": s.payload_sha256,
-                "keyid": s.keyid,
-                "key_version": s.key_version,
-                "expires": s.expires,
-                "audit_seq": s.audit_seq,
-            }
-            for s in r.states
-        ]
+        return [role_state_info(s) for s in r.states]
+
+    # --- KeyAdmin -----------------------------------------------------------------
 
     def create_key(
         self,
@@ -181,57 +174,121 @@ class Client:
         algorithm: str = "ed25519",
         backend: str = "",
         activate: bool = False,
-    ) -> dict[str, Any]:
-        """Create a key with a role policy of ``(pattern, max_validity_seconds)``.
+    ) -> KeyInfo:
+        """Create a key with a role policy of ``(pattern, max_validity_seconds)`` pairs.
 
         Raises:
-            RequestError: unknown algorithm name.
-            RemoteError: the server refused.
+            RequestError: unknown algorithm name (nothing was sent).
+            RemoteError: the server refused or could not be reached.
         """
-        if algorithm not in ALGORITHMS:
-            raise RequestError(
-                f"unknown algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})"
-            )
-        with _remote_errors():
-            r = self._admin.CreateKey(
-                pb.CreateKeyRequest(
-                    name=name,
-                    algorithm=ALGORITHMS[algorithm],
-                    roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in roles],
-                    backend=backend,
-                    activate=activate,
-                ),
-                timeout=self.timeout,
-            )
-        return key_dict(r.key)
+        request = create_key_request(name, list(roles), algorithm, backend, activate)
+        with translated():
+            r = self._admin.CreateKey(request, timeout=self.timeout)
+        return key_info(r.key)
 
-    def rotate_key(self, key: str) -> dict[str, Any]:
-        """Create a new PENDING version; returns it with its TUF key dict."""
-        with _remote_errors():
+    def rotate_key(self, key: str) -> KeyVersionInfo:
+        """Create a new PENDING version; returns it with its TUF key dict.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
             r = self._admin.RotateKey(pb.RotateKeyRequest(key=key), timeout=self.timeout)
-        return version_dict(r.version)
+        return version_info(r.version)
 
-    def activate(self, key: str, version: int, expected_keyid: str = "") -> dict[str, Any]:
-        """Make a version ACTIVE (the previous ACTIVE one becomes RETIRED)."""
-        with _remote_errors():
+    def activate(self, key: str, version: int, expected_keyid: str = "") -> KeyVersionInfo:
+        """Make a version ACTIVE; the previous ACTIVE one becomes RETIRED.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
             r = self._admin.ActivateKeyVersion(
                 pb.ActivateKeyVersionRequest(
                     key=key, version=version, expected_keyid=expected_keyid
                 ),
                 timeout=self.timeout,
             )
-        return version_dict(r.version)
+        return version_info(r.version)
 
-    def retire(self, key: str, version: int) -> dict[str, Any]:
-        """Retire a version for good."""
-        with _remote_errors():
+    def retire(self, key: str, version: int) -> KeyVersionInfo:
+        """Retire a version for good.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
             r = self._admin.RetireKeyVersion(
                 pb.RetireKeyVersionRequest(key=key, version=version), timeout=self.timeout
             )
-        return version_dict(r.version)
+        return version_info(r.version)
 
-    def list_keys(self) -> list[dict[str, Any]]:
-        """Every key with its policy, backend and versions."""
-        with _remote_errors():
+    def list_keys(self) -> list[KeyInfo]:
+        """Every key with its policy, backend and versions.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
             r = self._admin.ListKeys(pb.ListKeysRequest(), timeout=self.timeout)
-        return [key_dict(k) for k in r.keys]
+        return [key_info(k) for k in r.keys]
+
+    # --- AuditLog -----------------------------------------------------------------
+
+    def audit_records(self, start_seq: int = 1, limit: int = 100) -> AuditPage:
+        """Audit records from ``start_seq`` on (at most ``limit``; the server caps it at 1000).
+
+        Page through the log by asking again from the last ``seq`` + 1. Check
+        the records with the hash chain yourself: they are evidence, not the
+        server's word.
+
+        Raises:
+            RemoteError: the server refused (the caller needs ``read-audit``)
+                or could not be reached.
+        """
+        with translated():
+            r = self._audit.ListRecords(
+                pb.ListRecordsRequest(start_seq=start_seq, limit=limit), timeout=self.timeout
+            )
+        return audit_page(r)
+
+
+class _LoopThread:
+    """An event loop on a daemon thread, with an ``AsyncClient`` created on it.
+
+    Raises:
+        ConfigError: the TLS files cannot be read.
+    """
+
+    def __init__(self, server: str, tls: TlsConfig, timeout: float) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tuf-signer-client", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.client = self.run(_in_loop(lambda: AsyncClient(server, timeout=timeout, tls=tls)))
+        except BaseException:
+            self._stop()
+            raise
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result (or exception)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        """Close the client's channel, then stop the loop and its thread."""
+        try:
+            self.run(self.client.close())
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+async def _in_loop(factory: Callable[[], T]) -> T:
+    # A grpc.aio channel binds to the loop it is created in: create it there.
+    return factory()

@@ -1,0 +1,1 @@
+"""Worked examples; importable so the tests can run them (tests/examples/)."""

@@ -1,0 +1,277 @@
+"""The asyncio client, and ``sign_many``: many Signs in flight on one channel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from tuf_signer.client._errors import from_rpc_error, translated
+from tuf_signer.client._models import (
+    AuditPage,
+    KeyInfo,
+    KeyVersionInfo,
+    RoleStateInfo,
+    SignedResult,
+    SignOutcome,
+    SignRequest,
+    audit_page,
+    create_key_request,
+    key_info,
+    role_state_info,
+    version_info,
+)
+from tuf_signer.client._tls import TlsConfig, open_aio_channel, resolve_server, tls_config
+from tuf_signer.errors import RequestError
+from tuf_signer.v1 import signer_pb2 as pb
+from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_IN_FLIGHT = 64
+"""Concurrent Signs of ``sign_many``: enough that the server's group commit fills
+each database transaction, few enough to stay far from any server limit."""
+
+
+class AsyncClient:
+    """asyncio tuf-signer client: every RPC, plus ``sign_many``.
+
+    One client owns one channel, reused by every call; gRPC multiplexes
+    concurrent calls over it. Create the client in the event loop that uses
+    it (a ``grpc.aio`` channel belongs to one loop) and close it there,
+    e.g. with ``async with AsyncClient(...) as client``.
+
+    Args:
+        server: ``HOST:PORT``; default ``$TUF_SIGNER_SERVER``, else ``127.0.0.1:50051``.
+        ca: CA file that issued the server's certificate; default ``$TUF_SIGNER_CA``.
+            Without one the channel is plaintext (loopback servers only).
+        cert: client certificate file for mutual TLS; default ``$TUF_SIGNER_CERT``.
+        key: client key file for mutual TLS; default ``$TUF_SIGNER_KEY``.
+        timeout: deadline of each call, seconds.
+        tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``.
+
+    Raises:
+        ConfigError: contradictory or unreadable TLS settings.
+        RequestError: both ``tls`` and ``ca``/``cert``/``key`` were given.
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+        tls: TlsConfig | None = None,
+    ) -> None:
+        self.server = resolve_server(server)
+        self.tls = tls_config(tls, ca, cert, key)
+        self.timeout = timeout
+        self._channel = open_aio_channel(self.server, self.tls)
+        self._signer = pb_grpc.SignerStub(self._channel)
+        self._admin = pb_grpc.KeyAdminStub(self._channel)
+        self._audit = pb_grpc.AuditLogStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- Signer -------------------------------------------------------------------
+
+    async def sign(
+        self,
+        key: str,
+        payload: bytes,
+        role: str | None = None,
+        expected_keyid: str = "",
+    ) -> SignedResult:
+        """Sign a canonical-JSON TUF ``signed`` payload.
+
+        Args:
+            key: key name.
+            payload: canonical JSON of the ``signed`` object (``Metadata.signed_bytes``).
+            role: role name; required for targets-type roles such as bins.
+            expected_keyid: refuse unless this is the ACTIVE version's keyid.
+
+        Raises:
+            RemoteError: the server refused or could not be reached; the
+                subclass and ``code`` give the status, ``reason`` says why.
+        """
+        return await self._sign(SignRequest(key, payload, role, expected_keyid))
+
+    async def _sign(self, request: SignRequest) -> SignedResult:
+        with translated():
+            r = await self._signer.Sign(request.to_pb(), timeout=self.timeout)
+        return SignedResult.from_pb(r)
+
+    async def sign_many(
+        self,
+        requests: Iterable[SignRequest],
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> list[SignOutcome]:
+        """Sign many payloads concurrently, keeping ``max_in_flight`` calls open.
+
+        The server works on concurrent requests in parallel and commits their
+        audit records together, so a bulk re-sign (every bin, after a rotation
+        or for an expiry sweep) keeps it busy instead of waiting on one round
+        trip at a time. One refusal does not stop the others.
+
+        ``requests`` is consumed lazily, so a generator that builds payloads
+        on demand keeps memory flat. (When the server gains a batch RPC this
+        method will use it; callers need not change.)
+
+        Args:
+            requests: what to sign.
+            max_in_flight: most calls open at once (at least 1).
+
+        Returns:
+            One outcome per request, in request order: a ``SignedResult``, or
+            the ``RemoteError`` the server answered for that request.
+
+        Raises:
+            RequestError: ``max_in_flight`` is below 1.
+        """
+        if max_in_flight < 1:
+            raise RequestError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        results: dict[int, SignOutcome] = {}
+        pending = enumerate(requests)
+
+        async def worker() -> None:
+            # Workers share one iterator: each takes the next request when free.
+            for i, request in pending:
+                try:
+                    r = await self._signer.Sign(request.to_pb(), timeout=self.timeout)
+                except grpc.RpcError as e:
+                    results[i] = from_rpc_error(e)
+                else:
+                    results[i] = SignedResult.from_pb(r)
+
+        workers = [asyncio.create_task(worker()) for _ in range(max_in_flight)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # A failing request iterator, or our own cancellation: stop the rest.
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        return [results[i] for i in range(len(results))]
+
+    async def public_keys(self, key: str = "") -> list[KeyInfo]:
+        """Every key (or only ``key``) with its versions, states and TUF key dicts.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = await self._signer.GetPublicKeys(
+                pb.GetPublicKeysRequest(key=key), timeout=self.timeout
+            )
+        return [key_info(k) for k in r.keys]
+
+    async def role_state(self, key: str = "", role: str = "") -> list[RoleStateInfo]:
+        """The highest version and payload digest signed per (key, role), filtered.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = await self._signer.GetRoleState(
+                pb.GetRoleStateRequest(key=key, role=role), timeout=self.timeout
+            )
+        return [role_state_info(s) for s in r.states]
+
+    # --- KeyAdmin -----------------------------------------------------------------
+
+    async def create_key(
+        self,
+        name: str,
+        roles: Sequence[tuple[str, int]],
+        algorithm: str = "ed25519",
+        backend: str = "",
+        activate: bool = False,
+    ) -> KeyInfo:
+        """Create a key with a role policy of ``(pattern, max_validity_seconds)`` pairs.
+
+        Raises:
+            RequestError: unknown algorithm name (nothing was sent).
+            RemoteError: the server refused or could not be reached.
+        """
+        request = create_key_request(name, list(roles), algorithm, backend, activate)
+        with translated():
+            r = await self._admin.CreateKey(request, timeout=self.timeout)
+        return key_info(r.key)
+
+    async def rotate_key(self, key: str) -> KeyVersionInfo:
+        """Create a new PENDING version; returns it with its TUF key dict.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = await self._admin.RotateKey(pb.RotateKeyRequest(key=key), timeout=self.timeout)
+        return version_info(r.version)
+
+    async def activate(self, key: str, version: int, expected_keyid: str = "") -> KeyVersionInfo:
+        """Make a version ACTIVE; the previous ACTIVE one becomes RETIRED.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = await self._admin.ActivateKeyVersion(
+                pb.ActivateKeyVersionRequest(
+                    key=key, version=version, expected_keyid=expected_keyid
+                ),
+                timeout=self.timeout,
+            )
+        return version_info(r.version)
+
+    async def retire(self, key: str, version: int) -> KeyVersionInfo:
+        """Retire a version for good.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = await self._admin.RetireKeyVersion(
+                pb.RetireKeyVersionRequest(key=key, version=version), timeout=self.timeout
+            )
+        return version_info(r.version)
+
+    async def list_keys(self) -> list[KeyInfo]:
+        """Every key with its policy, backend and versions.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = await self._admin.ListKeys(pb.ListKeysRequest(), timeout=self.timeout)
+        return [key_info(k) for k in r.keys]
+
+    # --- AuditLog -----------------------------------------------------------------
+
+    async def audit_records(self, start_seq: int = 1, limit: int = 100) -> AuditPage:
+        """Audit records from ``start_seq`` on (at most ``limit``; the server caps it at 1000).
+
+        Page through the log by asking again from the last ``seq`` + 1. Check
+        the records with the hash chain yourself: they are evidence, not the
+        server's word.
+
+        Raises:
+            RemoteError: the server refused (the caller needs ``read-audit``)
+                or could not be reached.
+        """
+        with translated():
+            r = await self._audit.ListRecords(
+                pb.ListRecordsRequest(start_seq=start_seq, limit=limit), timeout=self.timeout
+            )
+        return audit_page(r)

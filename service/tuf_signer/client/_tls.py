@@ -1,0 +1,176 @@
+"""How a client reaches the server: TLS settings from arguments or the environment.
+
+The server requires mutual TLS except on a plaintext loopback listener. A client
+therefore either names a CA (and, for mutual TLS, its own certificate and key)
+or talks plaintext. Certificates are read once, when a channel is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tuf_signer.errors import ConfigError, RequestError
+
+SERVER_ENV = "TUF_SIGNER_SERVER"
+CA_ENV = "TUF_SIGNER_CA"
+CERT_ENV = "TUF_SIGNER_CERT"
+KEY_ENV = "TUF_SIGNER_KEY"
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+# A 16,384-bin snapshot is MB-sized (PEP 458); gRPC's default limit is 4 MiB.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def resolve_server(server: str | None) -> str:
+    """``server``, else ``$TUF_SIGNER_SERVER``, else ``127.0.0.1:50051``."""
+    return server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Transport security of a client: plaintext, TLS, or mutual TLS.
+
+    Without ``ca`` the channel is plaintext, which the server accepts only on
+    a loopback address. With ``ca`` the server's certificate must chain to it;
+    ``cert`` and ``key`` (both or neither) add the client's identity for
+    mutual TLS.
+
+    Attributes:
+        ca: PEM file with the CA certificate(s) that issued the server's certificate.
+        cert: PEM file with the client certificate (chain).
+        key: PEM file with the client certificate's private key.
+
+    Raises:
+        ConfigError: ``cert`` without ``key`` or the reverse, or a client
+            certificate without a CA.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
+            raise ConfigError(
+                f"TLS {given} is set but {missing} is not "
+                f"(arguments or ${CERT_ENV} / ${KEY_ENV}): give both or neither"
+            )
+        if self.cert is not None and self.ca is None:
+            raise ConfigError(
+                f"a client certificate needs a CA to verify the server (ca or ${CA_ENV}); "
+                "without a CA the channel would be plaintext"
+            )
+
+    @classmethod
+    def from_env(
+        cls,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> TlsConfig:
+        """Each setting from its argument, else from its environment variable.
+
+        The variables are ``TUF_SIGNER_CA``, ``TUF_SIGNER_CERT`` and
+        ``TUF_SIGNER_KEY``; an empty variable counts as unset.
+
+        Args:
+            ca: CA file, overriding ``$TUF_SIGNER_CA``.
+            cert: client certificate file, overriding ``$TUF_SIGNER_CERT``.
+            key: client key file, overriding ``$TUF_SIGNER_KEY``.
+            environ: the environment to read (default ``os.environ``).
+
+        Raises:
+            ConfigError: the resulting combination is not allowed (see the class).
+        """
+        env = os.environ if environ is None else environ
+
+        def pick(value: str | os.PathLike[str] | None, name: str) -> Path | None:
+            chosen = value if value is not None and str(value) else env.get(name)
+            return Path(chosen) if chosen else None
+
+        return cls(ca=pick(ca, CA_ENV), cert=pick(cert, CERT_ENV), key=pick(key, KEY_ENV))
+
+    @property
+    def secure(self) -> bool:
+        """True when the channel uses TLS."""
+        return self.ca is not None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """gRPC channel credentials, or None for plaintext.
+
+        Raises:
+            ConfigError: a file cannot be read or holds no PEM data.
+        """
+        if self.ca is None:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(self.ca, "ca", CA_ENV),
+            private_key=_read_pem(self.key, "key", KEY_ENV) if self.key else None,
+            certificate_chain=_read_pem(self.cert, "cert", CERT_ENV) if self.cert else None,
+        )
+
+
+def tls_config(
+    tls: TlsConfig | None,
+    ca: str | os.PathLike[str] | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+) -> TlsConfig:
+    """``tls`` as given, else built from the arguments and the environment.
+
+    Raises:
+        RequestError: ``tls`` together with ``ca``, ``cert`` or ``key``.
+        ConfigError: contradictory TLS settings.
+    """
+    if tls is None:
+        return TlsConfig.from_env(ca, cert, key)
+    if ca is not None or cert is not None or key is not None:
+        raise RequestError("give either tls= or ca=/cert=/key=, not both")
+    return tls
+
+
+def _read_pem(path: Path, setting: str, env: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"TLS {setting} ({env}): cannot read {path}: {e.strerror}") from e
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"TLS {setting} ({env}): {path} holds no PEM data")
+    return data
+
+
+def open_channel(server: str, tls: TlsConfig) -> grpc.Channel:
+    """A synchronous channel to ``server``.
+
+    Raises:
+        ConfigError: a TLS file cannot be read.
+    """
+    credentials = tls.credentials()
+    if credentials is None:
+        return grpc.insecure_channel(server, options=_CHANNEL_OPTIONS)
+    return grpc.secure_channel(server, credentials, options=_CHANNEL_OPTIONS)
+
+
+def open_aio_channel(server: str, tls: TlsConfig) -> grpc.aio.Channel:
+    """An asyncio channel to ``server``, bound to the running event loop.
+
+    Raises:
+        ConfigError: a TLS file cannot be read.
+    """
+    credentials = tls.credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(server, options=_CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(server, credentials, options=_CHANNEL_OPTIONS)

@@ -175,6 +175,83 @@ class SignResponse(_message.Message):
 Global___SignResponse: _TypeAlias = SignResponse  # noqa: Y015
 
 @_typing.final
+class SignBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___SignRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignBatchRequest: _TypeAlias = SignBatchRequest  # noqa: Y015
+
+@_typing.final
+class SignBatchResult(_message.Message):
+    """The outcome of one item: `response` when granted (`code` 0), else the
+    status the same request would have got from Sign, and its reason.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """gRPC status code number (0 = OK)"""
+    status: _builtins.str
+    """its name, e.g. "FAILED_PRECONDITION" """
+    reason: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___SignResponse: ...
+    def __init__(
+        self,
+        *,
+        response: Global___SignResponse | None = ...,
+        code: _builtins.int = ...,
+        status: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason", "response", b"response", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignBatchResult: _TypeAlias = SignBatchResult  # noqa: Y015
+
+@_typing.final
+class SignBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignBatchResult]:
+        """one per request, in order"""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SignBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignBatchResponse: _TypeAlias = SignBatchResponse  # noqa: Y015
+
+@_typing.final
 class RoleRule(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class SignerStub:
                 request_serializer=tuf__signer_dot_v1_dot_signer__pb2.SignRequest.SerializeToString,
                 response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.SignResponse.FromString,
                 _registered_method=True)
+        self.SignBatch = channel.unary_unary(
+                '/tuf_signer.v1.Signer/SignBatch',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.SignBatchRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.SignBatchResponse.FromString,
+                _registered_method=True)
         self.GetPublicKeys = channel.unary_unary(
                 '/tuf_signer.v1.Signer/GetPublicKeys',
                 request_serializer=tuf__signer_dot_v1_dot_signer__pb2.GetPublicKeysRequest.SerializeToString,
@@ -58,6 +63,17 @@ class SignerServicer:
         """Signs the canonical JSON of a TUF `signed` object after checking it
         against the key's role policy, the role's high-water version and its
         expiry. Sending the same payload again returns the same signature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignBatch(self, request, context):
+        """Many Sign requests in one call. Each item gets its own result: policy and
+        audit hold per item, one bad item never fails the others, and the whole
+        batch's audit records are committed in one transaction. The call itself
+        fails only when it cannot be admitted (identity, limits) or is malformed
+        (empty, or over server.max_batch_items).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +100,11 @@ def add_SignerServicer_to_server(servicer, server):
                     servicer.Sign,
                     request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.SignRequest.FromString,
                     response_serializer=tuf__signer_dot_v1_dot_signer__pb2.SignResponse.SerializeToString,
+            ),
+            'SignBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignBatch,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.SignBatchRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.SignBatchResponse.SerializeToString,
             ),
             'GetPublicKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPublicKeys,
@@ -123,6 +144,33 @@ class Signer:
             '/tuf_signer.v1.Signer/Sign',
             tuf__signer_dot_v1_dot_signer__pb2.SignRequest.SerializeToString,
             tuf__signer_dot_v1_dot_signer__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.Signer/SignBatch',
+            tuf__signer_dot_v1_dot_signer__pb2.SignBatchRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.SignBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,13 @@ class SignerStub:
     against the key's role policy, the role's high-water version and its
     expiry. Sending the same payload again returns the same signature.
     """
+    SignBatch: _grpc.UnaryUnaryMultiCallable[_signer_pb2.SignBatchRequest, _signer_pb2.SignBatchResponse]
+    """Many Sign requests in one call. Each item gets its own result: policy and
+    audit hold per item, one bad item never fails the others, and the whole
+    batch's audit records are committed in one transaction. The call itself
+    fails only when it cannot be admitted (identity, limits) or is malformed
+    (empty, or over server.max_batch_items).
+    """
     GetPublicKeys: _grpc.UnaryUnaryMultiCallable[_signer_pb2.GetPublicKeysRequest, _signer_pb2.GetPublicKeysResponse]
     """Every key, its versions and their states, with TUF public key dicts."""
     GetRoleState: _grpc.UnaryUnaryMultiCallable[_signer_pb2.GetRoleStateRequest, _signer_pb2.GetRoleStateResponse]
@@ -55,6 +62,13 @@ class SignerAsyncStub(SignerStub):
     """Signs the canonical JSON of a TUF `signed` object after checking it
     against the key's role policy, the role's high-water version and its
     expiry. Sending the same payload again returns the same signature.
+    """
+    SignBatch: _aio.UnaryUnaryMultiCallable[_signer_pb2.SignBatchRequest, _signer_pb2.SignBatchResponse]  # type: ignore[assignment]
+    """Many Sign requests in one call. Each item gets its own result: policy and
+    audit hold per item, one bad item never fails the others, and the whole
+    batch's audit records are committed in one transaction. The call itself
+    fails only when it cannot be admitted (identity, limits) or is malformed
+    (empty, or over server.max_batch_items).
     """
     GetPublicKeys: _aio.UnaryUnaryMultiCallable[_signer_pb2.GetPublicKeysRequest, _signer_pb2.GetPublicKeysResponse]  # type: ignore[assignment]
     """Every key, its versions and their states, with TUF public key dicts."""
@@ -71,6 +85,19 @@ class SignerServicer(metaclass=_abc_1.ABCMeta):
         """Signs the canonical JSON of a TUF `signed` object after checking it
         against the key's role policy, the role's high-water version and its
         expiry. Sending the same payload again returns the same signature.
+        """
+
+    @_abc_1.abstractmethod
+    def SignBatch(
+        self,
+        request: _signer_pb2.SignBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.SignBatchResponse, _abc.Awaitable[_signer_pb2.SignBatchResponse]]:
+        """Many Sign requests in one call. Each item gets its own result: policy and
+        audit hold per item, one bad item never fails the others, and the whole
+        batch's audit records are committed in one transaction. The call itself
+        fails only when it cannot be admitted (identity, limits) or is malformed
+        (empty, or over server.max_batch_items).
         """
 
     @_abc_1.abstractmethod

@@ -72,6 +72,9 @@ class ServerConfig:
         drain_seconds: how long SIGTERM waits for in-flight calls, in seconds.
         health_interval: seconds between backend and store health probes.
         call_deadline: the longest any call may run on the server, in seconds.
+        max_batch_items: most requests in one SignBatch.
+        max_batch_bytes: largest SignBatch message, in bytes (gRPC refuses
+            larger messages before reading them).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -81,6 +84,8 @@ class ServerConfig:
     drain_seconds: float = 10.0
     health_interval: float = 10.0
     call_deadline: float = 30.0
+    max_batch_items: int = 4096
+    max_batch_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -485,6 +490,8 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
             "drain_seconds",
             "health_interval",
             "call_deadline_seconds",
+            "max_batch_items",
+            "max_batch_bytes",
         },
         "server.",
     )
@@ -505,12 +512,19 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
         drain_seconds=float(_get(s, "drain_seconds", (int, float), "server.", 10.0)),
         health_interval=float(_get(s, "health_interval", (int, float), "server.", 10.0)),
         call_deadline=float(_get(s, "call_deadline_seconds", (int, float), "server.", 30.0)),
+        max_batch_items=_get(s, "max_batch_items", int, "server.", 4096),
+        max_batch_bytes=_get(s, "max_batch_bytes", int, "server.", 64 * 1024 * 1024),
     )
     split_host_port(server.listen)
     if server.max_payload_bytes < 1024:
         raise ConfigError("server.max_payload_bytes: must be at least 1024")
     if server.drain_seconds < 0 or server.health_interval <= 0:
         raise ConfigError("server.drain_seconds / server.health_interval: must be positive")
+    if server.max_batch_items < 1 or server.max_batch_bytes < server.max_payload_bytes:
+        raise ConfigError(
+            "server.max_batch_items / max_batch_bytes: at least 1 item, and room for "
+            "one payload of max_payload_bytes"
+        )
     if not 0 < server.call_deadline <= 3600:
         raise ConfigError("server.call_deadline_seconds: must be between 0 and 3600")
     return server

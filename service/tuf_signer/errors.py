@@ -10,6 +10,19 @@ written to the audit record.
 
 from __future__ import annotations
 
+SHOWN = 48  # characters of a caller's string echoed in a reason
+
+
+def shown(value: str) -> str:
+    """Quote a caller's string for a reason: ``repr`` (no raw control characters), cut short.
+
+    Reasons go to clients in gRPC trailers (a few KiB at most) and into the
+    audit record, so a hostile 100k-character name must not be echoed whole.
+    """
+    if len(value) > SHOWN:
+        return repr(value[:SHOWN]) + "..."
+    return repr(value)
+
 
 class TufSignerError(Exception):
     """Base class of every error this project raises on purpose.

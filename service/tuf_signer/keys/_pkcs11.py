@@ -29,7 +29,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,15 +185,7 @@ def _confined(fn: Callable[[], _T]) -> _T:
     try:
         return fn()
     except BaseException as e:
-        seen: set[int] = set()
-        pending: list[BaseException | None] = [e]
-        while pending:
-            error = pending.pop()
-            if error is None or id(error) in seen:
-                continue
-            seen.add(id(error))
-            traceback.clear_frames(error.__traceback__)
-            pending += (error.__cause__, error.__context__)
+        _drop_frames(e)
         raise
 
 
@@ -401,6 +393,38 @@ class _Transient(Exception):
 # --- the backend -------------------------------------------------------------------
 
 
+@dataclass
+class _SignJob:
+    key_id: bytes
+    algorithm: Algorithm
+    message: bytes
+    future: asyncio.Future[bytes]
+
+
+def _settle(outcomes: list[tuple[_SignJob, bytes | BaseException]]) -> None:
+    """Loop thread: hand each waiting caller its signature or error."""
+    for job, outcome in outcomes:
+        if job.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+
+def _drop_frames(error: BaseException) -> None:
+    """Free what an error's frames hold while still on the PKCS#11 thread (see _confined)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        pending += (e.__cause__, e.__context__)
+
+
 class Pkcs11Backend(KeyBackend):
     """Keys in a PKCS#11 token, found by label and unlocked with a user PIN.
 
@@ -441,6 +465,10 @@ class Pkcs11Backend(KeyBackend):
         self._startup_attempts = startup_attempts
         self._sleep = sleep
         self._conn: _TokenConn | None = None  # PKCS#11 thread only
+        # Concurrent signs wait here and go to the PKCS#11 thread together.
+        self._queue: list[_SignJob] = []
+        self._queue_lock = threading.Lock()
+        self._draining = False
 
     def __repr__(self) -> str:
         return (
@@ -708,11 +736,76 @@ class Pkcs11Backend(KeyBackend):
                 algorithm, or the token refused to sign.
             BackendUnavailableError: not started, or the token is gone.
         """
-        key_id = _parse_handle(handle)
-        message = hashlib.sha256(data).digest() if algorithm is Algorithm.ECDSA_P256 else data
-        signature = await _run(
-            lambda: self._call("signing", lambda c: self._sign_op(c, key_id, algorithm, message))
-        )
+        (result,) = await self.sign_batch([(handle, algorithm, data)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def sign_batch(
+        self, items: Sequence[tuple[str, Algorithm, bytes]]
+    ) -> list[bytes | BackendError]:
+        """Sign many payloads in one trip to the PKCS#11 thread; errors per item.
+
+        Concurrent calls coalesce: while the PKCS#11 thread signs one group,
+        later calls queue up and go together in the next trip, so a burst
+        costs one thread hand-off per group rather than per signature.
+
+        Raises:
+            BackendUnavailableError: not started (every item would fail alike).
+        """
+        loop = asyncio.get_running_loop()
+        jobs = []
+        for handle, algorithm, data in items:
+            message = hashlib.sha256(data).digest() if algorithm is Algorithm.ECDSA_P256 else data
+            jobs.append(_SignJob(_parse_handle(handle), algorithm, message, loop.create_future()))
+        with self._queue_lock:
+            self._queue.extend(jobs)
+            start = not self._draining
+            self._draining = True
+        if start:
+            _pkcs11_thread().submit(_confined, self._drain)
+        results: list[bytes | BackendError] = []
+        for job in jobs:
+            try:
+                results.append(self._finish(job.algorithm, await job.future))
+            except BackendError as e:
+                results.append(e)
+        return results
+
+    def _drain(self) -> None:
+        """PKCS#11 thread: sign queued jobs, group by group, until none are left."""
+        while True:
+            with self._queue_lock:
+                jobs, self._queue = self._queue, []
+                if not jobs:
+                    self._draining = False
+                    return
+            outcomes: list[tuple[_SignJob, bytes | BaseException]] = []
+            for job in jobs:
+                try:
+                    signature: bytes | BaseException = self._call(
+                        "signing",
+                        lambda c, j=job: self._sign_op(c, j.key_id, j.algorithm, j.message),  # type: ignore[misc]
+                    )
+                except BackendError as e:
+                    _drop_frames(e)
+                    signature = e
+                except Exception as e:
+                    _drop_frames(e)
+                    signature = BackendError(f"signing failed: {type(e).__name__}")
+                outcomes.append((job, signature))
+            # Callers may wait on different event loops (threads with their own).
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_SignJob, Any]]] = {}
+            for job, outcome in outcomes:
+                by_loop.setdefault(job.future.get_loop(), []).append((job, outcome))
+            for loop, group in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_settle, group)
+                except RuntimeError:  # that caller's loop has closed: nobody waits
+                    log.debug("dropping %d signatures for a closed event loop", len(group))
+
+    def _finish(self, algorithm: Algorithm, signature: bytes) -> bytes:
+        """Loop thread: check a signature's size and put it in securesystemslib's format."""
         if algorithm is Algorithm.ECDSA_P256:
             return _pubkey.ecdsa_raw_to_der(signature)
         expected = (

@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tuf_signer.errors import ConfigError, PermissionError_, UnauthenticatedError
+from tuf_signer.errors import ConfigError, PermissionError_, UnauthenticatedError, shown
 
 SIGN = "sign"
 KEY_ADMIN = "key-admin"
@@ -65,7 +65,7 @@ class AccessPolicy:
             validate_rule(rule, where)
             if rule.identity in by_identity:
                 raise ConfigError(
-                    f"{where}.identity: {rule.identity!r} already has a rule; merge them"
+                    f"{where}.identity: {shown(rule.identity)} already has a rule; merge them"
                 )
             by_identity[rule.identity] = rule
         return cls(by_identity)
@@ -117,9 +117,9 @@ def authorize(policy: AccessPolicy, identity: str, operation: str) -> AccessRule
     if not identity or (identity == ANONYMOUS and rule is None):
         raise UnauthenticatedError("the caller presented no identity (client certificate)")
     if rule is None:
-        raise PermissionError_(f"identity {identity!r} has no access rule")
+        raise PermissionError_(f"identity {shown(identity)} has no access rule")
     if operation not in rule.operations:
-        raise PermissionError_(f"identity {identity!r} may not {operation}")
+        raise PermissionError_(f"identity {shown(identity)} may not {operation}")
     return rule
 
 
@@ -130,7 +130,9 @@ def authorize_key(rule: AccessRule, key_name: str) -> None:
         PermissionError_: the identity may not sign with ``key_name``.
     """
     if "*" not in rule.keys and key_name not in rule.keys:
-        raise PermissionError_(f"identity {rule.identity!r} may not sign with key {key_name!r}")
+        raise PermissionError_(
+            f"identity {shown(rule.identity)} may not sign with key {shown(key_name)}"
+        )
 
 
 def authorize_role(rule: AccessRule, role: str) -> None:
@@ -140,7 +142,7 @@ def authorize_role(rule: AccessRule, role: str) -> None:
         PermissionError_: the identity may not sign ``role``.
     """
     if not any(fnmatch.fnmatchcase(role, pattern) for pattern in rule.roles):
-        raise PermissionError_(f"identity {rule.identity!r} may not sign role {role!r}")
+        raise PermissionError_(f"identity {shown(rule.identity)} may not sign role {shown(role)}")
 
 
 UNRESTRICTED = AccessRule(

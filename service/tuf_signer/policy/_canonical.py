@@ -115,9 +115,14 @@ def parse_canonical(payload: bytes, *, max_depth: int = 64) -> dict[str, Any]:
 
     # Fast path. Equality implies no duplicate keys: the re-encoding comes from a
     # dict, so it has none, and the bytes are the same.
-    if _FAST_ENCODER.encode(obj) == text and not _has_control_escape(text):
-        return obj
-    return _check_canonical_slow(text, obj)
+    try:
+        if _FAST_ENCODER.encode(obj) == text and not _has_control_escape(text):
+            return obj
+        return _check_canonical_slow(text, obj)
+    except RecursionError:
+        # The encoders and the slow path's hook recurse per level; only a
+        # max_depth near the interpreter's recursion limit gets here.
+        raise PayloadError("payload is nested too deeply") from None
 
 
 def _check_depth(payload: bytes, max_depth: int) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
-from tuf_signer.errors import PayloadError, PermissionError_, PolicyError, RequestError
+from tuf_signer.errors import PayloadError, PermissionError_, PolicyError, RequestError, shown
 from tuf_signer.model import RoleRule
 from tuf_signer.policy._canonical import parse_canonical
 
@@ -54,7 +54,6 @@ _MAX_INT64 = 2**63 - 1
 _MAX_ROLE_NAME = 255  # characters
 # Control, format (bidi overrides, zero-width), surrogate, line/paragraph separators.
 _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_SHOWN = 48  # characters of a caller's string echoed in a reason
 
 _T = TypeVar("_T")
 
@@ -147,7 +146,14 @@ def resolve_role(role: str | None, type_: str) -> str:
             raise RequestError(f"role name required for {type_} metadata")
         role = type_
     _check_name(role, "role name")
+    if any(c in _GLOB_CHARS for c in role):
+        # A literal "bins-*" would match the rule "bins-*" and get its own
+        # high-water mark: glob characters belong in rules, not in names.
+        raise RequestError(f"role name {_show(role)} contains a glob character (* ? [ ])")
     return role
+
+
+_GLOB_CHARS = frozenset("*?[]")
 
 
 def check_type_fits_role(role: str, type_: str) -> None:
@@ -374,11 +380,7 @@ def _check_name(name: str, what: str) -> None:
         raise RequestError(f"{what} {_show(name)} is not in Unicode normal form NFC")
 
 
-def _show(value: str) -> str:
-    """Quote a caller's string for a reason: repr (no raw control characters), cut short."""
-    if len(value) > _SHOWN:
-        return repr(value[:_SHOWN]) + "..."
-    return repr(value)
+_show = shown
 
 
 def _format_time(value: datetime) -> str:

@@ -154,12 +154,14 @@ class SignerServer:
                 clock=self._clock,
                 # Leave room within the call deadline to record the refusal.
                 hsm_timeout=cfg.call_deadline * 0.8,
+                max_batch=cfg.max_batch_items,
             )
             server = grpc.aio.server(
-                interceptors=[ErrorInterceptor(cfg.call_deadline)],
+                interceptors=[ErrorInterceptor(cfg.call_deadline, self.service.refuse)],
                 options=[
-                    # Room for a payload of max_payload_bytes plus the envelope.
-                    ("grpc.max_receive_message_length", cfg.max_payload_bytes + 64 * 1024),
+                    # Room for a SignBatch of max_batch_bytes plus the envelope;
+                    # each payload's own limit is checked (and recorded) per item.
+                    ("grpc.max_receive_message_length", cfg.max_batch_bytes + 64 * 1024),
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ],
             )

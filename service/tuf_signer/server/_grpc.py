@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -14,7 +16,13 @@ from tuf_signer.audit import event_to_dict
 from tuf_signer.errors import RequestError, TufSignerError
 from tuf_signer.model import Algorithm, KeyState, KeyVersion, RoleRule
 from tuf_signer.server._identity import identity_of
-from tuf_signer.server._service import KeyView, SigningService, public_key_json
+from tuf_signer.server._service import (
+    KeyView,
+    SigningService,
+    SignItem,
+    SignResult,
+    public_key_json,
+)
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
@@ -36,6 +44,17 @@ _STATE_TO_PB = {
     KeyState.ACTIVE: pb.ACTIVE,
     KeyState.RETIRED: pb.RETIRED,
 }
+
+
+def _sign_response(result: SignResult) -> pb.SignResponse:
+    return pb.SignResponse(
+        signature=pb.TufSignature(keyid=result.keyid, sig=result.signature),
+        key_version=result.key_version,
+        audit_seq=result.audit_seq,
+        role=result.role,
+        metadata_version=result.metadata_version,
+        replayed=result.replayed,
+    )
 
 
 def _version_pb(v: KeyVersion) -> pb.KeyVersionInfo:
@@ -88,14 +107,28 @@ class SignerServicer(pb_grpc.SignerServicer):
             request.payload,
             request.expected_keyid,
         )
-        return pb.SignResponse(
-            signature=pb.TufSignature(keyid=result.keyid, sig=result.signature),
-            key_version=result.key_version,
-            audit_seq=result.audit_seq,
-            role=result.role,
-            metadata_version=result.metadata_version,
-            replayed=result.replayed,
+        return _sign_response(result)
+
+    async def SignBatch(
+        self, request: pb.SignBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SignBatchResponse:
+        outcomes = await self._service.sign_batch(
+            identity_of(context),
+            [
+                SignItem(r.key, r.role or None, r.payload, r.expected_keyid)
+                for r in request.requests
+            ],
         )
+        results = []
+        for outcome in outcomes:
+            if isinstance(outcome, TufSignerError):
+                code = grpc.StatusCode[outcome.code]
+                results.append(
+                    pb.SignBatchResult(code=code.value[0], status=code.name, reason=outcome.reason)
+                )
+            else:
+                results.append(pb.SignBatchResult(response=_sign_response(outcome)))
+        return pb.SignBatchResponse(results=results)
 
     async def GetPublicKeys(
         self, request: pb.GetPublicKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -224,6 +257,22 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
         )
 
 
+Refuse = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request message that failed to decode."""
+
+    reason: str
+
+
+def _operation_of(method: str) -> str:
+    """``/tuf_signer.v1.KeyAdmin/RotateKey`` -> ``rotate-key`` (the audit operation)."""
+    name = method.rsplit("/", 1)[-1]
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ``TufSignerError`` into its status; anything else into INTERNAL.
 
@@ -231,12 +280,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     a ``TufSignerError`` is safe to show (it never holds secrets); an
     unexpected exception's details go to the log only.
 
+    A request that does not even decode (invalid UTF-8 in a string field,
+    say) is refused with INVALID_ARGUMENT through ``refuse``, which records it,
+    instead of surfacing as gRPC's UNKNOWN.
+
     Args:
         deadline: the longest a call may run, in seconds.
+        refuse: records a refusal and raises it (``SigningService.refuse``).
     """
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, refuse: Refuse) -> None:
         self._deadline = deadline
+        self._refuse = refuse
 
     async def intercept_service(
         self,
@@ -251,10 +306,26 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         # The stubs type handlers as sync; under grpc.aio they are coroutines.
         inner: Any = handler.unary_unary
         method = handler_call_details.method
+        decode = handler.request_deserializer
+        operation = _operation_of(method)
+
+        def safe_decode(data: bytes) -> Any:
+            try:
+                return decode(data) if decode is not None else data
+            except Exception as e:
+                what = "a string field is not valid UTF-8" if "UTF-8" in str(e) else "malformed"
+                return _Undecodable(what)
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                return await asyncio.wait_for(inner(request, context), self._deadline)
+                if isinstance(request, _Undecodable):
+                    await self._refuse(
+                        identity_of(context),
+                        operation,
+                        RequestError(f"the request message does not decode: {request.reason}"),
+                    )
+                async with asyncio.timeout(self._deadline):
+                    return await inner(request, context)
             except TimeoutError:
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -271,6 +342,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         behaviour: Any = guarded  # grpc's stubs type only the sync context
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=safe_decode,
             response_serializer=handler.response_serializer,
         )

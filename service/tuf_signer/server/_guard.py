@@ -64,8 +64,12 @@ class Guard:
         self._limits = limits
 
     @contextmanager
-    def admit(self, identity: str, operation: str) -> Iterator[AccessRule]:
+    def admit(self, identity: str, operation: str, cost: int = 1) -> Iterator[AccessRule]:
         """Admit one call for its duration; yields the rule that allows it.
+
+        ``cost`` is the number of rate tokens the call takes (one per item of
+        a SignBatch); a call costlier than the burst may still go when the
+        bucket is full.
 
         Raises:
             UnauthenticatedError: no identity.
@@ -90,11 +94,12 @@ class Guard:
                 f"identity {identity!r} already has {bucket.in_flight} calls in flight "
                 f"(limit {max_concurrent})"
             )
-        if bucket.tokens < 1.0:
+        need = min(float(cost), float(burst))
+        if bucket.tokens < need:
             raise ResourceExhaustedError(
                 f"identity {identity!r} is over its rate limit ({rate:g} calls/s, burst {burst})"
             )
-        bucket.tokens -= 1.0
+        bucket.tokens -= need
         bucket.in_flight += 1
         try:
             yield rule

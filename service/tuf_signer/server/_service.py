@@ -51,6 +51,7 @@ from tuf_signer.errors import (
     RequestError,
     StoreError,
     TufSignerError,
+    shown,
 )
 from tuf_signer.keys import KeyBackend
 from tuf_signer.model import (
@@ -125,7 +126,7 @@ def validate_key_name(name: str) -> None:
     if len(name) > _KEY_NAME_MAX:
         raise RequestError(f"key name is longer than {_KEY_NAME_MAX} characters")
     if not all(c.isascii() and (c.isalnum() or c in "._-") for c in name):
-        raise RequestError(f"key name {name!r} may only use letters, digits, '.', '_' and '-'")
+        raise RequestError(f"key name {shown(name)} may only use letters, digits, '.', '_' and '-'")
 
 
 class SigningService:
@@ -141,6 +142,7 @@ class SigningService:
         writer: the group-commit writer; created over ``store`` when omitted.
         hsm_timeout: seconds a backend call may take before the request is
             refused with DEADLINE_EXCEEDED (keep it under the call deadline).
+        max_batch: most requests in one SignBatch.
     """
 
     def __init__(
@@ -153,10 +155,12 @@ class SigningService:
         clock: Clock = utc_now,
         writer: AuditWriter | None = None,
         hsm_timeout: float = 25.0,
+        max_batch: int = 4096,
     ) -> None:
         self._store = store
         self._guard = guard
         self._hsm_timeout = hsm_timeout
+        self._max_batch = max_batch
         self._backends = dict(backends)
         self._default_backend = default_backend
         self._max_payload = max_payload_bytes
@@ -197,7 +201,7 @@ class SigningService:
     def _view(self, name: str) -> KeyView:
         view = self._keys.get(name) or self._refresh_key(name)
         if view is None:
-            raise NotFoundError(f"unknown key {name!r}")
+            raise NotFoundError(f"unknown key {shown(name)}")
         return view
 
     def _backend_for(self, key: KeyRecord) -> KeyBackend:
@@ -225,13 +229,18 @@ class SigningService:
 
     async def _record(self, known: _Known, entry: Entry) -> Committed:
         """Commit one entry for this request; a cancelled caller does not stop it."""
-        task = asyncio.ensure_future(self._writer.submit([entry]))
+        (committed,) = await self._record_many(known, [entry])
+        return committed
+
+    async def _record_many(self, known: _Known, entries: Sequence[Entry]) -> list[Committed]:
+        """Commit entries in one transaction; a cancelled caller does not stop it."""
+        future = self._writer.enqueue(entries)
         try:
-            (committed,) = await asyncio.shield(task)
+            committed = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The writer commits it anyway; wait so the record is settled.
             with contextlib.suppress(Exception):
-                await task
+                await future
             known.recorded = True
             raise
         known.recorded = True
@@ -246,16 +255,18 @@ class SigningService:
 
     async def _refuse(self, known: _Known, error: TufSignerError) -> None:
         """Record a refusal. If even that fails, fail closed with the store error."""
-        event = known.event
-        refused = replace(event, outcome=Outcome.REFUSED, status=error.code, reason=error.reason)
-        await self._record(known, Entry(refused))
+        await self._record(known, _refusal(known.event, error))
 
     async def _guarded(
-        self, known: _Known, operation: str, body: Callable[[AccessRule], Awaitable[T]]
+        self,
+        known: _Known,
+        operation: str,
+        body: Callable[[AccessRule], Awaitable[T]],
+        cost: int = 1,
     ) -> T:
         """Admit, run ``body``, and put every refusal on the record exactly once."""
         try:
-            with self._guard.admit(known.event.identity, operation) as rule:
+            with self._guard.admit(known.event.identity, operation, cost) as rule:
                 return await body(rule)
         except _Recorded as r:
             raise r.error from None
@@ -326,6 +337,30 @@ class SigningService:
         payload: bytes,
         expected_keyid: str,
     ) -> SignResult:
+        prep = self._prepare(known, rule, key_name, role, payload, expected_keyid)
+        if prep.replay is not None:
+            committed = await self._commit_checked(known, prep.entry(prep.replay.signature))
+            return prep.result(committed.current or prep.replay, committed, replayed=True)
+        (sig,) = await self._backend_sign(prep.backend, [prep])
+        if isinstance(sig, TufSignerError):
+            raise sig
+        committed = await self._record(known, prep.entry(sig.hex()))
+        return self._conclude(prep, committed)
+
+    def _prepare(
+        self,
+        known: _Known,
+        rule: AccessRule,
+        key_name: str,
+        role: str | None,
+        payload: bytes,
+        expected_keyid: str,
+    ) -> _Prepared:
+        """Every check before the HSM (P2, P3); records what it learns in ``known``.
+
+        Raises:
+            TufSignerError: the refusal (not yet recorded).
+        """
         # Authorisation first: a caller learns nothing about keys it may not use.
         policy.authorize_key(rule, key_name)
         view = self._view(key_name)
@@ -333,7 +368,7 @@ class SigningService:
         resolved, info, _rule = policy.check_sign_request(
             payload, role, key_name, view.key.rules, now, self._max_payload
         )
-        event = known.event = replace(
+        known.event = replace(
             known.event,
             role=resolved,
             metadata_version=info.version,
@@ -351,7 +386,7 @@ class SigningService:
                     f"key {key_name!r} (active: version {active.version}, "
                     f"keyid {active.keyid[:16]}...)"
                 )
-        event = known.event = replace(event, keyid=active.keyid, key_version=active.version)
+        known.event = replace(known.event, keyid=active.keyid, key_version=active.version)
         state = RoleState(
             key_name=key_name,
             role=resolved,
@@ -360,63 +395,157 @@ class SigningService:
             keyid=active.keyid,
             key_version=active.version,
             signature="",
-            expires=event.expires,
+            expires=known.event.expires,
             audit_seq=0,
         )
         cached = self._roles.get((key_name, resolved))
-        # Raises RollbackError before any HSM work; True for an identical retry.
-        if advance_decision(cached, state) == "replay":
-            assert cached is not None
-            committed = await self._commit_checked(
-                known, Entry(replace(event, signature=cached.signature))
-            )
-            return self._result(
-                committed.current or cached, committed, resolved, info.version, replayed=True
-            )
-
-        backend = self._backend_for(view.key)
-        try:
-            sig = await asyncio.wait_for(
-                backend.sign(active.handle, view.key.algorithm, payload), self._hsm_timeout
-            )
-        except TimeoutError:
-            raise DeadlineError(
-                f"backend {backend.name!r} did not sign within {self._hsm_timeout:g} s"
-            ) from None
-        state = replace(state, signature=sig.hex())
-        committed = await self._record(
-            known, Entry(replace(event, signature=state.signature), AdvanceRole(state))
+        # Raises RollbackError before any HSM work; "replay" for an identical retry.
+        replay = cached if advance_decision(cached, state) == "replay" else None
+        return _Prepared(
+            known=known,
+            state=state,
+            backend=self._backend_for(view.key),
+            handle=active.handle,
+            algorithm=view.key.algorithm,
+            payload=payload,
+            replay=replay,
         )
+
+    async def _backend_sign(
+        self, backend: KeyBackend, preps: Sequence[_Prepared]
+    ) -> list[bytes | TufSignerError]:
+        """Sign prepared requests in one backend call, bounded by the HSM timeout."""
+        try:
+            async with asyncio.timeout(self._hsm_timeout):
+                results = await backend.sign_batch(
+                    [(p.handle, p.algorithm, p.payload) for p in preps]
+                )
+        except TimeoutError:
+            error = DeadlineError(
+                f"backend {backend.name!r} did not sign within {self._hsm_timeout:g} s"
+            )
+            return [error] * len(preps)
+        return list(results)
+
+    def _conclude(self, prep: _Prepared, committed: Committed) -> SignResult:
+        """The reply for a committed grant, or the store's (recorded) refusal."""
         if committed.current is not None:
             self._remember(committed.current)
         if committed.status != "OK":
             # Lost a race (another process or request advanced the role first,
             # or the version was retired meanwhile): the signature is dropped.
             if "ACTIVE" in committed.reason:
-                self._refresh_key(key_name)
+                self._refresh_key(prep.state.key_name)
             raise _Recorded(_error_for(committed.status, committed.reason))
-        final = committed.current or state
-        return self._result(final, committed, resolved, info.version, committed.replayed)
+        final = committed.current or prep.state
+        return prep.result(final, committed, committed.replayed)
+
+    # --- SignBatch -------------------------------------------------------------
+
+    async def sign_batch(
+        self, identity: str, requests: Sequence[SignItem]
+    ) -> list[SignResult | TufSignerError]:
+        """Sign many payloads: per-item policy and results, one audit transaction.
+
+        Each item is checked and recorded exactly as a lone Sign would be; a
+        refused item never stops the others. All the batch's records (grants
+        and refusals) commit together: one transaction, one fsync.
+
+        Raises:
+            TufSignerError: the whole call was refused (recorded once): not
+                admitted, empty or too large; or ``StoreError`` when nothing
+                could be recorded (no signature is returned).
+        """
+        batch = _Known(self._now_event(identity, "sign-batch", detail={"items": len(requests)}))
+
+        async def body(rule: AccessRule) -> list[SignResult | TufSignerError]:
+            if not requests:
+                raise RequestError("SignBatch needs at least one request")
+            if len(requests) > self._max_batch:
+                raise RequestError(
+                    f"SignBatch takes at most {self._max_batch} requests, got {len(requests)}"
+                )
+            return await self._sign_batch(identity, rule, requests, batch)
+
+        return await self._guarded(batch, policy.SIGN, body, cost=len(requests))
+
+    async def _sign_batch(
+        self, identity: str, rule: AccessRule, requests: Sequence[SignItem], batch: _Known
+    ) -> list[SignResult | TufSignerError]:
+        outcomes: list[SignResult | TufSignerError | None] = [None] * len(requests)
+        entries: list[Entry] = []
+        owners: list[tuple[int, _Prepared | None, TufSignerError | None]] = []
+        pending: dict[int, _Prepared] = {}
+        for i, item in enumerate(requests):
+            digest = hashlib.sha256(item.payload).hexdigest()
+            known = _Known(
+                self._now_event(
+                    identity,
+                    "sign",
+                    key_name=item.key,
+                    role=item.role or "",
+                    payload_sha256=digest,
+                )
+            )
+            try:
+                prep = self._prepare(
+                    known, rule, item.key, item.role, item.payload, item.expected_keyid
+                )
+            except TufSignerError as e:
+                entries.append(_refusal(known.event, e))
+                owners.append((i, None, e))
+                continue
+            except Exception:
+                log.exception("unexpected error in SignBatch item %d", i)
+                internal = TufSignerError("internal error")
+                entries.append(_refusal(known.event, internal))
+                owners.append((i, None, internal))
+                continue
+            if prep.replay is not None:
+                entries.append(prep.entry(prep.replay.signature))
+                owners.append((i, prep, None))
+            else:
+                pending[i] = prep
+        # One backend call per backend for everything that passed the checks.
+        by_backend: dict[str, list[int]] = {}
+        for i, prep in pending.items():
+            by_backend.setdefault(prep.backend.name, []).append(i)
+        for indices in by_backend.values():
+            preps = [pending[i] for i in indices]
+            signatures = await self._backend_sign(preps[0].backend, preps)
+            for i, prep, sig in zip(indices, preps, signatures, strict=True):
+                if isinstance(sig, TufSignerError):
+                    entries.append(_refusal(prep.known.event, sig))
+                    owners.append((i, None, sig))
+                else:
+                    entries.append(prep.entry(sig.hex()))
+                    owners.append((i, prep, None))
+        # Record in request order: the order the store applies them in, and
+        # the order an auditor reads them in.
+        order = sorted(range(len(owners)), key=lambda k: owners[k][0])
+        entries = [entries[k] for k in order]
+        owners = [owners[k] for k in order]
+        committed = await self._record_many(batch, entries)
+        for (i, owner, error), done in zip(owners, committed, strict=True):
+            if error is not None or owner is None:
+                outcomes[i] = error or TufSignerError("internal error")
+            elif owner.replay is not None:
+                if done.status != "OK":
+                    outcomes[i] = _error_for(done.status, done.reason)
+                else:
+                    outcomes[i] = owner.result(done.current or owner.replay, done, replayed=True)
+            else:
+                try:
+                    outcomes[i] = self._conclude(owner, done)
+                except _Recorded as r:
+                    outcomes[i] = r.error
+        return [o for o in outcomes if o is not None]
 
     def _remember(self, state: RoleState) -> None:
         key = (state.key_name, state.role)
         cur = self._roles.get(key)
         if cur is None or (state.version, state.audit_seq) >= (cur.version, cur.audit_seq):
             self._roles[key] = state
-
-    @staticmethod
-    def _result(
-        state: RoleState, committed: Committed, role: str, version: int, replayed: bool
-    ) -> SignResult:
-        return SignResult(
-            keyid=state.keyid,
-            signature=state.signature,
-            key_version=state.key_version,
-            audit_seq=committed.seq,
-            role=role,
-            metadata_version=version,
-            replayed=replayed,
-        )
 
     # --- reads ---------------------------------------------------------------
 
@@ -483,7 +612,7 @@ class SigningService:
         if name:
             view = self._refresh_key(name)
             if view is None:
-                raise NotFoundError(f"unknown key {name!r}")
+                raise NotFoundError(f"unknown key {shown(name)}")
             return [view]
         self.reload()
         return [self._keys[k] for k in sorted(self._keys)]
@@ -553,7 +682,7 @@ class SigningService:
             async with self._admin_lock:
                 view = self._refresh_key(name)
                 if view is None:
-                    raise NotFoundError(f"unknown key {name!r}")
+                    raise NotFoundError(f"unknown key {shown(name)}")
                 number = max((v.version for v in view.versions), default=0) + 1
                 now = rfc3339(self._clock())
                 backend = self._backend_for(view.key)
@@ -588,7 +717,7 @@ class SigningService:
             async with self._admin_lock:
                 view = self._refresh_key(name)
                 if view is None:
-                    raise NotFoundError(f"unknown key {name!r}")
+                    raise NotFoundError(f"unknown key {shown(name)}")
                 found = [v for v in view.versions if v.version == version]
                 if not found:
                     raise NotFoundError(f"key {name!r} has no version {version}")
@@ -651,6 +780,55 @@ class SigningService:
     def close(self) -> None:
         """Commit what is queued and stop the writer (the store stays open)."""
         self._writer.close()
+
+
+@dataclass(frozen=True)
+class SignItem:
+    """One request of a SignBatch."""
+
+    key: str
+    role: str | None
+    payload: bytes
+    expected_keyid: str = ""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A Sign that passed every check and awaits its signature."""
+
+    known: _Known
+    state: RoleState  # the role state it will advance to (signature still empty)
+    backend: KeyBackend
+    handle: str
+    algorithm: Algorithm
+    payload: bytes
+    replay: RoleState | None  # the stored state, when this is an identical retry
+
+    def entry(self, signature: str) -> Entry:
+        """The record: a grant advancing the role state, or a replay that does not."""
+        event = replace(self.known.event, signature=signature)
+        if self.replay is not None:
+            return Entry(event)
+        return Entry(event, AdvanceRole(replace(self.state, signature=signature)))
+
+    def result(self, state: RoleState, committed: Committed, replayed: bool) -> SignResult:
+        return SignResult(
+            keyid=state.keyid,
+            signature=state.signature,
+            key_version=state.key_version,
+            audit_seq=committed.seq,
+            role=self.state.role,
+            metadata_version=self.state.version,
+            replayed=replayed,
+        )
+
+
+def _refusal(event: AuditEvent, error: TufSignerError) -> Entry:
+    return Entry(
+        replace(
+            event, outcome=Outcome.REFUSED, status=error.code, reason=error.reason, signature=""
+        )
+    )
 
 
 @dataclass

@@ -56,12 +56,23 @@ class AuditWriter:
             StoreError: the store could not commit (nothing of the batch was
                 written), or the writer is closed.
         """
+        return await self.enqueue(entries)
+
+    def enqueue(self, entries: Sequence[Entry]) -> asyncio.Future[list[Committed]]:
+        """Queue ``entries`` for the next commit; the future resolves once durable.
+
+        The entries commit together, in one transaction, whatever becomes of
+        the future (cancelling it does not stop the commit).
+
+        Raises:
+            StoreError: the writer is closed.
+        """
         if self._closed:
             raise StoreError("audit store unavailable: the writer is shut down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Committed]] = loop.create_future()
         self._queue.put(_Job(entries, future, loop))
-        return await future
+        return future
 
     def close(self) -> None:
         """Commit whatever is queued, then stop the thread. Idempotent."""

@@ -75,6 +75,7 @@ class ServerConfig:
         max_batch_items: most requests in one SignBatch.
         max_batch_bytes: largest SignBatch message, in bytes (gRPC refuses
             larger messages before reading them).
+        workers: server processes sharing the port (one per core is best).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -86,6 +87,7 @@ class ServerConfig:
     call_deadline: float = 30.0
     max_batch_items: int = 4096
     max_batch_bytes: int = 64 * 1024 * 1024
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,9 @@ def check_listen(server: ServerConfig) -> None:
         ConfigError: no TLS and not ``insecure``; both; or a plaintext listener
             on an address that is not loopback.
     """
-    host, _ = split_host_port(server.listen)
+    host, port = split_host_port(server.listen)
+    if server.workers > 1 and port == 0:
+        raise ConfigError("server.workers: several workers need a fixed port, not port 0")
     if server.insecure:
         if server.tls is not None:
             raise ConfigError("server.insecure: contradicts [server.tls]; remove one of them")
@@ -492,6 +496,7 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
             "call_deadline_seconds",
             "max_batch_items",
             "max_batch_bytes",
+            "workers",
         },
         "server.",
     )
@@ -514,6 +519,7 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
         call_deadline=float(_get(s, "call_deadline_seconds", (int, float), "server.", 30.0)),
         max_batch_items=_get(s, "max_batch_items", int, "server.", 4096),
         max_batch_bytes=_get(s, "max_batch_bytes", int, "server.", 64 * 1024 * 1024),
+        workers=_get(s, "workers", int, "server.", 1),
     )
     split_host_port(server.listen)
     if server.max_payload_bytes < 1024:
@@ -525,6 +531,8 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
             "server.max_batch_items / max_batch_bytes: at least 1 item, and room for "
             "one payload of max_payload_bytes"
         )
+    if not 1 <= server.workers <= 64:
+        raise ConfigError("server.workers: must be between 1 and 64")
     if not 0 < server.call_deadline <= 3600:
         raise ConfigError("server.call_deadline_seconds: must be between 0 and 3600")
     return server

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -53,10 +54,18 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tuf_signer.config import load_config
+    from dataclasses import replace
+
+    from tuf_signer.config import check_listen, check_secrets, load_config
     from tuf_signer.server import serve
+    from tuf_signer.server._workers import supervise, worker_index
 
     config = load_config(args.config)
+    if config.server.workers > 1 and worker_index() is None:
+        server = replace(config.server, listen=args.listen or config.server.listen)
+        check_listen(server)
+        check_secrets(config)
+        return supervise(config.path, server.workers, args.listen, server.drain_seconds)
     asyncio.run(serve(config, listen=args.listen))
     return 0
 
@@ -378,9 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tuf-signer`` console script."""
     args = build_parser().parse_args(argv)
+    worker = os.environ.get("TUF_SIGNER_WORKER")
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s "
+        + (f"[worker {worker}] " if worker else "")
+        + "%(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:

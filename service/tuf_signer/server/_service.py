@@ -337,15 +337,25 @@ class SigningService:
         payload: bytes,
         expected_keyid: str,
     ) -> SignResult:
-        prep = self._prepare(known, rule, key_name, role, payload, expected_keyid)
-        if prep.replay is not None:
-            committed = await self._commit_checked(known, prep.entry(prep.replay.signature))
-            return prep.result(committed.current or prep.replay, committed, replayed=True)
-        (sig,) = await self._backend_sign(prep.backend, [prep])
-        if isinstance(sig, TufSignerError):
-            raise sig
-        committed = await self._record(known, prep.entry(sig.hex()))
-        return self._conclude(prep, committed)
+        for attempt in (1, 2):
+            prep = self._prepare(known, rule, key_name, role, payload, expected_keyid)
+            if prep.replay is not None:
+                committed = await self._commit_checked(known, prep.entry(prep.replay.signature))
+                return prep.result(committed.current or prep.replay, committed, replayed=True)
+            (sig,) = await self._backend_sign(prep.backend, [prep])
+            if isinstance(sig, TufSignerError):
+                raise sig
+            committed = await self._record(known, prep.entry(sig.hex()))
+            try:
+                return self._conclude(prep, committed)
+            except _Recorded as r:
+                # Another process activated a new version after our cache last
+                # looked: that attempt is refused on the record; sign again with
+                # the version now ACTIVE (unless the caller pinned the old one).
+                if attempt == 2 or _STALE_ACTIVE not in r.error.reason or expected_keyid:
+                    raise
+                known.recorded = False
+        raise AssertionError("unreachable")
 
     def _prepare(
         self,
@@ -434,7 +444,7 @@ class SigningService:
         if committed.status != "OK":
             # Lost a race (another process or request advanced the role first,
             # or the version was retired meanwhile): the signature is dropped.
-            if "ACTIVE" in committed.reason:
+            if _STALE_ACTIVE in committed.reason:
                 self._refresh_key(prep.state.key_name)
             raise _Recorded(_error_for(committed.status, committed.reason))
         final = committed.current or prep.state
@@ -780,6 +790,10 @@ class SigningService:
     def close(self) -> None:
         """Commit what is queued and stop the writer (the store stays open)."""
         self._writer.close()
+
+
+# The store's reason when the key version signed with was retired meanwhile.
+_STALE_ACTIVE = "no longer ACTIVE"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,102 @@
+"""Several server processes on one port, so PKCS#11 and Python use every core.
+
+python-pkcs11 confines each PKCS#11 context to one thread (DESIGN.md §4), and
+one Python process runs one core's worth of gRPC. So ``server.workers = N``
+runs N full servers: each its own process with its own PKCS#11 session, all
+listening on the same port (gRPC sets SO_REUSEPORT, and the kernel spreads
+connections across them). They share the audit store. Rollback and
+equivocation protection hold across them because the role-state
+compare-and-set and the audit append happen in one store transaction, which
+the database serialises (P3); each worker's caches are only lower bounds.
+
+This module is the supervisor: it holds no key material, never loads PKCS#11
+or gRPC, forwards SIGTERM, SIGINT and SIGHUP to the workers, and restarts a
+worker that dies unexpectedly (a bounded number of times).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = "TUF_SIGNER_WORKER"
+_RESTARTS_PER_MINUTE = 5
+_POLL = 0.2  # seconds
+
+
+def _spawn(config: Path, index: int, listen: str | None) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "tuf_signer.cli", "serve", "--config", str(config)]
+    if listen:
+        argv += ["--listen", listen]
+    env = {**os.environ, WORKER_ENV: str(index)}
+    return subprocess.Popen(argv, env=env)
+
+
+def supervise(config: Path, workers: int, listen: str | None, drain_seconds: float) -> int:
+    """Run ``workers`` server processes until SIGTERM/SIGINT; returns the exit status.
+
+    Returns:
+        0 when every worker drained and exited cleanly; 1 otherwise (a worker
+        failed at start, or kept dying).
+    """
+    stopping = False
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    procs = {i: _spawn(config, i, listen) for i in range(workers)}
+    log.info("supervising %d workers: pids %s", workers, [p.pid for p in procs.values()])
+    restarts: list[float] = []
+    status = 0
+    while procs:
+        while received:
+            signum = received.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                stopping = True
+                deadline = time.monotonic() + drain_seconds + 5
+            log.info("forwarding %s to the workers", signal.Signals(signum).name)
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signum)
+        for i, p in list(procs.items()):
+            code = p.poll()
+            if code is None:
+                continue
+            del procs[i]
+            if stopping:
+                status = status or (1 if code else 0)
+                continue
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > _RESTARTS_PER_MINUTE:
+                log.error("worker %d exited with %d; too many restarts, stopping all", i, code)
+                stopping, status = True, 1
+                deadline = now + drain_seconds + 5
+                for other in procs.values():
+                    other.send_signal(signal.SIGTERM)
+                continue
+            log.error("worker %d exited with %d; restarting it", i, code)
+            procs[i] = _spawn(config, i, listen)
+        if stopping and procs and time.monotonic() > deadline:
+            for p in procs.values():
+                p.kill()
+            status = 1
+        time.sleep(_POLL)
+    return status
+
+
+def worker_index() -> int | None:
+    """This process's worker number, or None when it is not a supervised worker."""
+    value = os.environ.get(WORKER_ENV)
+    return int(value) if value is not None and value.isdigit() else None

@@ -560,3 +560,22 @@ async def test_refusal_record_carries_what_was_known(harness: Harness) -> None:
     assert (event.role, event.metadata_version, event.key_version) == ("timestamp", 4, 1)
     assert event.keyid == key.versions[0].keyid
     assert event.expires.endswith("Z")
+
+
+async def test_activation_disables_the_replaced_version_in_the_hsm(harness: Harness) -> None:
+    from tuf_signer.errors import BackendError
+    from tuf_signer.model import Algorithm
+
+    await harness.create_key("k")
+    await harness.admin.RotateKey(pb.RotateKeyRequest(key="k"))
+    await harness.admin.ActivateKeyVersion(pb.ActivateKeyVersionRequest(key="k", version=2))
+    store = SqliteAuditStore(harness.config.audit.path)
+    try:
+        v1, v2 = store.list_versions("k")
+    finally:
+        store.close()
+    backend = harness.server._backends["softhsm"]
+    # Not only our own state: the token itself no longer signs with version 1.
+    with pytest.raises(BackendError, match="disabled|cannot sign"):
+        await backend.sign(v1.handle, Algorithm.ED25519, b"x")
+    assert len(await backend.sign(v2.handle, Algorithm.ED25519, b"x")) == 64

@@ -742,15 +742,21 @@ class SigningService:
                 committed = await self._commit_checked(
                     known, Entry(known.event, SetVersionState(name, version, state, now))
                 )
-                if state is KeyState.RETIRED:
-                    try:
-                        await self._backend_for(view.key).disable(target.handle)
-                    except BackendError:
-                        # Retirement is our own state and already recorded; the
-                        # backend flag is defence in depth.
-                        log.warning("could not disable %s v%d in its backend", name, version)
+                before = {v.version: v for v in view.versions}
                 view = self._refresh_key(name)
                 assert view is not None
+                # Every version this change retired (the target itself, or the
+                # previous ACTIVE version an activation replaced) is disabled
+                # in its backend too.
+                for v in view.versions:
+                    was = before.get(v.version)
+                    if v.state is KeyState.RETIRED and was and was.state is not KeyState.RETIRED:
+                        try:
+                            await self._backend_for(view.key).disable(v.handle)
+                        except BackendError:
+                            # Retirement is our own state and already recorded;
+                            # the backend flag is defence in depth.
+                            log.warning("could not disable %s v%d in its backend", name, v.version)
                 return next(v for v in view.versions if v.version == version), committed.seq
 
         return await self._guarded(known, policy.KEY_ADMIN, body)

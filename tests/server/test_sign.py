@@ -576,6 +576,6 @@ async def test_activation_disables_the_replaced_version_in_the_hsm(harness: Harn
         store.close()
     backend = harness.server._backends["softhsm"]
     # Not only our own state: the token itself no longer signs with version 1.
-    with pytest.raises(BackendError, match="disabled|cannot sign"):
+    with pytest.raises(BackendError, match=r"disabled|cannot sign"):
         await backend.sign(v1.handle, Algorithm.ED25519, b"x")
     assert len(await backend.sign(v2.handle, Algorithm.ED25519, b"x")) == 64

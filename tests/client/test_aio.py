@@ -35,13 +35,17 @@ def bin_request(s: RunningSigner, i: int, version: int = 1, **kw: Any) -> SignRe
 
 
 class CountingStub:
-    """Wraps the Signer stub to see how many Signs are open at once."""
+    """Wraps the Signer stub to see how many sign requests are open at once.
+
+    A SignBatch counts as as many requests as it carries.
+    """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.open = 0
         self.peak = 0
         self.calls = 0
+        self.batches = 0
 
     async def Sign(self, request: pb.SignRequest, timeout: float | None = None) -> Any:
         self.calls += 1
@@ -51,6 +55,17 @@ class CountingStub:
             return await self.inner.Sign(request, timeout=timeout)
         finally:
             self.open -= 1
+
+    async def SignBatch(self, request: pb.SignBatchRequest, timeout: float | None = None) -> Any:
+        items = len(request.requests)
+        self.calls += items
+        self.open += items
+        self.batches += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            return await self.inner.SignBatch(request, timeout=timeout)
+        finally:
+            self.open -= items
 
 
 async def test_every_rpc(signer_server: RunningSigner, aclient: AsyncClient) -> None:
@@ -122,6 +137,7 @@ async def test_sign_many_keeps_max_in_flight_open(
     )
     assert all(isinstance(o, SignedResult) for o in outcomes) and len(outcomes) == n
     assert (counting.calls, counting.peak) == (n, peak)
+    assert counting.batches == -(-n // peak), "requests travel in SignBatch calls"
 
 
 async def test_sign_many_refuses_zero_in_flight(aclient: AsyncClient) -> None:

@@ -61,3 +61,16 @@ proto: install
 
 clean:
 	rm -rf $(VENV) $(DEV_DIR) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks (README "Performance"). Each run installs what it needs from Debian
+# (Go + grpc-go for bench/loadgen, nghttp2-client, notary) and builds into bench/.build/.
+.PHONY: bench bench-quick
+
+# Full set, several minutes: bench/results/latest.{json,md} and throughput.png.
+bench: install
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench
+
+# Under a minute, same ratio keys, smaller workloads: bench/results/quick.{json,md}.
+bench-quick: install
+	$(BIN)/python -m bench --quick

@@ -1,0 +1,1 @@
+"""tuf-signer benchmarks (``make bench``, ``make bench-quick``; README "Performance")."""

@@ -1,0 +1,148 @@
+"""Deterministic TUF payloads for the benchmarks, as canonical JSON bytes.
+
+Bins are built as strings, not through python-tuf objects: 16,384 bins of
+~139 targets is 2.3 million target entries, which python-tuf would take tens
+of seconds to build. ``self_check`` proves the strings are canonical JSON
+(securesystemslib's encoder gives the same bytes) and that python-tuf parses
+them; the server's own canonical-JSON check refuses anything else anyway.
+
+Sizes follow PEP 458: bins average ~139 targets and ~54 KB; the snapshot
+lists every bin; the timestamp is a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+# python-tuf's SPECIFICATION_VERSION (``self_check`` compares): not imported
+# here, so the baseline processes start without loading python-tuf.
+SPEC = "1.0.31"
+# Well inside the one-day maximum PEP 458 gives online roles (and the bench keys' policy).
+VALIDITY = timedelta(hours=12)
+BIN_BITS = 14  # PEP 458: 16,384 bins
+TARGETS_PER_BIN = 139  # PEP 458's average
+_POOL = 8192  # distinct target entries to slice bins from
+
+
+def expires() -> str:
+    """TUF ``expires`` (ISO 8601, UTC, no fraction), 12 hours from now."""
+    return (datetime.now(UTC) + VALIDITY).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def bin_name(i: int) -> str:
+    """The name of bin ``i`` as python-tuf's succinct hash bins give it (``bins-0a3f``)."""
+    return f"bins-{i % (1 << BIN_BITS):04x}"
+
+
+def timestamp(version: int, snapshot_version: int, exp: str) -> bytes:
+    """A timestamp ``signed`` object (~190 bytes)."""
+    return (
+        f'{{"_type":"timestamp","expires":"{exp}","meta":{{"snapshot.json":'
+        f'{{"version":{snapshot_version}}}}},"spec_version":"{SPEC}","version":{version}}}'
+    ).encode()
+
+
+@lru_cache(maxsize=4)
+def _snapshot_meta(n_bins: int) -> str:
+    names = sorted([f"{bin_name(i)}.json" for i in range(n_bins)] + ["targets.json"])
+    return ",".join(f'"{n}":{{"version":2}}' for n in names)
+
+
+def snapshot(version: int, n_bins: int, exp: str) -> bytes:
+    """A snapshot listing ``n_bins`` bins and targets (~600 KB for 16,384 bins)."""
+    return (
+        f'{{"_type":"snapshot","expires":"{exp}","meta":{{{_snapshot_meta(n_bins)}}},'
+        f'"spec_version":"{SPEC}","version":{version}}}'
+    ).encode()
+
+
+@lru_cache(maxsize=1)
+def _entries() -> list[str]:
+    """Target entries sorted by path, PyPI-like: blake2b-256 and sha256, a length.
+
+    A PyPI path is ``HH/HH/<60 hex>/<distribution file>``; with both hashes an
+    entry is ~390 bytes, which gives PEP 458's ~54 KB for 139 targets.
+    """
+    rng = random.Random(458)
+    out = []
+    for i in range(_POOL):
+        name = f"project{i % 1997:04d}-{rng.randrange(1, 40)}.{i}.0"
+        dist = f"{name}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+        h = hashlib.blake2b(dist.encode(), digest_size=32).hexdigest()
+        s = hashlib.sha256(dist.encode()).hexdigest()
+        path = f"{h[:2]}/{h[2:4]}/{h[4:]}/{dist}"
+        out.append(
+            f'"{path}":{{"custom":{{"upload-time":"2024-{1 + i % 12:02d}-{1 + i % 28:02d}T'
+            f'{i % 24:02d}:{i % 60:02d}:{(i * 7) % 60:02d}Z"}},'
+            f'"hashes":{{"blake2b-256":"{h}","sha256":"{s}"}},'
+            f'"length":{rng.randrange(10_000, 90_000_000)}}}'
+        )
+    out.sort()
+    return out
+
+
+def bin_payload(i: int, version: int, exp: str, n_targets: int = TARGETS_PER_BIN) -> bytes:
+    """A bin (targets metadata) of ``n_targets`` entries, deterministic in ``i``."""
+    pool = _entries()
+    start = (i * 7919) % (len(pool) - n_targets)
+    body = ",".join(pool[start : start + n_targets])
+    return (
+        f'{{"_type":"targets","expires":"{exp}","spec_version":"{SPEC}",'
+        f'"targets":{{{body}}},"version":{version}}}'
+    ).encode()
+
+
+def realistic_bins(
+    n: int, version: int, exp: str, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """Bins ``start`` to ``stop`` of ``n`` bins of PEP 458 size: 139 targets ±25%, ~54 KB.
+
+    The sizes depend on ``n`` only, so any slice has the bytes of the whole.
+    """
+    rng = random.Random(n)
+    for i in range(n if stop is None else min(n, stop)):
+        n_targets = rng.randrange(104, 175)
+        if i >= start:
+            yield bin_name(i), bin_payload(i, version, exp, n_targets)
+
+
+def small_bin(i: int, version: int, exp: str, size: int = 512) -> bytes:
+    """A one-target bin padded to exactly ``size`` bytes (at least ~420), distinct in ``i``."""
+    entry = _entries()[i % _POOL]
+    head = f'{{"_type":"targets","expires":"{exp}","spec_version":"{SPEC}","targets":{{'
+    tail = f'}},"version":{version}}}'
+    # The pad is a custom field sorting after "upload-time" in the entry's "custom" object.
+    path, _, rest = entry.partition(":")
+    pad = max(0, size - len(head) - len(tail) - len(entry) - len(',"x-pad":""'))
+    custom_end = rest.index("}")
+    entry = f'{path}:{rest[:custom_end]},"x-pad":"{"x" * pad}"{rest[custom_end:]}'
+    return (head + entry + tail).encode()
+
+
+def self_check() -> None:
+    """Raise unless every kind of payload is canonical JSON that python-tuf accepts.
+
+    Raises:
+        AssertionError: a builder produced non-canonical or invalid metadata.
+    """
+    from securesystemslib.formats import encode_canonical
+    from tuf.api.metadata import SPECIFICATION_VERSION, Metadata
+
+    assert ".".join(SPECIFICATION_VERSION) == SPEC, SPECIFICATION_VERSION
+    exp = expires()
+    samples = [
+        timestamp(3, 2, exp),
+        snapshot(4, 64, exp),
+        bin_payload(5, 6, exp),
+        small_bin(7, 8, exp),
+        next(realistic_bins(1, 1, exp))[1],
+    ]
+    for payload in samples:
+        obj = json.loads(payload)
+        assert encode_canonical(obj).encode() == payload, payload[:200]
+        Metadata.from_dict({"signatures": [], "signed": obj})

@@ -344,6 +344,11 @@ class SigningService:
                 return prep.result(committed.current or prep.replay, committed, replayed=True)
             (sig,) = await self._backend_sign(prep.backend, [prep])
             if isinstance(sig, TufSignerError):
+                # Another worker may have retired this version meanwhile (and
+                # disabled it in the HSM): if a newer version is ACTIVE now,
+                # sign again with it, unless the caller pinned this one.
+                if attempt == 1 and not expected_keyid and self._active_moved(prep):
+                    continue
                 raise sig
             committed = await self._record(known, prep.entry(sig.hex()))
             try:
@@ -436,6 +441,14 @@ class SigningService:
             )
             return [error] * len(preps)
         return list(results)
+
+    def _active_moved(self, prep: _Prepared) -> bool:
+        """Re-read the key: is another version than ``prep``'s ACTIVE now?"""
+        view = self._refresh_key(prep.state.key_name)
+        if view is None:
+            return False
+        active = [v for v in view.versions if v.state is KeyState.ACTIVE]
+        return bool(active) and active[0].version != prep.state.key_version
 
     def _conclude(self, prep: _Prepared, committed: Committed) -> SignResult:
         """The reply for a committed grant, or the store's (recorded) refusal."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from tuf.api.metadata import Metadata, MetaFile, Targets, Timestamp
 
+from tuf_signer.client import AsyncClient, SignedResult, SignRequest
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
@@ -73,6 +74,23 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
                 await stubs[i % 16].Sign(request)
 
         await asyncio.gather(*(sign_bin(i) for i in range(400)))
+        after = {pid: _cpu_ticks(pid) for pid in workers}
+        assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
+
+        # One client with several connections reaches every worker in a bulk re-sign.
+        tls = directory / "tls"
+        before = {pid: _cpu_ticks(pid) for pid in workers}
+        async with AsyncClient(
+            address,
+            ca=tls / "ca.crt",
+            cert=tls / "backend.crt",
+            key=tls / "backend.key",
+            connections=8,
+        ) as client:
+            outcomes = await client.sign_many(
+                SignRequest("online", payload, f"bins-m{i}") for i in range(600)
+            )
+        assert all(isinstance(o, SignedResult) for o in outcomes)
         after = {pid: _cpu_ticks(pid) for pid in workers}
         assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import grpc
 
@@ -51,10 +52,14 @@ class AsyncClient:
         key: client key file for mutual TLS; default ``$TUF_SIGNER_KEY``.
         timeout: deadline of each call, seconds.
         tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``.
+        connections: TCP connections ``sign_many`` spreads its batches over;
+            more than one lets a bulk re-sign reach every worker of a server
+            with ``server.workers`` > 1.
 
     Raises:
         ConfigError: contradictory or unreadable TLS settings.
-        RequestError: both ``tls`` and ``ca``/``cert``/``key`` were given.
+        RequestError: both ``tls`` and ``ca``/``cert``/``key`` were given, or
+            ``connections`` is below 1.
     """
 
     def __init__(
@@ -66,7 +71,10 @@ class AsyncClient:
         key: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
         tls: TlsConfig | None = None,
+        connections: int = 1,
     ) -> None:
+        if connections < 1:
+            raise RequestError(f"connections must be at least 1, got {connections}")
         self.server = resolve_server(server)
         self.tls = tls_config(tls, ca, cert, key)
         self.timeout = timeout
@@ -74,10 +82,15 @@ class AsyncClient:
         self._signer = pb_grpc.SignerStub(self._channel)
         self._admin = pb_grpc.KeyAdminStub(self._channel)
         self._audit = pb_grpc.AuditLogStub(self._channel)
+        self._extra = [
+            open_aio_channel(self.server, self.tls, own_connection=True)
+            for _ in range(connections - 1)
+        ]
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
-        await self._channel.close()
+        """Close the channels; calls in flight are cancelled."""
+        for channel in (self._channel, *self._extra):
+            await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -162,29 +175,29 @@ class AsyncClient:
                     break
             return chunk
 
-        async def one(i: int, request: SignRequest) -> None:
+        async def one(stub: Any, i: int, request: SignRequest) -> None:
             try:
-                r = await self._signer.Sign(request.to_pb(), timeout=self.timeout)
+                r = await stub.Sign(request.to_pb(), timeout=self.timeout)
             except grpc.RpcError as e:
                 results[i] = from_rpc_error(e)
             else:
                 results[i] = SignedResult.from_pb(r)
 
-        async def worker() -> None:
+        async def worker(stub: Any) -> None:
             # Workers share one iterator: each takes the next chunk when free.
             nonlocal unary
             while chunk := next_chunk():
                 if unary:
                     for i, request in chunk:
-                        await one(i, request)
+                        await one(stub, i, request)
                     continue
                 batch = pb.SignBatchRequest(requests=[r.to_pb() for _, r in chunk])
                 try:
-                    response = await self._signer.SignBatch(batch, timeout=self.timeout)
+                    response = await stub.SignBatch(batch, timeout=self.timeout)
                 except grpc.RpcError as e:
                     if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                         unary = True  # an older server: one Sign per request
-                        await asyncio.gather(*(one(i, r) for i, r in chunk))
+                        await asyncio.gather(*(one(stub, i, r) for i, r in chunk))
                         continue
                     error = from_rpc_error(e)
                     for i, _ in chunk:
@@ -197,8 +210,9 @@ class AsyncClient:
                         else remote_error(item.status, item.reason)
                     )
 
-        calls = max(1, -(-max_in_flight // batch_items))
-        workers = [asyncio.create_task(worker()) for _ in range(calls)]
+        stubs: list[Any] = [self._signer, *(pb_grpc.SignerStub(c) for c in self._extra)]
+        calls = max(len(stubs), -(-max_in_flight // batch_items))
+        workers = [asyncio.create_task(worker(stubs[w % len(stubs)])) for w in range(calls)]
         try:
             await asyncio.gather(*workers)
         except BaseException:

@@ -31,6 +31,7 @@ from tuf_signer.client._models import (
     version_info,
 )
 from tuf_signer.client._tls import TlsConfig, open_channel, resolve_server, tls_config
+from tuf_signer.errors import RequestError
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
@@ -48,6 +49,8 @@ class Client:
         key: client key file for mutual TLS; default ``$TUF_SIGNER_KEY``.
         timeout: deadline of each call, seconds.
         tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``.
+        connections: TCP connections ``sign_many`` spreads its batches over
+            (see ``AsyncClient``).
 
     Raises:
         ConfigError: contradictory or unreadable TLS settings.
@@ -63,10 +66,14 @@ class Client:
         key: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
         tls: TlsConfig | None = None,
+        connections: int = 1,
     ) -> None:
+        if connections < 1:
+            raise RequestError(f"connections must be at least 1, got {connections}")
         self.server = resolve_server(server)
         self.tls = tls_config(tls, ca, cert, key)
         self.timeout = timeout
+        self.connections = connections
         self._channel = open_channel(self.server, self.tls)
         self._signer = pb_grpc.SignerStub(self._channel)
         self._admin = pb_grpc.KeyAdminStub(self._channel)
@@ -140,7 +147,7 @@ class Client:
     def _loop_thread(self) -> _LoopThread:
         with self._loop_lock:
             if self._loop is None:
-                self._loop = _LoopThread(self.server, self.tls, self.timeout)
+                self._loop = _LoopThread(self.server, self.tls, self.timeout, self.connections)
             return self._loop
 
     def public_keys(self, key: str = "") -> list[KeyInfo]:
@@ -260,14 +267,18 @@ class _LoopThread:
         ConfigError: the TLS files cannot be read.
     """
 
-    def __init__(self, server: str, tls: TlsConfig, timeout: float) -> None:
+    def __init__(self, server: str, tls: TlsConfig, timeout: float, connections: int) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="tuf-signer-client", daemon=True
         )
         self._thread.start()
         try:
-            self.client = self.run(_in_loop(lambda: AsyncClient(server, timeout=timeout, tls=tls)))
+            self.client = self.run(
+                _in_loop(
+                    lambda: AsyncClient(server, timeout=timeout, tls=tls, connections=connections)
+                )
+            )
         except BaseException:
             self._stop()
             raise

@@ -164,13 +164,20 @@ def open_channel(server: str, tls: TlsConfig) -> grpc.Channel:
     return grpc.secure_channel(server, credentials, options=_CHANNEL_OPTIONS)
 
 
-def open_aio_channel(server: str, tls: TlsConfig) -> grpc.aio.Channel:
+def open_aio_channel(server: str, tls: TlsConfig, own_connection: bool = False) -> grpc.aio.Channel:
     """An asyncio channel to ``server``, bound to the running event loop.
+
+    With ``own_connection`` the channel does not share gRPC's process-wide
+    connection pool, so it opens a TCP connection of its own (the kernel
+    spreads connections over a server's workers).
 
     Raises:
         ConfigError: a TLS file cannot be read.
     """
+    options = [*_CHANNEL_OPTIONS]
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     credentials = tls.credentials()
     if credentials is None:
-        return grpc.aio.insecure_channel(server, options=_CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(server, credentials, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(server, options=options)
+    return grpc.aio.secure_channel(server, credentials, options=options)

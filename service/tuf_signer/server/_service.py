@@ -498,7 +498,19 @@ class SigningService:
         outcomes: list[SignResult | TufSignerError | None] = [None] * len(requests)
         entries: list[Entry] = []
         owners: list[tuple[int, _Prepared | None, TufSignerError | None]] = []
-        pending: dict[int, _Prepared] = {}
+        # Pipeline: while the HSM signs one chunk (C_Sign releases the GIL),
+        # this thread checks the next; each chunk goes to its backend(s) at once.
+        signing: list[tuple[list[int], list[_Prepared], asyncio.Task[list[bytes | TufSignerError]]]]
+        signing = []
+        pending: dict[str, list[tuple[int, _Prepared]]] = {}
+
+        def flush() -> None:
+            for group in pending.values():
+                preps = [p for _, p in group]
+                task = asyncio.ensure_future(self._backend_sign(preps[0].backend, preps))
+                signing.append(([i for i, _ in group], preps, task))
+            pending.clear()
+
         for i, item in enumerate(requests):
             digest = hashlib.sha256(item.payload).hexdigest()
             known = _Known(
@@ -527,15 +539,14 @@ class SigningService:
             if prep.replay is not None:
                 entries.append(prep.entry(prep.replay.signature))
                 owners.append((i, prep, None))
-            else:
-                pending[i] = prep
-        # One backend call per backend for everything that passed the checks.
-        by_backend: dict[str, list[int]] = {}
-        for i, prep in pending.items():
-            by_backend.setdefault(prep.backend.name, []).append(i)
-        for indices in by_backend.values():
-            preps = [pending[i] for i in indices]
-            signatures = await self._backend_sign(preps[0].backend, preps)
+                continue
+            pending.setdefault(prep.backend.name, []).append((i, prep))
+            if sum(len(g) for g in pending.values()) >= _PIPELINE_CHUNK:
+                flush()
+                await asyncio.sleep(0)  # let the chunk reach the HSM thread now
+        flush()
+        for indices, preps, task in signing:
+            signatures = await task
             for i, prep, sig in zip(indices, preps, signatures, strict=True):
                 if isinstance(sig, TufSignerError):
                     entries.append(_refusal(prep.known.event, sig))
@@ -810,6 +821,9 @@ class SigningService:
         """Commit what is queued and stop the writer (the store stays open)."""
         self._writer.close()
 
+
+# SignBatch items checked before they go to the HSM together.
+_PIPELINE_CHUNK = 64
 
 # The store's reason when the key version signed with was retired meanwhile.
 _STALE_ACTIVE = "no longer ACTIVE"

@@ -195,3 +195,18 @@ def state_of(event: AuditEvent, seq: int = 0) -> RoleState:
         expires=event.expires,
         audit_seq=seq,
     )
+
+
+def state_differences(state: RoleState, event: AuditEvent) -> list[str]:
+    """The role-state fields on which ``state`` and a sign ``event`` disagree."""
+    pairs = {
+        "key_name": (state.key_name, event.key_name),
+        "role": (state.role, event.role),
+        "version": (state.version, event.metadata_version),
+        "payload_sha256": (state.payload_sha256, event.payload_sha256),
+        "keyid": (state.keyid, event.keyid),
+        "key_version": (state.key_version, event.key_version),
+        "signature": (state.signature, event.signature),
+        "expires": (state.expires, event.expires),
+    }
+    return [name for name, (a, b) in pairs.items() if a != b]

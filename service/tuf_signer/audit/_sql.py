@@ -39,6 +39,7 @@ from tuf_signer.audit._chain import (
     event_from_dict,
     event_to_dict,
     is_granted_sign,
+    state_differences,
     state_of,
 )
 from tuf_signer.audit._rules import advance_decision
@@ -388,19 +389,10 @@ def check_entry(entry: Entry, index: int = 0) -> None:
         s = change.state
         if event.operation != SIGN:
             raise ValueError(f"{where}: AdvanceRole belongs to a {SIGN!r} event")
-        pairs = {
-            "key_name": (event.key_name, s.key_name),
-            "role": (event.role, s.role),
-            "metadata_version": (event.metadata_version, s.version),
-            "payload_sha256": (event.payload_sha256, s.payload_sha256),
-            "keyid": (event.keyid, s.keyid),
-            "key_version": (event.key_version, s.key_version),
-            "signature": (event.signature, s.signature),
-            "expires": (event.expires, s.expires),
-        }
-        for name, (a, b) in pairs.items():
-            if a != b:
-                raise ValueError(f"{where}: event.{name} differs from the AdvanceRole state")
+        differ = state_differences(s, event)
+        if differ:
+            name = "metadata_version" if differ[0] == "version" else differ[0]
+            raise ValueError(f"{where}: event.{name} differs from the AdvanceRole state")
     elif isinstance(change, CreateKey):
         if change.first.key_name != change.key.name:
             raise ValueError(f"{where}: the first version belongs to another key")

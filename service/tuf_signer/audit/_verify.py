@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tuf_signer.audit._chain import is_granted_sign, record_hash
+from tuf_signer.audit._chain import is_granted_sign, record_hash, state_differences
 from tuf_signer.audit._store import GENESIS_HASH, AuditRecord, AuditStore
 from tuf_signer.errors import AuditChainError, StoreError
-from tuf_signer.model import AuditEvent, RoleState
 
 # How often verify_store re-reads when appends keep landing between its reads.
 _SNAPSHOT_TRIES = 20
@@ -106,20 +105,6 @@ def verify_records(records: Iterable[AuditRecord]) -> int:
             missing records, the first missing one).
     """
     return sum(1 for _ in _verified(records))
-
-
-def _differences(state: RoleState, event: AuditEvent) -> list[str]:
-    pairs = {
-        "key_name": (state.key_name, event.key_name),
-        "role": (state.role, event.role),
-        "version": (state.version, event.metadata_version),
-        "payload_sha256": (state.payload_sha256, event.payload_sha256),
-        "keyid": (state.keyid, event.keyid),
-        "key_version": (state.key_version, event.key_version),
-        "signature": (state.signature, event.signature),
-        "expires": (state.expires, event.expires),
-    }
-    return [name for name, (a, b) in pairs.items() if a != b]
 
 
 def _check_p3(prior: AuditRecord | None, r: AuditRecord) -> None:
@@ -220,7 +205,7 @@ def verify_store(store: AuditStore) -> VerifyReport:
                 f"{name}: its record {rec.seq} is not a granted signature (role state edited?)",
                 seq=rec.seq,
             )
-        diff = _differences(s, rec.event)
+        diff = state_differences(s, rec.event)
         if diff:
             raise AuditChainError(
                 f"{name} does not match its record {rec.seq}: {', '.join(diff)} differ "
@@ -228,7 +213,7 @@ def verify_store(store: AuditStore) -> VerifyReport:
                 seq=rec.seq,
             )
         latest = last_sign[(s.key_name, s.role)]
-        if _differences(s, latest.event):
+        if state_differences(s, latest.event):
             raise AuditChainError(
                 f"{name} (version {s.version}) is not the last signature of that role, "
                 f"record {latest.seq} (version {latest.event.metadata_version}); "

@@ -1,0 +1,138 @@
+"""Where a server's CPU goes: py-spy profiles of the W2 and W4 workloads.
+
+Starts one tuf-signer (mutual TLS, ``server.workers`` = 1 so that one process
+holds the whole picture), drives a workload through the bench load generator
+while ``py-spy record`` samples the server, and writes per workload:
+
+- ``bench/results/profiles/<workload>.speedscope.json`` (open in speedscope.app);
+- ``bench/results/profiles/<workload>.txt``: the functions with the most
+  samples, inclusive and self, as shares of the samples taken.
+
+Usage: ``python -m bench.profile [--only w2,w4] [--seconds N]`` (``make bench-profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import _payloads
+from bench._gen import SIGN, SIGN_BATCH, Phase
+from bench._procs import process_tree
+from bench._setup import prepare
+from bench.run import QUICK, Bench, _log, batches, small_signs, unary
+from tuf_signer.v1 import signer_pb2 as pb
+
+OUT = Path(__file__).resolve().parent / "results" / "profiles"
+TOP = 40
+
+
+def _w2(bench: Bench, server, seconds: float) -> list[Phase]:
+    requests = small_signs(server, "ed", int(seconds * 4000))
+    return [Phase("w2", unary(requests), [SIGN], concurrency=64, duration=seconds)]
+
+
+def _w4(bench: Bench, server, seconds: float) -> list[Phase]:
+    del seconds  # W4 sends a fixed workload: 4096 bins of ~54 KB
+    n, exp = 4096, _payloads.expires()
+    version = server.take_versions(1)
+    keyid = server.keyids["ec"]
+    requests = [
+        pb.SignRequest(key="ec", role=name, payload=payload, expected_keyid=keyid)
+        for name, payload in _payloads.realistic_bins(n, version, exp)
+    ]
+    return [Phase("w4", batches(requests, bench.batch_items), [SIGN_BATCH], 4, batch=True)]
+
+
+WORKLOADS = {"w2": _w2, "w4": _w4}
+
+
+def summarise(collapsed: Path, top: int = TOP) -> str:
+    """The most-sampled functions of py-spy's ``raw`` (collapsed stacks) output."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] for f in stack.split(";")[1:]]
+        total += count
+        for frame in set(frames):
+            inclusive[frame] += count
+        if frames:
+            own[frames[-1]] += count
+    lines = [f"{total} samples"]
+    for title, counter in (("inclusive", inclusive), ("self", own)):
+        lines.append(f"\n{title}:")
+        for frame, count in counter.most_common(top):
+            lines.append(f"  {100 * count / max(total, 1):5.1f}%  {frame}")
+    return "\n".join(lines) + "\n"
+
+
+def profile(bench: Bench, server, name: str, seconds: float) -> None:
+    phases = WORKLOADS[name](bench, server, seconds)
+    pids = process_tree(server.pids)
+    serving = [p for p in pids if p != server.pids[0]] or pids  # the workers, if any
+    raw = OUT / f"{name}.collapsed"
+    spies = []
+    for i, pid in enumerate(serving):
+        out = raw if i == 0 else OUT / f"{name}.{i}.collapsed"
+        spies.append(
+            subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                 "--nonblocking", "--threads", "-o", str(out)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    time.sleep(1.0)
+    result = bench.loadgen(server, phases, conns=4)
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+    ok = sum(p["ok"] for p in result["phases"])
+    errors = sum(p["errors"] + p["item_errors"] for p in result["phases"])
+    text = (
+        f"{name}: {ok} ok, {errors} errors, server CPU "
+        f"{result['server_cpu_us_per_request']:.0f} µs per request\n" + summarise(raw)
+    )
+    (OUT / f"{name}.txt").write_text(text)
+    _log(f"{name}: wrote {OUT / (name + '.txt')}")
+    print(text[: text.find("\nself:")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile")
+    parser.add_argument("--only", default=",".join(WORKLOADS))
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if shutil.which("py-spy") is None and not Path(sys.prefix, "bin", "py-spy").exists():
+        print("py-spy is not installed: pip install py-spy", file=sys.stderr)
+        return 2
+    os.environ["PATH"] = f"{Path(sys.prefix, 'bin')}:{os.environ['PATH']}"
+    OUT.mkdir(parents=True, exist_ok=True)
+    tools = prepare(need_h2load=False)
+    workdir = Path(tempfile.mkdtemp(prefix="tuf-signer-profile-"))
+    bench = Bench(QUICK, tools, workdir, set())
+    try:
+        server = bench.signer(
+            tls=True, workers=1, keys={"ed": pb.ED25519, "ec": pb.ECDSA_P256}
+        )
+        for name in args.only.split(","):
+            profile(bench, server, name.strip(), args.seconds)
+    finally:
+        bench.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -55,25 +55,43 @@ def _w4(bench: Bench, server, seconds: float) -> list[Phase]:
 WORKLOADS = {"w2": _w2, "w4": _w4}
 
 
+_THREADS = (  # a frame that names the thread a stack was sampled on
+    ("run_forever", "event loop"),
+    ("Pkcs11Backend._drain", "PKCS#11 thread"),
+    ("AuditWriter._run", "audit writer"),
+)
+
+
 def summarise(collapsed: Path, top: int = TOP) -> str:
-    """The most-sampled functions of py-spy's ``raw`` (collapsed stacks) output."""
-    inclusive: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    total = 0
+    """Per thread, the functions with most samples in py-spy's collapsed stacks."""
+    inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    per_thread: collections.Counter[str] = collections.Counter()
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
-        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] for f in stack.split(";")[1:]]
-        total += count
+        # "function (file.py:line)" -> "function (file.py)"; frame 0 names the thread
+        frames = [
+            f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1].split(":")[0] + ")"
+            for f in stack.split(";")[1:]
+        ]
+        if not frames:
+            continue
+        thread = next((t for marker, t in _THREADS if marker in stack), "other")
+        per_thread[thread] += count
         for frame in set(frames):
-            inclusive[frame] += count
-        if frames:
-            own[frames[-1]] += count
-    lines = [f"{total} samples"]
-    for title, counter in (("inclusive", inclusive), ("self", own)):
-        lines.append(f"\n{title}:")
-        for frame, count in counter.most_common(top):
-            lines.append(f"  {100 * count / max(total, 1):5.1f}%  {frame}")
+            inclusive[thread][frame] += count
+        own[thread][frames[-1]] += count
+    total = sum(per_thread.values())
+    lines = [
+        f"{total} samples on CPU: "
+        + ", ".join(f"{t} {100 * n / max(total, 1):.0f}%" for t, n in per_thread.most_common())
+    ]
+    for thread, n in per_thread.most_common():
+        for title, counter in (("inclusive", inclusive[thread]), ("self", own[thread])):
+            lines.append(f"\n{thread}, {title} (share of this thread's samples):")
+            for frame, count in counter.most_common(top if title == "self" else top // 2):
+                lines.append(f"  {100 * count / n:5.1f}%  {frame}")
     return "\n".join(lines) + "\n"
 
 
@@ -87,8 +105,20 @@ def profile(bench: Bench, server, name: str, seconds: float) -> None:
         out = raw if i == 0 else OUT / f"{name}.{i}.collapsed"
         spies.append(
             subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                 "--nonblocking", "--threads", "-o", str(out)],
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "--threads",
+                    "-o",
+                    str(out),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -106,7 +136,7 @@ def profile(bench: Bench, server, name: str, seconds: float) -> None:
     )
     (OUT / f"{name}.txt").write_text(text)
     _log(f"{name}: wrote {OUT / (name + '.txt')}")
-    print(text[: text.find("\nself:")])
+    print(text[: text.find("\n\n", text.find("self (share"))])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tuf-signer-profile-"))
     bench = Bench(QUICK, tools, workdir, set())
     try:
-        server = bench.signer(
-            tls=True, workers=1, keys={"ed": pb.ED25519, "ec": pb.ECDSA_P256}
-        )
+        server = bench.signer(tls=True, workers=1, keys={"ed": pb.ED25519, "ec": pb.ECDSA_P256})
         for name in args.only.split(","):
             profile(bench, server, name.strip(), args.seconds)
     finally:

@@ -41,6 +41,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_named_curve_parameters
 from securesystemslib.signer import SSlibKey
 
+from tuf_signer._handoff import resolve_threadsafe
 from tuf_signer.errors import BackendError, BackendUnavailableError, ConfigError
 from tuf_signer.keys import _pubkey
 from tuf_signer.keys._backend import KeyBackend, NewKey
@@ -401,17 +402,6 @@ class _SignJob:
     future: asyncio.Future[bytes]
 
 
-def _settle(outcomes: list[tuple[_SignJob, bytes | BaseException]]) -> None:
-    """Loop thread: hand each waiting caller its signature or error."""
-    for job, outcome in outcomes:
-        if job.future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)
-
-
 def _drop_frames(error: BaseException) -> None:
     """Free what an error's frames hold while still on the PKCS#11 thread (see _confined)."""
     seen: set[int] = set()
@@ -756,8 +746,9 @@ class Pkcs11Backend(KeyBackend):
         loop = asyncio.get_running_loop()
         jobs = []
         for handle, algorithm, data in items:
-            message = hashlib.sha256(data).digest() if algorithm is Algorithm.ECDSA_P256 else data
-            jobs.append(_SignJob(_parse_handle(handle), algorithm, message, loop.create_future()))
+            # ECDSA's SHA-256 runs on the PKCS#11 thread (hashlib releases the
+            # GIL), not here: the event loop is the busier thread.
+            jobs.append(_SignJob(_parse_handle(handle), algorithm, data, loop.create_future()))
         with self._queue_lock:
             self._queue.extend(jobs)
             start = not self._draining
@@ -795,14 +786,7 @@ class Pkcs11Backend(KeyBackend):
                     signature = BackendError(f"signing failed: {type(e).__name__}")
                 outcomes.append((job, signature))
             # Callers may wait on different event loops (threads with their own).
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_SignJob, Any]]] = {}
-            for job, outcome in outcomes:
-                by_loop.setdefault(job.future.get_loop(), []).append((job, outcome))
-            for loop, group in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, group)
-                except RuntimeError:  # that caller's loop has closed: nobody waits
-                    log.debug("dropping %d signatures for a closed event loop", len(group))
+            resolve_threadsafe((job.future, outcome) for job, outcome in outcomes)
 
     def _finish(self, algorithm: Algorithm, signature: bytes) -> bytes:
         """Loop thread: check a signature's size and put it in securesystemslib's format."""
@@ -825,7 +809,8 @@ class Pkcs11Backend(KeyBackend):
         if algorithm is Algorithm.ED25519:
             return key.sign(message, mechanism=Mechanism.EDDSA)
         if algorithm is Algorithm.ECDSA_P256:
-            return key.sign(message, mechanism=Mechanism.ECDSA)
+            # SoftHSM has no CKM_ECDSA_SHA256: hash here, sign the digest.
+            return key.sign(hashlib.sha256(message).digest(), mechanism=Mechanism.ECDSA)
         return key.sign(
             message, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=_PSS_PARAMS
         )

@@ -10,10 +10,13 @@ A payload is accepted only when it *is* that form, byte for byte, so that what
 the service checks is exactly what every TUF client will parse.
 
 Speed: a PEP 458 expiry sweep re-signs 16,384 bins of ~54 KB, and
-``encode_canonical`` is pure Python. The C ``json`` encoder writes the same bytes
-as ``encode_canonical`` unless a string holds a control character (which it
-escapes and canonical JSON does not), so it is the fast path and
-``encode_canonical`` is only the fallback for the exact answer.
+``encode_canonical`` is pure Python. orjson with sorted keys writes the same
+bytes as ``encode_canonical`` unless a string holds a control character (which
+it escapes and canonical JSON does not) or an integer does not fit in 64 bits
+(which it refuses), so it is the fast path, and ``encode_canonical`` is only the
+fallback for the exact answer. Parsing stays with the C ``json`` decoder, whose
+hooks refuse floats, NaN and Infinity. For a 54 KB bin: 287 µs with the stdlib
+encoder as the fast path, ~130 µs with orjson (``bench/profile.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import re
 from itertools import accumulate, pairwise
 from typing import Any, NoReturn
 
+import orjson
 from securesystemslib.formats import encode_canonical
 
 from tuf_signer.errors import PayloadError
@@ -62,13 +66,6 @@ def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # writes them raw, so a canonical payload may hold them.
 _DECODER = json.JSONDecoder(
     parse_float=_reject_float, parse_constant=_reject_constant, strict=False
-)
-_FAST_ENCODER = json.JSONEncoder(
-    sort_keys=True,
-    separators=(",", ":"),
-    ensure_ascii=False,
-    allow_nan=False,
-    check_circular=False,
 )
 
 
@@ -116,7 +113,7 @@ def parse_canonical(payload: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     # Fast path. Equality implies no duplicate keys: the re-encoding comes from a
     # dict, so it has none, and the bytes are the same.
     try:
-        if _FAST_ENCODER.encode(obj) == text and not _has_control_escape(text):
+        if _fast_encode(obj) == payload and not _has_control_escape(payload):
             return obj
         return _check_canonical_slow(text, obj)
     except RecursionError:
@@ -158,16 +155,24 @@ def _check_depth(payload: bytes, max_depth: int) -> None:
         raise PayloadError(f"payload is nested deeper than {max_depth} levels")
 
 
-def _has_control_escape(text: str) -> bool:
-    r"""Whether JSON text written by ``json.dumps`` escapes a control character.
+def _fast_encode(obj: dict[str, Any]) -> bytes | None:
+    """orjson's sorted, compact encoding; None where it cannot encode (big ints, surrogates)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _has_control_escape(encoded: bytes) -> bool:
+    r"""Whether JSON written by orjson escapes a control character.
 
     In that text every backslash starts an escape: ``\\``, ``\"`` or a control
     character's ``\n``/``\u001f``... Dropping the first two kinds, scanning left
     to right, leaves a backslash only if a control character was escaped.
     """
-    if "\\" not in text:
+    if b"\\" not in encoded:
         return False
-    return "\\" in text.replace("\\\\", "").replace('\\"', "")
+    return b"\\" in encoded.replace(b"\\\\", b"").replace(b'\\"', b"")
 
 
 def _check_canonical_slow(text: str, obj: dict[str, Any]) -> dict[str, Any]:

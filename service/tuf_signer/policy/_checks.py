@@ -77,7 +77,9 @@ class SignedInfo:
     payload_sha256: str
 
 
-def inspect_signed(obj: dict[str, Any], payload: bytes) -> SignedInfo:
+def inspect_signed(
+    obj: dict[str, Any], payload: bytes, payload_sha256: str | None = None
+) -> SignedInfo:
     """Read and type-check the fields every TUF ``signed`` object has.
 
     TUF spec, "File formats: general principles": ``_type``, ``spec_version``,
@@ -86,6 +88,7 @@ def inspect_signed(obj: dict[str, Any], payload: bytes) -> SignedInfo:
     Args:
         obj: the parsed payload (from ``parse_canonical``).
         payload: the payload bytes, for the digest.
+        payload_sha256: the digest, when the caller has it already (hex).
 
     Returns:
         The fields as a frozen value.
@@ -119,7 +122,7 @@ def inspect_signed(obj: dict[str, Any], payload: bytes) -> SignedInfo:
         version=version,
         expires=expires,
         spec_version=spec_version,
-        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_sha256=payload_sha256 or hashlib.sha256(payload).hexdigest(),
     )
 
 
@@ -289,6 +292,7 @@ def check_sign_request(
     rules: Sequence[RoleRule],
     now: datetime,
     max_payload_bytes: int,
+    payload_sha256: str | None = None,
 ) -> tuple[str, SignedInfo, RoleRule]:
     """Apply every stateless P3 check to one Sign request, in a fixed order.
 
@@ -304,6 +308,7 @@ def check_sign_request(
         rules: that key's role rules.
         now: the current time (aware).
         max_payload_bytes: the largest payload accepted.
+        payload_sha256: the payload's SHA-256 (hex), when the caller has it.
 
     Returns:
         The resolved role, the payload's fields and the rule that allowed it.
@@ -321,7 +326,7 @@ def check_sign_request(
             f"payload is {len(payload)} bytes, more than the limit of {max_payload_bytes}"
         )
     obj = parse_canonical(payload)
-    info = inspect_signed(obj, payload)
+    info = inspect_signed(obj, payload, payload_sha256)
     resolved = resolve_role(role, info.type)
     check_type_fits_role(resolved, info.type)
     rule = check_role_allowed(resolved, rules, key_name)

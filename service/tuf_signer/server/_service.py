@@ -210,6 +210,25 @@ class SigningService:
             raise BackendError(f"key {key.name!r} lives in backend {key.backend!r}, not configured")
         return backend
 
+    def _active_for(self, view: KeyView, expected_keyid: str) -> KeyVersion:
+        """The ACTIVE version, which must have ``expected_keyid`` when one is given.
+
+        Raises:
+            KeyStateError: no ACTIVE version, or another keyid is ACTIVE.
+        """
+        active = self._active(view)
+        if expected_keyid and expected_keyid != active.keyid:
+            # Our cache may trail an activation made elsewhere: look once more.
+            view = self._refresh_key(view.key.name) or view
+            active = self._active(view)
+            if expected_keyid != active.keyid:
+                raise KeyStateError(
+                    f"expected keyid {expected_keyid[:16]}... is not the ACTIVE version of "
+                    f"key {view.key.name!r} (active: version {active.version}, "
+                    f"keyid {active.keyid[:16]}...)"
+                )
+        return active
+
     @staticmethod
     def _active(view: KeyView) -> KeyVersion:
         for v in view.versions:
@@ -381,27 +400,32 @@ class SigningService:
         view = self._view(key_name)
         now = self._clock()
         resolved, info, _rule = policy.check_sign_request(
-            payload, role, key_name, view.key.rules, now, self._max_payload
+            payload,
+            role,
+            key_name,
+            view.key.rules,
+            now,
+            self._max_payload,
+            known.event.payload_sha256,
         )
+        expires = info.expires.strftime(policy.TUF_EXPIRES_FORMAT)
+        try:
+            policy.authorize_role(rule, resolved)
+            active = self._active_for(view, expected_keyid)
+        except TufSignerError:
+            known.event = replace(
+                known.event, role=resolved, metadata_version=info.version, expires=expires
+            )
+            raise
+        # One replace for both steps: a Sign's hot path (SignBatch runs it per item).
         known.event = replace(
             known.event,
             role=resolved,
             metadata_version=info.version,
-            expires=info.expires.strftime(policy.TUF_EXPIRES_FORMAT),
+            expires=expires,
+            keyid=active.keyid,
+            key_version=active.version,
         )
-        policy.authorize_role(rule, resolved)
-        active = self._active(view)
-        if expected_keyid and expected_keyid != active.keyid:
-            # Our cache may trail an activation made elsewhere: look once more.
-            view = self._refresh_key(key_name) or view
-            active = self._active(view)
-            if expected_keyid != active.keyid:
-                raise KeyStateError(
-                    f"expected keyid {expected_keyid[:16]}... is not the ACTIVE version of "
-                    f"key {key_name!r} (active: version {active.version}, "
-                    f"keyid {active.keyid[:16]}...)"
-                )
-        known.event = replace(known.event, keyid=active.keyid, key_version=active.version)
         state = RoleState(
             key_name=key_name,
             role=resolved,

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tuf_signer._handoff import resolve_threadsafe
 from tuf_signer.audit import AuditStore, Committed, Entry
 from tuf_signer.errors import StoreError
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 class _Job:
     entries: Sequence[Entry]
     future: asyncio.Future[list[Committed]]
-    loop: asyncio.AbstractEventLoop
 
 
 _STOP = object()
@@ -69,9 +69,8 @@ class AuditWriter:
         """
         if self._closed:
             raise StoreError("audit store unavailable: the writer is shut down")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Committed]] = loop.create_future()
-        self._queue.put(_Job(entries, future, loop))
+        future: asyncio.Future[list[Committed]] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Job(entries, future))
         return future
 
     def close(self) -> None:
@@ -111,21 +110,12 @@ class AuditWriter:
             if not isinstance(e, StoreError):
                 log.exception("audit store append failed")
                 e = StoreError("audit store unavailable")
-            for job in jobs:
-                job.loop.call_soon_threadsafe(_fail, job.future, e)
+            resolve_threadsafe((job.future, e) for job in jobs)
             return
         start = 0
+        outcomes = []
         for job in jobs:
             end = start + len(job.entries)
-            job.loop.call_soon_threadsafe(_succeed, job.future, results[start:end])
+            outcomes.append((job.future, results[start:end]))
             start = end
-
-
-def _succeed(future: asyncio.Future[list[Committed]], value: list[Committed]) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _fail(future: asyncio.Future[list[Committed]], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+        resolve_threadsafe(outcomes)

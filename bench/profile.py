@@ -1,4 +1,4 @@
-"""Where a server's CPU goes: py-spy profiles of the W2 and W4 workloads.
+"""Where a server's CPU goes: py-spy profiles of the W2, W3 and W4 workloads.
 
 Starts one tuf-signer (mutual TLS, ``server.workers`` = 1 so that one process
 holds the whole picture), drives a workload through the bench load generator
@@ -40,6 +40,12 @@ def _w2(bench: Bench, server, seconds: float) -> list[Phase]:
     return [Phase("w2", unary(requests), [SIGN], concurrency=64, duration=seconds)]
 
 
+def _w3(bench: Bench, server, seconds: float) -> list[Phase]:
+    requests = small_signs(server, "ed", int(seconds * 8000))
+    bodies = batches(requests, bench.batch_items)
+    return [Phase("w3", bodies, [SIGN_BATCH], concurrency=8, duration=seconds, batch=True)]
+
+
 def _w4(bench: Bench, server, seconds: float) -> list[Phase]:
     del seconds  # W4 sends a fixed workload: 4096 bins of ~54 KB
     n, exp = 4096, _payloads.expires()
@@ -52,7 +58,7 @@ def _w4(bench: Bench, server, seconds: float) -> list[Phase]:
     return [Phase("w4", batches(requests, bench.batch_items), [SIGN_BATCH], 4, batch=True)]
 
 
-WORKLOADS = {"w2": _w2, "w4": _w4}
+WORKLOADS = {"w2": _w2, "w3": _w3, "w4": _w4}
 
 
 _THREADS = (  # a frame that names the thread a stack was sampled on

@@ -422,6 +422,10 @@ def _refuse(status: str, reason: str, current: RoleState | None = None) -> _Deci
     return _Decision(status=status, reason=reason, current=current)
 
 
+# Key versions read during one append, by (key name, version); None: no such version.
+_VersionCache = dict[tuple[str, int], KeyVersion | None]
+
+
 class SqlAuditStore(AuditStore):
     """``AuditStore`` on any DB-API 2.0 database; subclasses supply connections.
 
@@ -576,9 +580,10 @@ class SqlAuditStore(AuditStore):
             seq, prev_hash = self._head(cur)
             first = seq + 1
             out: list[Committed] = []
+            versions: _VersionCache = {}
             for entry in entries:
                 seq += 1
-                decision = self._decide(cur, entry, seq)
+                decision = self._decide(cur, entry, seq, versions)
                 event = entry.event
                 if decision.status != "OK":
                     event = dataclasses.replace(
@@ -645,27 +650,35 @@ class SqlAuditStore(AuditStore):
         row = cur.fetchone()
         return None if row is None else _row_to_version(row)
 
-    def _decide(self, cur: Cursor, entry: Entry, seq: int) -> _Decision:
+    def _decide(self, cur: Cursor, entry: Entry, seq: int, versions: _VersionCache) -> _Decision:
         change = entry.change
         if change is None:
             if is_granted_sign(entry.event):
                 # Every granted signature passes the high-water check (P3), also
                 # when the caller sent it without AdvanceRole (a replay answered
                 # from its cache): if the cache was stale, this refuses it.
-                return self._decide_advance(cur, AdvanceRole(state_of(entry.event)), seq)
+                state = state_of(entry.event)
+                return self._decide_advance(cur, AdvanceRole(state), seq, versions)
             return _Decision()
         if isinstance(change, AdvanceRole):
-            return self._decide_advance(cur, change, seq)
+            return self._decide_advance(cur, change, seq, versions)
+        versions.clear()  # a key change: versions read earlier in this batch may be stale
         if isinstance(change, CreateKey):
             return self._decide_create(cur, change)
         if isinstance(change, AddVersion):
             return self._decide_add(cur, change)
         return self._decide_set_state(cur, change)
 
-    def _decide_advance(self, cur: Cursor, change: AdvanceRole, seq: int) -> _Decision:
+    def _decide_advance(
+        self, cur: Cursor, change: AdvanceRole, seq: int, versions: _VersionCache
+    ) -> _Decision:
         new = dataclasses.replace(change.state, audit_seq=seq)
         stored = self._fetch_role(cur, new.key_name, new.role)
-        kv = self._fetch_version(cur, new.key_name, new.key_version)
+        # A batch signs with few key versions: read each once per transaction.
+        version_key = (new.key_name, new.key_version)
+        if version_key not in versions:
+            versions[version_key] = self._fetch_version(cur, *version_key)
+        kv = versions[version_key]
         what = f"key version {new.key_version} of {new.key_name!r}"
         if kv is None:
             return _refuse(KeyStateError.code, f"{what} does not exist", stored)

@@ -354,7 +354,7 @@ def _parse_expires(value: str) -> datetime:
         raise PayloadError(
             f"expires {_show(value)} is not in TUF's form YYYY-MM-DDTHH:MM:SSZ (UTC)"
         )
-    year, month, day, hour, minute, second = (int(part) for part in match.groups())
+    year, month, day, hour, minute, second = map(int, match.groups())
     try:
         return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as e:

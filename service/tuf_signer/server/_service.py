@@ -236,9 +236,10 @@ class SigningService:
                 return v
         raise KeyStateError(f"key {view.key.name!r} has no ACTIVE version")
 
-    def _now_event(self, identity: str, operation: str, **fields: Any) -> AuditEvent:
+    def _now_event(self, identity: str, operation: str, at: str = "", **fields: Any) -> AuditEvent:
+        """A granted event stamped now (or ``at``, an RFC 3339 time already formatted)."""
         return AuditEvent(
-            time=rfc3339(self._clock()),
+            time=at or rfc3339(self._clock()),
             identity=identity,
             operation=operation,
             outcome=Outcome.GRANTED,
@@ -535,12 +536,14 @@ class SigningService:
                 signing.append(([i for i, _ in group], preps, task))
             pending.clear()
 
+        at = batch.event.time  # the batch's items are recorded as of its arrival
         for i, item in enumerate(requests):
             digest = hashlib.sha256(item.payload).hexdigest()
             known = _Known(
                 self._now_event(
                     identity,
                     "sign",
+                    at,
                     key_name=item.key,
                     role=item.role or "",
                     payload_sha256=digest,

@@ -11,7 +11,7 @@ SOFTHSM_MODULE := /usr/lib/softhsm/libsofthsm2.so
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps run test lint format pytest proto clean
+.PHONY: help install system-deps test-deps run test lint format pytest proto clean
 
 help:
 	@echo "make run      install everything, create $(DEV_DIR)/ on first run, start the signer"
@@ -28,6 +28,15 @@ system-deps:
 	@if [ ! -e $(SOFTHSM_MODULE) ] || ! command -v softhsm2-util >/dev/null; then \
 	  echo "installing softhsm2 (Debian)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
+	fi
+
+# The tests also need a PostgreSQL server (audit store on PostgreSQL): the one on
+# 127.0.0.1:5432 if it answers, else a throwaway cluster the tests start from
+# Debian's binaries, installed here when missing.
+test-deps:
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql (Debian) for the PostgreSQL store tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -53,7 +62,7 @@ format: install
 	$(BIN)/ruff check --fix service tests scripts examples bench
 	$(BIN)/ruff format service tests scripts examples bench
 
-pytest: install
+pytest: install test-deps
 	$(BIN)/pytest
 
 proto: install
@@ -64,13 +73,20 @@ clean:
 
 # Benchmarks (README "Performance"). Each run installs what it needs from Debian
 # (Go + grpc-go for bench/loadgen, nghttp2-client, notary) and builds into bench/.build/.
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-profile bench-extras
 
 # Full set, several minutes: bench/results/latest.{json,md} and throughput.png.
-bench: install
-	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[dev,bench]'
+bench: install bench-extras
 	$(BIN)/python -m bench
+
+bench-extras:
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null && [ -x $(BIN)/py-spy ] \
+	  || $(BIN)/pip install -q -e '.[dev,bench]'
 
 # Under a minute, same ratio keys, smaller workloads: bench/results/quick.{json,md}.
 bench-quick: install
 	$(BIN)/python -m bench --quick
+
+# Where the server's CPU goes under W2, W3 and W4 (py-spy): bench/results/profiles/*.txt.
+bench-profile: install bench-extras
+	$(BIN)/python -m bench.profile

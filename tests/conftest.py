@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +112,177 @@ async def pkcs11_backend(softhsm: SoftHsm) -> AsyncIterator[Pkcs11Backend]:
         yield backend
     finally:
         await backend.close()
+
+
+# =====================================================================================
+# PostgreSQL (audit)
+#
+# The PostgreSQL audit store is tested against a real server, the first found of:
+#   1. $TUF_SIGNER_TEST_PG_DSN, a libpq connection string (it must work);
+#   2. 127.0.0.1:5432, database "test", user postgres or root, trust auth (CI);
+#   3. a throwaway cluster made with the PostgreSQL binaries under
+#      /usr/lib/postgresql/*/bin (Debian's `postgresql` package), listening on a
+#      Unix socket only, removed at the end of the session.
+# With none of them, the PostgreSQL tests are skipped, saying why. Each test gets
+# its own schema (`postgres_dsn`), dropped afterwards, so tests never see each other.
+# =====================================================================================
+
+PG_DSN_ENV = "TUF_SIGNER_TEST_PG_DSN"
+PG_LOCAL_DSNS = (
+    "host=127.0.0.1 port=5432 dbname=test user=postgres",
+    "host=127.0.0.1 port=5432 dbname=test user=root",
+)
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A reachable PostgreSQL server for the tests.
+
+    Attributes:
+        dsn: connection string of a role that may create schemas in its database.
+        where: how it was found, for messages.
+    """
+
+    dsn: str
+    where: str
+
+    def connect(self) -> Any:
+        """A new autocommit psycopg connection (close it, or use it in ``with``)."""
+        import psycopg
+
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def terminate(self, application_name: str, timeout: float = 10.0) -> int:
+        """Kill the server side of every connection with ``application_name``.
+
+        Returns once those backends have exited (their clients then find the
+        server's goodbye on their socket), with how many there were.
+        """
+        with self.connect() as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (application_name,),
+            ).fetchone()[0]
+            deadline = time.monotonic() + timeout
+            while conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                " AND pid <> pg_backend_pid()",
+                (application_name,),
+            ).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"backends of {application_name} did not exit")
+                time.sleep(0.01)
+        return int(killed)
+
+
+def _pg_error(dsn: str) -> str | None:
+    """None when ``dsn`` reaches a server, else why not."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            return None
+    except psycopg.Error as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+@contextlib.contextmanager
+def _throwaway_cluster() -> Iterator[str]:
+    """initdb + pg_ctl start a private cluster on a Unix socket; yields its DSN."""
+    found = sorted(
+        Path(p).parent
+        for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")
+        if Path(p).with_name("pg_ctl").exists()
+    )
+    if not found:
+        pytest.skip(
+            f"no PostgreSQL server: set {PG_DSN_ENV}, run one on 127.0.0.1:5432 with a "
+            "database 'test', or install Debian's postgresql package"
+        )
+    bindir = max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    # Not under pytest's 0700 tmp tree: when we are root, the server runs as
+    # `postgres` (initdb and postgres refuse to run as root) and must reach it.
+    home = Path(tempfile.mkdtemp(prefix="tuf-signer-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no 'postgres' user to run a cluster")
+        os.chown(home, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, log = home / "data", home / "server.log"
+
+    def run(*argv: str | Path) -> None:
+        done = subprocess.run([*run_as, *map(str, argv)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot start a throwaway PostgreSQL: {done.stderr.decode()[-500:]}")
+
+    try:
+        run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+        run(
+            bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60",
+            "-o", f"-c listen_addresses='' -k {home}", "start",
+        )  # fmt: skip
+        try:
+            yield f"host={home} port=5432 dbname=postgres user=postgres"
+        finally:
+            subprocess.run(
+                [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                capture_output=True,
+                check=False,
+            )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """The session's PostgreSQL server (see the section comment); skips without one."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install -e '.[dev]'")
+    dsn = os.environ.get(PG_DSN_ENV)
+    if dsn:
+        error = _pg_error(dsn)
+        if error is not None:
+            pytest.fail(f"{PG_DSN_ENV} does not reach PostgreSQL: {error}")
+        yield Postgres(dsn, PG_DSN_ENV)
+        return
+    for dsn in PG_LOCAL_DSNS:
+        if _pg_error(dsn) is None:
+            yield Postgres(dsn, dsn)
+            return
+    with _throwaway_cluster() as dsn:
+        error = _pg_error(dsn)
+        if error is not None:
+            pytest.skip(f"the throwaway PostgreSQL does not answer: {error}")
+        yield Postgres(dsn, "a throwaway cluster")
+
+
+@pytest.fixture
+def postgres_dsn(postgres: Postgres) -> Iterator[str]:
+    """A DSN whose search_path is this test's own new schema, dropped afterwards.
+
+    Its ``application_name`` is the schema's name too, so that a test can find
+    (and ``Postgres.terminate``) the connections of the stores it opened.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"tuf_test_{secrets.token_hex(6)}"
+    options = conninfo_to_dict(postgres.dsn).get("options") or ""
+    with postgres.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield make_conninfo(
+            postgres.dsn, options=f"{options} -csearch_path={name}".strip(), application_name=name
+        )
+    finally:
+        postgres.terminate(name)  # whatever a failed test left open
+        with postgres.connect() as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
 
 
 # =====================================================================================

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tuf_signer.config import check_listen, load_config, parse_config
+from tuf_signer.config import (
+    AuditConfig,
+    check_listen,
+    load_config,
+    open_audit_store,
+    parse_config,
+)
 from tuf_signer.errors import ConfigError
 
 GOOD = """
@@ -23,6 +29,9 @@ module = "/usr/lib/softhsm/libsofthsm2.so"
 token_label = "t"
 pin_env = "PIN_VAR"
 """
+
+
+PG = 'store = "postgres"\ndsn = "host=db.internal dbname=tuf_audit user=tuf"'
 
 
 def _load(tmp_path: Path, text: str):
@@ -87,6 +96,73 @@ BAD = [
         "keys.default_backend",
     ),
     ("not-toml", "[server\n", "not valid TOML"),
+    # [audit]: each store takes its own settings, and a connection string in the
+    # file never holds a password.
+    (
+        "audit-unknown-key",
+        GOOD.replace('path = "audit.db"', 'path = "audit.db"\nhost = "db"'),
+        "audit.host: unknown setting",
+    ),
+    (
+        "postgres-no-dsn",
+        GOOD.replace('path = "audit.db"', 'store = "postgres"'),
+        r"audit.dsn / audit.dsn_env: set exactly one",
+    ),
+    (
+        "postgres-dsn-and-env",
+        GOOD.replace('path = "audit.db"', PG + '\ndsn_env = "AUDIT_DSN"'),
+        r"audit.dsn / audit.dsn_env: set exactly one",
+    ),
+    (
+        "postgres-with-path",
+        GOOD.replace('path = "audit.db"', PG + '\npath = "audit.db"'),
+        "audit.path: only for store 'sqlite', not 'postgres'",
+    ),
+    (
+        "sqlite-with-dsn",
+        GOOD.replace('path = "audit.db"', 'dsn = "host=db"'),
+        "audit.dsn: only for store 'postgres', not 'sqlite'",
+    ),
+    (
+        "sqlite-with-dsn-env",
+        GOOD.replace('path = "audit.db"', 'store = "sqlite"\ndsn_env = "AUDIT_DSN"'),
+        "audit.dsn_env: only for store 'postgres', not 'sqlite'",
+    ),
+    (
+        "dsn-password",
+        GOOD.replace('path = "audit.db"', PG.replace("user=tuf", "user=tuf password=pw")),
+        "audit.dsn: holds a password, and secrets are never written in the config",
+    ),
+    (
+        "dsn-uri-password",
+        GOOD.replace('path = "audit.db"', 'store = "postgres"\ndsn = "postgresql://tuf:pw@db/a"'),
+        "audit.dsn: holds a password",
+    ),
+    (
+        "dsn-sslpassword",
+        GOOD.replace('path = "audit.db"', PG.replace("user=tuf", "user=tuf sslpassword=pw")),
+        "audit.dsn: holds a sslpassword",
+    ),
+    (
+        "dsn-malformed",
+        GOOD.replace('path = "audit.db"', 'store = "postgres"\ndsn = "host=db user"'),
+        "audit.dsn: the PostgreSQL connection string is not valid",
+    ),
+    (
+        "dsn-empty",
+        GOOD.replace('path = "audit.db"', 'store = "postgres"\ndsn = " "'),
+        "audit.dsn: empty",
+    ),
+    (
+        "dsn-not-a-string",
+        GOOD.replace('path = "audit.db"', 'store = "postgres"\ndsn = 5432'),
+        "audit.dsn: expected str",
+    ),
+    (
+        "dsn-env-empty-name",
+        GOOD.replace('path = "audit.db"', 'store = "postgres"\ndsn_env = ""'),
+        "audit.dsn_env: names no environment variable",
+    ),
 ]
 
 
@@ -143,3 +219,34 @@ def test_pin_reader_reads_late_and_never_shows_the_pin(tmp_path: Path, monkeypat
     monkeypatch.setenv("PIN_VAR", "s3cret-pin")
     assert read() == "s3cret-pin"
     assert "s3cret-pin" not in repr(config)
+
+
+def test_postgres_store_from_the_file(tmp_path: Path) -> None:
+    config = _load(tmp_path, GOOD.replace('path = "audit.db"', PG))
+    assert config.audit == AuditConfig(
+        store="postgres", dsn="host=db.internal dbname=tuf_audit user=tuf"
+    )
+    assert config.audit.read_dsn() == "host=db.internal dbname=tuf_audit user=tuf"
+
+
+def test_postgres_dsn_env_is_read_late_and_never_shown(tmp_path: Path, monkeypatch) -> None:
+    text = GOOD.replace('path = "audit.db"', 'store = "postgres"\ndsn_env = "DB"')
+    config = _load(tmp_path, text)
+    monkeypatch.delenv("DB", raising=False)
+    with pytest.raises(ConfigError, match=r"audit\.dsn_env: environment variable DB is empty"):
+        config.audit.read_dsn()
+    # libpq would quote this one back in its error; the message must not.
+    monkeypatch.setenv("DB", "postgresql://tuf:s3cret-pw@[::1/audit")
+    with pytest.raises(ConfigError, match=r"audit.dsn_env \(DB\): .* not valid") as caught:
+        config.audit.read_dsn()
+    assert "s3cret-pw" not in str(caught.value)
+    monkeypatch.setenv("DB", "host=db user=tuf password=s3cret-pw")
+    assert config.audit.read_dsn() == "host=db user=tuf password=s3cret-pw"
+    assert "s3cret-pw" not in repr(config)
+
+
+def test_missing_sqlite_file_is_not_created_by_audit_commands(tmp_path: Path) -> None:
+    config = _load(tmp_path, GOOD)
+    with pytest.raises(ConfigError, match=r"audit\.path: .*audit\.db does not exist"):
+        open_audit_store(config.audit, create=False)
+    assert not (tmp_path / "audit.db").exists()

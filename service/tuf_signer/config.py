@@ -1,8 +1,8 @@
 """Configuration: one TOML file, parsed at the edge into frozen dataclasses.
 
 Relative paths in the file are relative to the file's own directory. Secrets
-(the HSM PIN) are never in the file: it names a file or an environment
-variable that holds them. Every error names the setting at fault.
+(the HSM PIN, a database password) are never in the file: it names a file or
+an environment variable that holds them. Every error names the setting at fault.
 
 Example (what ``tuf-signer dev-init`` writes)::
 
@@ -35,10 +35,13 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tuf_signer.errors import ConfigError
+from tuf_signer.errors import ConfigError, TufSignerError
 from tuf_signer.policy import AccessPolicy, AccessRule
+
+if TYPE_CHECKING:
+    from tuf_signer.audit import AuditStore
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 # A 16,384-bin snapshot lists every bin and is MB-sized (PEP 458); leave room.
@@ -107,10 +110,37 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """Where the audit record, role state and key registry live."""
+    """Where the audit record, role state and key registry live.
+
+    Attributes:
+        store: ``sqlite`` (one file) or ``postgres`` (a database server that
+            several workers and instances share).
+        path: the SQLite database file (store ``sqlite``).
+        dsn: the PostgreSQL connection string, written in the file; never
+            holds a password (store ``postgres``; this or ``dsn_env``).
+        dsn_env: the environment variable that holds the connection string,
+            which may hold a password (store ``postgres``).
+    """
 
     store: str = "sqlite"
     path: Path = Path("audit.db")
+    dsn: str | None = None
+    dsn_env: str | None = None
+
+    def read_dsn(self) -> str:
+        """The PostgreSQL connection string, read from the environment if need be.
+
+        Raises:
+            ConfigError: neither is set; ``dsn_env`` names a variable that is
+                missing, empty or not a connection string; or psycopg is missing.
+        """
+        if self.dsn is not None:
+            return self.dsn
+        if self.dsn_env is None:
+            raise ConfigError("audit.dsn / audit.dsn_env: set exactly one of them")
+        dsn = SecretSource(setting="audit.dsn_env", env=self.dsn_env).reader()()
+        _dsn_secrets(dsn, f"audit.dsn_env ({self.dsn_env})")
+        return dsn
 
 
 @dataclass(frozen=True)
@@ -451,12 +481,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     _unknown(data, {"server", "audit", "backends", "keys", "authz", "limits"}, "")
     server = _server(_table(data, "server", ""), base)
 
-    a = _table(data, "audit", "")
-    _unknown(a, {"store", "path"}, "audit.")
-    store = _get(a, "store", str, "audit.", "sqlite")
-    if store != "sqlite":
-        raise ConfigError(f"audit.store: unknown store {store!r} (supported: 'sqlite')")
-    audit = AuditConfig(store=store, path=base / _get(a, "path", str, "audit.", "audit.db"))
+    audit = _audit(_table(data, "audit", ""), base)
 
     b = _table(data, "backends", "")
     if not b:
@@ -481,6 +506,59 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         authz=_authz(_table(data, "authz", "")),
         limits=_limits(_table(data, "limits", ""), "limits."),
     )
+
+
+_STORE_SETTINGS = {"sqlite": {"path"}, "postgres": {"dsn", "dsn_env"}}
+
+
+def _audit(a: Mapping[str, Any], base: Path) -> AuditConfig:
+    _unknown(a, {"store", *(key for keys in _STORE_SETTINGS.values() for key in keys)}, "audit.")
+    store = _get(a, "store", str, "audit.", "sqlite")
+    if store not in _STORE_SETTINGS:
+        raise ConfigError(f"audit.store: unknown store {store!r} (supported: 'sqlite', 'postgres')")
+    for other, keys in _STORE_SETTINGS.items():
+        for key in sorted(keys & a.keys()):
+            if other != store:
+                raise ConfigError(f"audit.{key}: only for store {other!r}, not {store!r}")
+    if store == "sqlite":
+        return AuditConfig(store=store, path=base / _get(a, "path", str, "audit.", "audit.db"))
+    dsn = _get(a, "dsn", str, "audit.", None)
+    dsn_env = _get(a, "dsn_env", str, "audit.", None)
+    if (dsn is None) == (dsn_env is None):
+        raise ConfigError("audit.dsn / audit.dsn_env: set exactly one of them")
+    if dsn_env is not None and not dsn_env.strip():
+        raise ConfigError("audit.dsn_env: names no environment variable")
+    if dsn is not None:
+        _check_dsn(dsn)
+    return AuditConfig(store=store, dsn=dsn, dsn_env=dsn_env)
+
+
+def _dsn_secrets(dsn: str, setting: str) -> list[str]:
+    """The names of the secrets in a connection string that must parse.
+
+    Raises:
+        ConfigError: psycopg is missing, or ``dsn`` is not a connection string
+            (the message never repeats it).
+    """
+    from tuf_signer.audit import dsn_secrets
+
+    try:
+        return dsn_secrets(dsn)
+    except TufSignerError as e:
+        raise ConfigError(f"{setting}: {e.reason}") from e
+
+
+def _check_dsn(dsn: str) -> None:
+    """A connection string written in the file must parse and hold no password."""
+    if not dsn.strip():
+        raise ConfigError("audit.dsn: empty; write a libpq connection string")
+    secrets = _dsn_secrets(dsn, "audit.dsn")
+    if secrets:
+        raise ConfigError(
+            f"audit.dsn: holds a {secrets[0]}, and secrets are never written in the config; "
+            "put the connection string in an environment variable named by audit.dsn_env, "
+            "or the password in a libpq password file (passfile)"
+        )
 
 
 def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
@@ -584,6 +662,29 @@ def _authz(a: Mapping[str, Any]) -> AccessPolicy:
             )
         )
     return AccessPolicy.from_rules(parsed)
+
+
+def open_audit_store(audit: AuditConfig, *, create: bool = True) -> AuditStore:
+    """Open the configured audit store (``audit.store``).
+
+    Args:
+        audit: the ``[audit]`` settings.
+        create: create the database (SQLite) or its tables (PostgreSQL) when
+            missing; False for the offline ``audit`` commands, which must not
+            conjure up an empty record.
+
+    Raises:
+        ConfigError: the connection string's variable is unset or invalid, or
+            (with ``create=False``) the SQLite file does not exist.
+        StoreError: the store cannot be opened.
+    """
+    from tuf_signer.audit import PostgresAuditStore, SqliteAuditStore
+
+    if audit.store == "postgres":
+        return PostgresAuditStore(audit.read_dsn(), create=create)
+    if not create and not audit.path.exists():
+        raise ConfigError(f"audit.path: {audit.path} does not exist")
+    return SqliteAuditStore(audit.path)
 
 
 def load_config(path: Path | str) -> Config:

@@ -15,6 +15,7 @@ from tuf_signer.audit import (
     AuditStore,
     CreateKey,
     Entry,
+    PostgresAuditStore,
     SetVersionState,
     SqliteAuditStore,
 )
@@ -34,28 +35,33 @@ T0 = "2025-01-01T00:00:00.000000Z"
 EXPIRES = "2025-01-02T00:00:00Z"
 
 
-def _open_sqlite(tmp_path: Path) -> AuditStore:
-    return SqliteAuditStore(tmp_path / "audit.db")
+def _sqlite(request: pytest.FixtureRequest) -> Callable[[], AuditStore]:
+    path: Path = request.getfixturevalue("tmp_path") / "audit.db"
+    return lambda: SqliteAuditStore(path)
 
 
-# Every AuditStore implementation runs the contract suite. Each opener opens (or
-# reopens) the store kept under one test's tmp_path. Add PostgreSQL here:
-#   pytest.param(_open_postgres, id="postgres"),
+def _postgres(request: pytest.FixtureRequest) -> Callable[[], AuditStore]:
+    dsn: str = request.getfixturevalue("postgres_dsn")  # skips without a server
+    return lambda: PostgresAuditStore(dsn)
+
+
+# Every AuditStore implementation runs the contract suite. Each entry finds one
+# test's store location (a file under tmp_path, a schema of its own) and
+# returns a function that opens (or reopens) the store there.
 STORES = [
-    pytest.param(_open_sqlite, id="sqlite"),
+    pytest.param(_sqlite, id="sqlite"),
+    pytest.param(_postgres, id="postgres"),
 ]
 
 
 @pytest.fixture(params=STORES)
-def open_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[], AuditStore]]:
+def open_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], AuditStore]]:
     """A function that opens this test's store; call it again to reopen it."""
-    opener: Callable[[Path], AuditStore] = request.param
+    opener: Callable[[], AuditStore] = request.param(request)
     opened: list[AuditStore] = []
 
     def open_() -> AuditStore:
-        store = opener(tmp_path)
+        store = opener()
         opened.append(store)
         return store
 

@@ -1,4 +1,4 @@
-"""The audit record: store interface, hash chain, SQLite store and verifier.
+"""The audit record: store interface, hash chain, SQLite and PostgreSQL stores, verifier.
 
 One store holds the record, the role state and the key registry, so that a
 signature's record and the role state it advances commit together (P3, P4, P8).
@@ -9,6 +9,7 @@ offline.
 from __future__ import annotations
 
 from tuf_signer.audit._chain import event_from_dict, event_to_dict, record_hash
+from tuf_signer.audit._postgres import PostgresAuditStore, dsn_secrets
 from tuf_signer.audit._rules import advance_decision
 from tuf_signer.audit._sqlite import SqliteAuditStore
 from tuf_signer.audit._store import (
@@ -33,10 +34,12 @@ __all__ = [
     "Committed",
     "CreateKey",
     "Entry",
+    "PostgresAuditStore",
     "SetVersionState",
     "SqliteAuditStore",
     "VerifyReport",
     "advance_decision",
+    "dsn_secrets",
     "event_from_dict",
     "event_to_dict",
     "record_hash",

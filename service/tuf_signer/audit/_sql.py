@@ -122,8 +122,9 @@ class Dialect:
             also makes ``audit_log.seq`` the rowid; PostgreSQL ``BIGINT``).
         begin_write: statements that open a write transaction and take the
             store-wide writer lock, so that two writers never chain onto the same
-            head (SQLite ``BEGIN IMMEDIATE``; PostgreSQL, whose driver opens the
-            transaction itself, ``LOCK TABLE audit_log IN EXCLUSIVE MODE``).
+            head (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``BEGIN`` then a
+            transaction-level advisory lock keyed by ``audit_log``'s OID, which,
+            unlike ``LOCK TABLE``, autovacuum never waits on or blocks).
         begin_schema: statements that open the transaction creating the tables,
             serialising two processes that create them at once (SQLite
             ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT pg_advisory_xact_lock(...)``:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import urllib.parse
-import weakref
 from pathlib import Path
 
+from tuf_signer.audit._connections import ThreadConnections
 from tuf_signer.audit._sql import Connection, Dialect, SqlAuditStore, unavailable
 from tuf_signer.errors import StoreError
 
@@ -63,10 +62,7 @@ class SqliteAuditStore(SqlAuditStore):
         self._path = Path(path).absolute()
         self._busy_timeout = busy_timeout
         self._uri = "file:" + urllib.parse.quote(str(self._path)) + "?mode=rw"
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
-        self._closed = False
+        self._conns = ThreadConnections(self._open_connection)
         self._create_file()
         try:
             self._identity = self._file_identity()
@@ -130,11 +126,9 @@ class SqliteAuditStore(SqlAuditStore):
         return self._sqlite_connection()
 
     def _sqlite_connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError("audit store is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        return self._conns.get()
+
+    def _open_connection(self) -> sqlite3.Connection:
         try:
             # mode=rw: never create a fresh empty file behind a vanished one.
             conn = sqlite3.connect(
@@ -149,21 +143,6 @@ class SqliteAuditStore(SqlAuditStore):
             conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as e:
             raise unavailable(e) from e
-        with self._lock:
-            if self._closed:
-                conn.close()
-                raise StoreError("audit store is closed")
-            # Close the connections of threads that have ended.
-            alive = []
-            for ref, other in self._conns:
-                thread = ref()
-                if thread is not None and thread.is_alive():
-                    alive.append((ref, other))
-                else:
-                    other.close()
-            alive.append((weakref.ref(threading.current_thread()), conn))
-            self._conns = alive
-        self._local.conn = conn
         return conn
 
     def _check_before_commit(self) -> None:
@@ -172,11 +151,4 @@ class SqliteAuditStore(SqlAuditStore):
 
     def close(self) -> None:
         """Close every connection this store opened; later calls raise StoreError."""
-        with self._lock:
-            self._closed = True
-            conns, self._conns = self._conns, []
-        for _, conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                logger.warning("closing an audit store connection failed", exc_info=True)
+        self._conns.close()

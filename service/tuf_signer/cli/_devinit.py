@@ -124,15 +124,14 @@ def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
 
 
 async def _create_dev_key(config_path: Path) -> None:
-    from tuf_signer.config import load_config
+    from tuf_signer.config import load_config, open_audit_store
     from tuf_signer.model import Algorithm
     from tuf_signer.policy import PEP458_ONLINE_RULES
     from tuf_signer.server import SigningService, start_backends
-    from tuf_signer.server._app import open_store
     from tuf_signer.server._guard import Guard
 
     config = load_config(config_path)
-    store = open_store(config)
+    store = open_audit_store(config.audit)
     backends = await start_backends(config)
     service = SigningService(
         store,

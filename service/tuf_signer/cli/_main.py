@@ -160,14 +160,9 @@ def cmd_role_state(args: argparse.Namespace) -> int:
 
 
 def _open_store(config_path: str) -> Any:
-    from tuf_signer.audit import SqliteAuditStore
-    from tuf_signer.config import load_config
-    from tuf_signer.errors import ConfigError
+    from tuf_signer.config import load_config, open_audit_store
 
-    config = load_config(config_path)
-    if not config.audit.path.exists():
-        raise ConfigError(f"audit.path: {config.audit.path} does not exist")
-    return SqliteAuditStore(config.audit.path)
+    return open_audit_store(load_config(config_path).audit, create=False)
 
 
 def _record_json(record: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tuf_signer.audit import AuditStore, SqliteAuditStore
+from tuf_signer.audit import AuditStore
 from tuf_signer.config import (
     Config,
     GcpKmsConfig,
@@ -24,6 +24,7 @@ from tuf_signer.config import (
     check_secret_file,
     check_secrets,
     load_config,
+    open_audit_store,
 )
 from tuf_signer.errors import ConfigError, TufSignerError
 from tuf_signer.keys import GcpKmsBackend, KeyBackend, Pkcs11Backend, kms_transport
@@ -99,11 +100,6 @@ async def start_backends(config: Config) -> dict[str, KeyBackend]:
     return started
 
 
-def open_store(config: Config) -> AuditStore:
-    """Open the configured audit store."""
-    return SqliteAuditStore(config.audit.path)
-
-
 class SignerServer:
     """A running tuf-signer: gRPC server, service, backends and store.
 
@@ -142,7 +138,7 @@ class SignerServer:
         check_listen(cfg)
         check_secrets(self.config)
         credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
-        self._store = open_store(self.config)
+        self._store = open_audit_store(self.config.audit)
         try:
             self._backends = await start_backends(self.config)
             self.service = SigningService(

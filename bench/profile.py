@@ -4,11 +4,13 @@ Starts one tuf-signer (mutual TLS, ``server.workers`` = 1 so that one process
 holds the whole picture), drives a workload through the bench load generator
 while ``py-spy record`` samples the server, and writes per workload:
 
-- ``bench/results/profiles/<workload>.speedscope.json`` (open in speedscope.app);
-- ``bench/results/profiles/<workload>.txt``: the functions with the most
-  samples, inclusive and self, as shares of the samples taken.
+- ``bench/results/profiles/<workload>.collapsed``: py-spy's collapsed stacks
+  (speedscope.app and flamegraph.pl read them; not kept in git);
+- ``bench/results/profiles/<workload>.txt``: per thread (event loop, PKCS#11
+  thread, audit writer), the functions with the most samples, inclusive and
+  self, as shares of that thread's samples.
 
-Usage: ``python -m bench.profile [--only w2,w4] [--seconds N]`` (``make bench-profile``).
+Usage: ``python -m bench.profile [--only w2,w3,w4] [--seconds N]`` (``make bench-profile``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ def summarise(collapsed: Path, top: int = TOP) -> str:
     return "\n".join(lines) + "\n"
 
 
+_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pids: list[int]) -> collections.Counter[str]:
+    """CPU microseconds so far of every thread of ``pids``, summed by thread name."""
+    out: collections.Counter[str] = collections.Counter()
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+                comm = (task / "comm").read_text().strip()
+            except OSError:  # the thread ended meanwhile
+                continue
+            fields = stat.rpartition(")")[2].split()
+            out[comm] += round((int(fields[11]) + int(fields[12])) * _TICK_US)
+    return out
+
+
 def profile(bench: Bench, server, name: str, seconds: float) -> None:
     phases = WORKLOADS[name](bench, server, seconds)
     pids = process_tree(server.pids)
@@ -130,15 +150,26 @@ def profile(bench: Bench, server, name: str, seconds: float) -> None:
             )
         )
     time.sleep(1.0)
+    before = thread_cpu(serving)
     result = bench.loadgen(server, phases, conns=4)
+    used = thread_cpu(serving)
+    used.subtract(before)
     for spy in spies:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
     ok = sum(p["ok"] for p in result["phases"])
     errors = sum(p["errors"] + p["item_errors"] for p in result["phases"])
+    unit = "item" if phases[0].batch else "request"
+    items = sum(p["ok"] + p["warmup"] for p in result["phases"])
+    if phases[0].batch:
+        items = sum(p.get("items", 0) for p in result["phases"]) or items
+    per_thread = ", ".join(
+        f"{comm} {us / max(items, 1):.0f}" for comm, us in used.most_common() if us > 0
+    )
     text = (
-        f"{name}: {ok} ok, {errors} errors, server CPU "
-        f"{result['server_cpu_us_per_request']:.0f} µs per request\n" + summarise(raw)
+        f"{name}: {ok} ok, {errors} errors; server CPU per {unit} (µs), by OS thread name "
+        f"(tuf-signer = the event loop, tuf-pkcs11, tuf-audit, the rest gRPC's): "
+        f"{per_thread}\n" + summarise(raw)
     )
     (OUT / f"{name}.txt").write_text(text)
     _log(f"{name}: wrote {OUT / (name + '.txt')}")

@@ -1,18 +1,36 @@
-"""Results computed on a helper thread, handed back to the event loops that wait for them.
+"""Helper threads: their OS names, and handing their results back to event loops.
 
 The PKCS#11 thread and the audit writer finish work for many callers at once.
 Waking an event loop costs a system call and a context switch, so each batch
 of results wakes each waiting loop once, not once per caller.
+
+Each helper thread also names itself for the OS, so ``top -H``, ``ps -L`` and
+``/proc/PID/task/TID/comm`` tell an operator (and ``bench/profile.py``) which
+thread spends the CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+_PR_SET_NAME = 15  # <linux/prctl.h>; the kernel keeps 15 bytes
+
+
+def name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS (Linux; elsewhere, and on failure, nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode("ascii")[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+        log.debug("could not name thread %r", name)
 
 
 def resolve_threadsafe(outcomes: Iterable[tuple[asyncio.Future[Any], Any]]) -> None:

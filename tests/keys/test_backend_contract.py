@@ -290,6 +290,22 @@ async def test_sign_batch_gives_one_result_or_error_per_item(
     assert type(missing) is BackendError
 
 
+async def test_sign_batch_with_the_callers_digests_signs_the_same_data(
+    backend: KeyBackend, keys: dict[Algorithm, NewKey]
+) -> None:
+    """The service passes each payload's SHA-256; every algorithm still signs ``data``."""
+    algorithms = list(keys)
+    data = [b"payload-%d" % i for i in range(len(algorithms))]
+    items = [(keys[alg].handle, alg, d) for alg, d in zip(algorithms, data, strict=True)]
+
+    results = await backend.sign_batch(items, [hashlib.sha256(d).digest() for d in data])
+
+    assert len(results) == len(algorithms) == 3
+    for alg, d, signature in zip(algorithms, data, results, strict=True):
+        assert isinstance(signature, bytes), signature
+        verify(keys[alg].public_key, d, signature)
+
+
 # --- rotate, activate, retire ------------------------------------------------------------
 
 

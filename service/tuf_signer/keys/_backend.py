@@ -63,9 +63,15 @@ class KeyBackend(abc.ABC):
         """
 
     async def sign_batch(
-        self, items: Sequence[tuple[str, Algorithm, bytes]]
+        self,
+        items: Sequence[tuple[str, Algorithm, bytes]],
+        digests: Sequence[bytes] | None = None,
     ) -> list[bytes | BackendError]:
         """Sign ``(handle, algorithm, data)`` items; one result or error per item.
+
+        ``digests``, when given, holds each item's SHA-256 of ``data`` (the
+        service computes it for the record anyway): a backend that signs a
+        digest (ECDSA) may use it rather than hash 54 KB again.
 
         The default signs them concurrently with ``sign``; a backend that can
         do better (one trip to its thread, one request) overrides it.

@@ -41,7 +41,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_named_curve_parameters
 from securesystemslib.signer import SSlibKey
 
-from tuf_signer._handoff import resolve_threadsafe
+from tuf_signer._handoff import name_os_thread, resolve_threadsafe
 from tuf_signer.errors import BackendError, BackendUnavailableError, ConfigError
 from tuf_signer.keys import _pubkey
 from tuf_signer.keys._backend import KeyBackend, NewKey
@@ -137,6 +137,7 @@ _THREAD_CREATION = threading.Lock()
 def _mark_pkcs11_thread() -> None:
     global _PKCS11_THREAD_ID
     _PKCS11_THREAD_ID = threading.get_ident()
+    name_os_thread("tuf-pkcs11")
 
 
 def _pkcs11_thread() -> ThreadPoolExecutor:
@@ -399,6 +400,7 @@ class _SignJob:
     key_id: bytes
     algorithm: Algorithm
     message: bytes
+    hashed: bool  # ECDSA: message is already the SHA-256 digest
     future: asyncio.Future[bytes]
 
 
@@ -732,7 +734,9 @@ class Pkcs11Backend(KeyBackend):
         return result
 
     async def sign_batch(
-        self, items: Sequence[tuple[str, Algorithm, bytes]]
+        self,
+        items: Sequence[tuple[str, Algorithm, bytes]],
+        digests: Sequence[bytes] | None = None,
     ) -> list[bytes | BackendError]:
         """Sign many payloads in one trip to the PKCS#11 thread; errors per item.
 
@@ -745,10 +749,20 @@ class Pkcs11Backend(KeyBackend):
         """
         loop = asyncio.get_running_loop()
         jobs = []
-        for handle, algorithm, data in items:
-            # ECDSA's SHA-256 runs on the PKCS#11 thread (hashlib releases the
-            # GIL), not here: the event loop is the busier thread.
-            jobs.append(_SignJob(_parse_handle(handle), algorithm, data, loop.create_future()))
+        for i, (handle, algorithm, data) in enumerate(items):
+            # SoftHSM has no CKM_ECDSA_SHA256: ECDSA signs a SHA-256 digest. Use
+            # the caller's; else hash on the PKCS#11 thread (hashlib releases
+            # the GIL there), not here: the event loop is the busier thread.
+            digest = digests[i] if digests is not None else None
+            if algorithm is Algorithm.ECDSA_P256 and digest is not None:
+                if len(digest) != hashlib.sha256().digest_size:
+                    raise ValueError("digests must be SHA-256 digests")
+                message, hashed = digest, True
+            else:
+                message, hashed = data, False
+            jobs.append(
+                _SignJob(_parse_handle(handle), algorithm, message, hashed, loop.create_future())
+            )
         with self._queue_lock:
             self._queue.extend(jobs)
             start = not self._draining
@@ -776,7 +790,7 @@ class Pkcs11Backend(KeyBackend):
                 try:
                     signature: bytes | BaseException = self._call(
                         "signing",
-                        lambda c, j=job: self._sign_op(c, j.key_id, j.algorithm, j.message),  # type: ignore[misc]
+                        lambda c, j=job: self._sign_op(c, j),  # type: ignore[misc]
                     )
                 except BackendError as e:
                     _drop_frames(e)
@@ -802,17 +816,15 @@ class Pkcs11Backend(KeyBackend):
             )
         return signature
 
-    def _sign_op(
-        self, conn: _TokenConn, key_id: bytes, algorithm: Algorithm, message: bytes
-    ) -> bytes:
-        key = self._private_key(conn, key_id, algorithm)
-        if algorithm is Algorithm.ED25519:
-            return key.sign(message, mechanism=Mechanism.EDDSA)
-        if algorithm is Algorithm.ECDSA_P256:
-            # SoftHSM has no CKM_ECDSA_SHA256: hash here, sign the digest.
-            return key.sign(hashlib.sha256(message).digest(), mechanism=Mechanism.ECDSA)
+    def _sign_op(self, conn: _TokenConn, job: _SignJob) -> bytes:
+        key = self._private_key(conn, job.key_id, job.algorithm)
+        if job.algorithm is Algorithm.ED25519:
+            return key.sign(job.message, mechanism=Mechanism.EDDSA)
+        if job.algorithm is Algorithm.ECDSA_P256:
+            digest = job.message if job.hashed else hashlib.sha256(job.message).digest()
+            return key.sign(digest, mechanism=Mechanism.ECDSA)
         return key.sign(
-            message, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=_PSS_PARAMS
+            job.message, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=_PSS_PARAMS
         )
 
     def _private_key(

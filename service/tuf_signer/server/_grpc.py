@@ -292,6 +292,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, deadline: float, refuse: Refuse) -> None:
         self._deadline = deadline
         self._refuse = refuse
+        # The wrapped handler of each method, built on its first call: the
+        # server's handlers never change, and a Sign should not pay for
+        # building closures and a handler again.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -300,12 +304,22 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         # The stubs type handlers as sync; under grpc.aio they are coroutines.
         inner: Any = handler.unary_unary
-        method = handler_call_details.method
         decode = handler.request_deserializer
         operation = _operation_of(method)
 

@@ -458,7 +458,8 @@ class SigningService:
         try:
             async with asyncio.timeout(self._hsm_timeout):
                 results = await backend.sign_batch(
-                    [(p.handle, p.algorithm, p.payload) for p in preps]
+                    [(p.handle, p.algorithm, p.payload) for p in preps],
+                    [bytes.fromhex(p.state.payload_sha256) for p in preps],
                 )
         except TimeoutError:
             error = DeadlineError(

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tuf_signer._handoff import resolve_threadsafe
+from tuf_signer._handoff import name_os_thread, resolve_threadsafe
 from tuf_signer.audit import AuditStore, Committed, Entry
 from tuf_signer.errors import StoreError
 
@@ -82,6 +82,7 @@ class AuditWriter:
         self._thread.join()
 
     def _run(self) -> None:
+        name_os_thread("tuf-audit")
         stopping = False
         while not stopping:
             first = self._queue.get()

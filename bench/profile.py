@@ -121,7 +121,7 @@ def thread_cpu(pids: list[int]) -> collections.Counter[str]:
     return out
 
 
-def profile(bench: Bench, server, name: str, seconds: float) -> None:
+def profile(bench: Bench, server, name: str, seconds: float, idle: bool = False) -> None:
     phases = WORKLOADS[name](bench, server, seconds)
     pids = process_tree(server.pids)
     serving = [p for p in pids if p != server.pids[0]] or pids  # the workers, if any
@@ -142,6 +142,7 @@ def profile(bench: Bench, server, name: str, seconds: float) -> None:
                     "250",
                     "--nonblocking",
                     "--threads",
+                    *(["--idle"] if idle else []),
                     "-o",
                     str(out),
                 ],
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--only", default=",".join(WORKLOADS))
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--idle", action="store_true", help="sample waiting threads too (where they wait)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("py-spy") is None and not Path(sys.prefix, "bin", "py-spy").exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = bench.signer(tls=True, workers=1, keys={"ed": pb.ED25519, "ec": pb.ECDSA_P256})
         for name in args.only.split(","):
-            profile(bench, server, name.strip(), args.seconds)
+            profile(bench, server, name.strip(), args.seconds, args.idle)
     finally:
         bench.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

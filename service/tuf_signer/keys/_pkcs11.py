@@ -395,6 +395,10 @@ class _Transient(Exception):
 # --- the backend -------------------------------------------------------------------
 
 
+# Most signatures per trip of the PKCS#11 thread before their callers are woken.
+_DRAIN_GROUP = 64
+
+
 @dataclass
 class _SignJob:
     key_id: bytes
@@ -778,10 +782,17 @@ class Pkcs11Backend(KeyBackend):
         return results
 
     def _drain(self) -> None:
-        """PKCS#11 thread: sign queued jobs, group by group, until none are left."""
+        """PKCS#11 thread: sign queued jobs, group by group, until none are left.
+
+        A group is at most ``_DRAIN_GROUP`` jobs: its callers get their
+        signatures as soon as it is done, rather than after everything queued
+        (under SignBatch load, thousands), so their records go to the audit
+        writer while this thread signs on.
+        """
         while True:
             with self._queue_lock:
-                jobs, self._queue = self._queue, []
+                jobs = self._queue[:_DRAIN_GROUP]
+                del self._queue[:_DRAIN_GROUP]
                 if not jobs:
                     self._draining = False
                     return

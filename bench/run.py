@@ -142,7 +142,10 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # The results files are this harness's own output: not a change to what is measured.
+        "git_dirty": bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+        ),
     }
 
 

@@ -90,9 +90,22 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
             outcomes = await client.sign_many(
                 SignRequest("online", payload, f"bins-m{i}") for i in range(600)
             )
-        assert all(isinstance(o, SignedResult) for o in outcomes)
-        after = {pid: _cpu_ticks(pid) for pid in workers}
-        assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
+            assert all(isinstance(o, SignedResult) for o in outcomes)
+            after = {pid: _cpu_ticks(pid) for pid in workers}
+            assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
+
+            # Concurrent unary Signs take the client's connections in turn: every worker works.
+            before = {pid: _cpu_ticks(pid) for pid in workers}
+            gate = asyncio.Semaphore(32)
+
+            async def sign_one(i: int) -> SignedResult:
+                async with gate:
+                    return await client.sign("online", payload, f"bins-u{i}")
+
+            signed = await asyncio.gather(*(sign_one(i) for i in range(400)))
+            assert len({r.audit_seq for r in signed}) == 400
+            after = {pid: _cpu_ticks(pid) for pid in workers}
+            assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
 
         # Equivocation race across workers: 16 different version-7 timestamps.
         outcomes = await asyncio.gather(

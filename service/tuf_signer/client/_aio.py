@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -52,9 +53,10 @@ class AsyncClient:
         key: client key file for mutual TLS; default ``$TUF_SIGNER_KEY``.
         timeout: deadline of each call, seconds.
         tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``.
-        connections: TCP connections ``sign_many`` spreads its batches over;
-            more than one lets a bulk re-sign reach every worker of a server
-            with ``server.workers`` > 1.
+        connections: TCP connections that ``sign`` (in turn) and ``sign_many``
+            (its batches) spread over; more than one lets concurrent signing
+            reach every worker of a server with ``server.workers`` > 1. Other
+            calls use the first connection.
 
     Raises:
         ConfigError: contradictory or unreadable TLS settings.
@@ -86,6 +88,12 @@ class AsyncClient:
             open_aio_channel(self.server, self.tls, own_connection=True)
             for _ in range(connections - 1)
         ]
+        self._extra_signers: list[Any] = [pb_grpc.SignerStub(c) for c in self._extra]
+        self._turn = itertools.count()
+
+    def _signers(self) -> list[Any]:
+        """A Signer stub per connection, the first connection's first."""
+        return [self._signer, *self._extra_signers]
 
     async def close(self) -> None:
         """Close the channels; calls in flight are cancelled."""
@@ -123,7 +131,9 @@ class AsyncClient:
 
     async def _sign(self, request: SignRequest) -> SignedResult:
         with translated():
-            r = await self._signer.Sign(request.to_pb(), timeout=self.timeout)
+            stubs = self._signers()
+            stub = stubs[next(self._turn) % len(stubs)]
+            r = await stub.Sign(request.to_pb(), timeout=self.timeout)
         return SignedResult.from_pb(r)
 
     async def sign_many(
@@ -210,7 +220,7 @@ class AsyncClient:
                         else remote_error(item.status, item.reason)
                     )
 
-        stubs: list[Any] = [self._signer, *(pb_grpc.SignerStub(c) for c in self._extra)]
+        stubs = self._signers()
         calls = max(len(stubs), -(-max_in_flight // batch_items))
         workers = [asyncio.create_task(worker(stubs[w % len(stubs)])) for w in range(calls)]
         try:

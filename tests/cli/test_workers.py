@@ -78,6 +78,10 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
         assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
 
         # One client with several connections reaches every worker in a bulk re-sign.
+        # The kernel spreads connections at random: with 16, the chance that a
+        # worker gets none is 2 in 65536, and the load is big enough (dozens of
+        # batches, hundreds of unary calls per worker) that each worker's CPU
+        # clearly moves even when it holds only one or two of them.
         tls = directory / "tls"
         before = {pid: _cpu_ticks(pid) for pid in workers}
         async with AsyncClient(
@@ -85,14 +89,14 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
             ca=tls / "ca.crt",
             cert=tls / "backend.crt",
             key=tls / "backend.key",
-            connections=8,
+            connections=16,
         ) as client:
             outcomes = await client.sign_many(
-                SignRequest("online", payload, f"bins-m{i}") for i in range(600)
+                SignRequest("online", payload, f"bins-m{i}") for i in range(2000)
             )
             assert all(isinstance(o, SignedResult) for o in outcomes)
             after = {pid: _cpu_ticks(pid) for pid in workers}
-            assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
+            assert all(after[pid] - before[pid] >= 3 for pid in workers), (before, after)
 
             # Concurrent unary Signs take the client's connections in turn: every worker works.
             before = {pid: _cpu_ticks(pid) for pid in workers}
@@ -102,10 +106,10 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
                 async with gate:
                     return await client.sign("online", payload, f"bins-u{i}")
 
-            signed = await asyncio.gather(*(sign_one(i) for i in range(400)))
-            assert len({r.audit_seq for r in signed}) == 400
+            signed = await asyncio.gather(*(sign_one(i) for i in range(800)))
+            assert len({r.audit_seq for r in signed}) == 800
             after = {pid: _cpu_ticks(pid) for pid in workers}
-            assert all(after[pid] - before[pid] >= 5 for pid in workers), (before, after)
+            assert all(after[pid] - before[pid] >= 3 for pid in workers), (before, after)
 
         # Equivocation race across workers: 16 different version-7 timestamps.
         outcomes = await asyncio.gather(

@@ -407,6 +407,50 @@ def test_batch_replay_then_advance_keeps_the_replayed_signature(
     assert advance.current.version == 8
 
 
+def test_one_batch_orders_key_changes_and_role_writes(
+    store: AuditStore, make: AuditFactory
+) -> None:
+    """Role states written in bulk still meet the key created earlier in their batch."""
+    out = store.append(
+        [
+            make.create_key("k2"),
+            make.sign(1, "a", key="k2"),  # a new role state for a key of this batch
+            make.sign(2, "b", key="k2"),  # and its update, in the same batch
+            make.add_version("k2", 2),
+            make.set_state("k2", 2, KeyState.ACTIVE),
+            make.sign(3, "c", key="k2", key_version=2),  # with the version activated above
+            make.sign(3, "d", key="k2", key_version=2),  # equivocation against it
+        ]
+    )
+    assert [c.status for c in out] == ["OK"] * 6 + ["FAILED_PRECONDITION"]
+    state = store.get_role_state("k2", "snapshot")
+    assert state is not None
+    assert (state.version, state.key_version, state.payload_sha256) == (3, 2, make.digest("c"))
+    assert state.audit_seq == out[5].seq
+    verify_store(store)
+
+
+def test_a_batch_over_many_roles_reads_and_writes_each_one(
+    store: AuditStore, make: AuditFactory
+) -> None:
+    """Hundreds of bins in one append (more than one prefetch query), some seen before."""
+    _commit_ok(store, make.create_key())
+    _commit_ok(store, *[make.sign(1, f"old-{i}", role=f"bins-{i}") for i in range(0, 450, 3)])
+    out = store.append(
+        [make.sign(1, f"old-{i}", role=f"bins-{i}") for i in range(0, 450, 9)]  # replays
+        + [make.sign(2, f"new-{i}", role=f"bins-{i}") for i in range(450)]
+        + [make.sign(2, "other", role="bins-0")]  # equivocation within the batch
+    )
+    replays = len(range(0, 450, 9))
+    assert all(c.replayed and c.status == "OK" for c in out[:replays])
+    assert all(c.status == "OK" and not c.replayed for c in out[replays:-1])
+    assert out[-1].status == "FAILED_PRECONDITION"
+    states = {s.role: s for s in store.list_role_states(KEY)}
+    assert len(states) == 450
+    assert all(states[f"bins-{i}"].payload_sha256 == make.digest(f"new-{i}") for i in range(450))
+    verify_store(store)
+
+
 # --- key lifecycle -------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self
@@ -90,6 +90,10 @@ class Cursor(Protocol):
     """The part of a PEP 249 cursor that the store uses."""
 
     def execute(self, operation: str, parameters: Sequence[Any] = ..., /) -> object: ...
+
+    def executemany(
+        self, operation: str, seq_of_parameters: Iterable[Sequence[Any]], /
+    ) -> object: ...
 
     def fetchone(self) -> Any: ...
 
@@ -414,9 +418,46 @@ class _Decision(NamedTuple):
     reason: str = ""
     current: RoleState | None = None
     replayed: bool = False
-    # Writes the change; called after the record is inserted (role_state.audit_seq
-    # references it). None when nothing changes.
+    # Writes a key change; called after every earlier write of the batch. None
+    # when nothing changes, or when the change is a role state (``advance``).
     apply: Callable[[Cursor], None] | None = None
+    # The role state to write (inserted when ``insert``, else updated). Written
+    # in bulk after the batch's records, which role_state.audit_seq references.
+    advance: RoleState | None = None
+    insert: bool = False
+
+
+class _Writes:
+    """The rows an append has decided but not yet written: written in bulk.
+
+    Records are written before role states (role_state.audit_seq references
+    audit_log), and everything pending is written before a key change applies
+    (role_state references key_versions), so each statement meets the rows it
+    depends on. Batching turns 2-3 statements per entry into a few per batch:
+    fewer calls into SQLite, and fewer round trips to PostgreSQL.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, ...]] = []
+        self.role_inserts: list[tuple[Any, ...]] = []
+        self.role_updates: list[tuple[Any, ...]] = []
+
+    def role(self, state: RoleState, insert: bool) -> None:
+        params = _role_params(state)
+        if insert:
+            self.role_inserts.append(params)
+        else:
+            self.role_updates.append((*params[2:], state.key_name, state.role))
+
+    def flush(self, store: SqlAuditStore, cur: Cursor) -> None:
+        for sql, rows in (
+            (_INSERT_RECORD, self.records),
+            (_INSERT_ROLE, self.role_inserts),
+            (_UPDATE_ROLE, self.role_updates),
+        ):
+            if rows:
+                store._exec_many(cur, sql, rows)
+                rows.clear()
 
 
 def _refuse(status: str, reason: str, current: RoleState | None = None) -> _Decision:
@@ -425,6 +466,9 @@ def _refuse(status: str, reason: str, current: RoleState | None = None) -> _Deci
 
 # Key versions read during one append, by (key name, version); None: no such version.
 _VersionCache = dict[tuple[str, int], KeyVersion | None]
+# Role states as one append has left them so far, by (key name, role); None: none yet.
+_RoleCache = dict[tuple[str, str], RoleState | None]
+_ROLES_PER_QUERY = 200  # role names per prefetch query (SQLite allows 999 parameters)
 
 
 class SqlAuditStore(AuditStore):
@@ -455,6 +499,9 @@ class SqlAuditStore(AuditStore):
 
     def _exec(self, cur: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
         cur.execute(_translate(sql, self._dialect.placeholder), params)
+
+    def _exec_many(self, cur: Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        cur.executemany(_translate(sql, self._dialect.placeholder), rows)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Cursor]:
@@ -582,9 +629,11 @@ class SqlAuditStore(AuditStore):
             first = seq + 1
             out: list[Committed] = []
             versions: _VersionCache = {}
+            roles = self._fetch_roles(cur, entries)
+            writes = _Writes()
             for entry in entries:
                 seq += 1
-                decision = self._decide(cur, entry, seq, versions)
+                decision = self._decide(cur, entry, seq, versions, roles)
                 event = entry.event
                 if decision.status != "OK":
                     event = dataclasses.replace(
@@ -600,8 +649,11 @@ class SqlAuditStore(AuditStore):
                         event, signature=decision.current.signature, reason=REPLAY_REASON
                     )
                 record = chain(prev_hash, seq, event)
-                self._exec(cur, _INSERT_RECORD, _record_params(record))
+                writes.records.append(_record_params(record))
+                if decision.advance is not None:
+                    writes.role(decision.advance, decision.insert)
                 if decision.apply is not None:
+                    writes.flush(self, cur)
                     decision.apply(cur)
                 prev_hash = record.hash
                 out.append(
@@ -613,6 +665,7 @@ class SqlAuditStore(AuditStore):
                         replayed=decision.replayed,
                     )
                 )
+            writes.flush(self, cur)
             self._check_before_commit()
             conn.commit()
         except BaseException as e:
@@ -641,6 +694,36 @@ class SqlAuditStore(AuditStore):
             return 0, GENESIS_HASH
         return int(row[0]), str(row[1])
 
+    def _fetch_roles(self, cur: Cursor, entries: Sequence[Entry]) -> _RoleCache:
+        """The stored role states that ``entries`` may advance, a few queries per batch."""
+        wanted: dict[str, set[str]] = {}
+        for entry in entries:
+            change = entry.change
+            if isinstance(change, AdvanceRole):
+                state = change.state
+            elif change is None and is_granted_sign(entry.event):
+                state = state_of(entry.event)
+            else:
+                continue
+            wanted.setdefault(state.key_name, set()).add(state.role)
+        found: _RoleCache = {}
+        for key_name, role_set in wanted.items():
+            names = sorted(role_set)
+            for start in range(0, len(names), _ROLES_PER_QUERY):
+                chunk = names[start : start + _ROLES_PER_QUERY]
+                found.update(((key_name, role), None) for role in chunk)
+                marks = ", ".join("?" for _ in chunk)
+                self._exec(
+                    cur,
+                    f"SELECT {_ROLE_COLUMNS} FROM role_state"
+                    f" WHERE key_name = ? AND role IN ({marks})",
+                    (key_name, *chunk),
+                )
+                for row in cur.fetchall():
+                    state = _row_to_role(row)
+                    found[(state.key_name, state.role)] = state
+        return found
+
     def _fetch_role(self, cur: Cursor, key_name: str, role: str) -> RoleState | None:
         self._exec(cur, _GET_ROLE, (key_name, role))
         row = cur.fetchone()
@@ -651,7 +734,14 @@ class SqlAuditStore(AuditStore):
         row = cur.fetchone()
         return None if row is None else _row_to_version(row)
 
-    def _decide(self, cur: Cursor, entry: Entry, seq: int, versions: _VersionCache) -> _Decision:
+    def _decide(
+        self,
+        cur: Cursor,
+        entry: Entry,
+        seq: int,
+        versions: _VersionCache,
+        roles: _RoleCache,
+    ) -> _Decision:
         change = entry.change
         if change is None:
             if is_granted_sign(entry.event):
@@ -659,10 +749,10 @@ class SqlAuditStore(AuditStore):
                 # when the caller sent it without AdvanceRole (a replay answered
                 # from its cache): if the cache was stale, this refuses it.
                 state = state_of(entry.event)
-                return self._decide_advance(cur, AdvanceRole(state), seq, versions)
+                return self._decide_advance(cur, AdvanceRole(state), seq, versions, roles)
             return _Decision()
         if isinstance(change, AdvanceRole):
-            return self._decide_advance(cur, change, seq, versions)
+            return self._decide_advance(cur, change, seq, versions, roles)
         versions.clear()  # a key change: versions read earlier in this batch may be stale
         if isinstance(change, CreateKey):
             return self._decide_create(cur, change)
@@ -671,10 +761,18 @@ class SqlAuditStore(AuditStore):
         return self._decide_set_state(cur, change)
 
     def _decide_advance(
-        self, cur: Cursor, change: AdvanceRole, seq: int, versions: _VersionCache
+        self,
+        cur: Cursor,
+        change: AdvanceRole,
+        seq: int,
+        versions: _VersionCache,
+        roles: _RoleCache,
     ) -> _Decision:
         new = dataclasses.replace(change.state, audit_seq=seq)
-        stored = self._fetch_role(cur, new.key_name, new.role)
+        role_key = (new.key_name, new.role)
+        if role_key not in roles:
+            roles[role_key] = self._fetch_role(cur, *role_key)
+        stored = roles[role_key]
         # A batch signs with few key versions: read each once per transaction.
         version_key = (new.key_name, new.key_version)
         if version_key not in versions:
@@ -697,12 +795,8 @@ class SqlAuditStore(AuditStore):
             return _refuse(e.code, e.reason, stored)
         if decision == "replay":
             return _Decision(current=stored, replayed=True)
-        if stored is None:
-            return _Decision(
-                current=new, apply=lambda c: self._exec(c, _INSERT_ROLE, _role_params(new))
-            )
-        update = (*_role_params(new)[2:], new.key_name, new.role)
-        return _Decision(current=new, apply=lambda c: self._exec(c, _UPDATE_ROLE, update))
+        roles[role_key] = new  # what later entries of this batch compare with
+        return _Decision(current=new, advance=new, insert=stored is None)
 
     def _decide_create(self, cur: Cursor, change: CreateKey) -> _Decision:
         self._exec(cur, _GET_KEY, (change.key.name,))

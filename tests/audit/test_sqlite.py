@@ -240,3 +240,24 @@ def test_failure_mid_batch_rolls_back_earlier_entries(db: Path, make: AuditFacto
 def test_head_of_fresh_store(db: Path) -> None:
     with SqliteAuditStore(db) as store:
         assert store.head() == (0, GENESIS_HASH)
+
+
+def test_writers_of_two_stores_on_one_file_queue_on_the_writer_lock(
+    db: Path, make: AuditFactory
+) -> None:
+    """A second writer waits for the first on the kernel lock, then commits after it."""
+    with SqliteAuditStore(db) as first, SqliteAuditStore(db) as second:
+        first.append([make.create_key()])
+        lock = db.with_name(db.name + ".writer-lock")
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+        done: list[int] = []
+        with first._writer_turn():  # as if `first` were in the middle of a commit
+            waiter = threading.Thread(
+                target=lambda: done.extend(c.seq for c in second.append([make.sign(1)]))
+            )
+            waiter.start()
+            waiter.join(0.5)
+            assert waiter.is_alive() and not done, "the second writer did not wait its turn"
+        waiter.join(10)
+        assert done == [2]
+        verify_store(first)

@@ -495,6 +495,14 @@ class SqlAuditStore(AuditStore):
     def _check_before_commit(self) -> None:
         """Called just before a write commits; raise StoreError to roll it back."""
 
+    def _writer_turn(self) -> contextlib.AbstractContextManager[None]:
+        """Held around each write transaction: a store may queue its writers here.
+
+        The default does nothing: the database's own lock (``begin_write``)
+        serialises writers.
+        """
+        return contextlib.nullcontext()
+
     # --- helpers ---------------------------------------------------------------
 
     def _exec(self, cur: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
@@ -619,6 +627,10 @@ class SqlAuditStore(AuditStore):
             check_entry(entry, index)
         if not entries:
             return []
+        with self._writer_turn():
+            return self._write(entries)
+
+    def _write(self, entries: list[Entry]) -> list[Committed]:
         conn = self._connection()
         cur: Cursor | None = None
         try:

@@ -427,6 +427,20 @@ class _Decision(NamedTuple):
     insert: bool = False
 
 
+def _advance_of(entry: Entry) -> AdvanceRole | None:
+    """The role state ``entry`` advances, if any.
+
+    Every granted signature passes the high-water check (P3), also when the
+    caller sent it without AdvanceRole (a replay answered from its cache): if
+    that cache was stale, the check refuses it.
+    """
+    if isinstance(entry.change, AdvanceRole):
+        return entry.change
+    if entry.change is None and is_granted_sign(entry.event):
+        return AdvanceRole(state_of(entry.event))
+    return None
+
+
 class _Writes:
     """The rows an append has decided but not yet written: written in bulk.
 
@@ -710,14 +724,9 @@ class SqlAuditStore(AuditStore):
         """The stored role states that ``entries`` may advance, a few queries per batch."""
         wanted: dict[str, set[str]] = {}
         for entry in entries:
-            change = entry.change
-            if isinstance(change, AdvanceRole):
-                state = change.state
-            elif change is None and is_granted_sign(entry.event):
-                state = state_of(entry.event)
-            else:
-                continue
-            wanted.setdefault(state.key_name, set()).add(state.role)
+            advance = _advance_of(entry)
+            if advance is not None:
+                wanted.setdefault(advance.state.key_name, set()).add(advance.state.role)
         found: _RoleCache = {}
         for key_name, role_set in wanted.items():
             names = sorted(role_set)
@@ -754,17 +763,12 @@ class SqlAuditStore(AuditStore):
         versions: _VersionCache,
         roles: _RoleCache,
     ) -> _Decision:
+        advance = _advance_of(entry)
+        if advance is not None:
+            return self._decide_advance(cur, advance, seq, versions, roles)
         change = entry.change
-        if change is None:
-            if is_granted_sign(entry.event):
-                # Every granted signature passes the high-water check (P3), also
-                # when the caller sent it without AdvanceRole (a replay answered
-                # from its cache): if the cache was stale, this refuses it.
-                state = state_of(entry.event)
-                return self._decide_advance(cur, AdvanceRole(state), seq, versions, roles)
+        if change is None or isinstance(change, AdvanceRole):  # AdvanceRole: decided above
             return _Decision()
-        if isinstance(change, AdvanceRole):
-            return self._decide_advance(cur, change, seq, versions, roles)
         versions.clear()  # a key change: versions read earlier in this batch may be stale
         if isinstance(change, CreateKey):
             return self._decide_create(cur, change)

@@ -13,6 +13,7 @@ lists every bin; the timestamp is a few hundred bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -26,7 +27,6 @@ SPEC = "1.0.31"
 VALIDITY = timedelta(hours=12)
 BIN_BITS = 14  # PEP 458: 16,384 bins
 TARGETS_PER_BIN = 139  # PEP 458's average
-_POOL = 8192  # distinct target entries to slice bins from
 
 
 def expires() -> str:
@@ -61,36 +61,63 @@ def snapshot(version: int, n_bins: int, exp: str) -> bytes:
     ).encode()
 
 
-@lru_cache(maxsize=1)
-def _entries() -> list[str]:
-    """Target entries sorted by path, PyPI-like: blake2b-256 and sha256, a length.
+def _path(k: int) -> tuple[str, str, str]:
+    """Target ``k``'s PyPI-like path ``HH/HH/<60 hex>/<distribution file>`` and hashes."""
+    name = f"project{k % 1997:04d}-{k % 39 + 1}.{k}.0"
+    dist = f"{name}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    h = hashlib.blake2b(dist.encode(), digest_size=32).hexdigest()
+    return f"{h[:2]}/{h[2:4]}/{h[4:]}/{dist}", h, hashlib.sha256(dist.encode()).hexdigest()
 
-    A PyPI path is ``HH/HH/<60 hex>/<distribution file>``; with both hashes an
-    entry is ~390 bytes, which gives PEP 458's ~54 KB for 139 targets.
+
+def _entry(k: int, rng: random.Random) -> tuple[str, str]:
+    """Target entry ``k``: its path and its JSON text (blake2b-256 and sha256, a length).
+
+    With both hashes an entry is ~390 bytes, which gives PEP 458's ~54 KB for 139 targets.
     """
-    rng = random.Random(458)
-    out = []
-    for i in range(_POOL):
-        name = f"project{i % 1997:04d}-{rng.randrange(1, 40)}.{i}.0"
-        dist = f"{name}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
-        h = hashlib.blake2b(dist.encode(), digest_size=32).hexdigest()
-        s = hashlib.sha256(dist.encode()).hexdigest()
-        path = f"{h[:2]}/{h[2:4]}/{h[4:]}/{dist}"
-        out.append(
-            f'"{path}":{{"custom":{{"upload-time":"2024-{1 + i % 12:02d}-{1 + i % 28:02d}T'
-            f'{i % 24:02d}:{i % 60:02d}:{(i * 7) % 60:02d}Z"}},'
-            f'"hashes":{{"blake2b-256":"{h}","sha256":"{s}"}},'
-            f'"length":{rng.randrange(10_000, 90_000_000)}}}'
-        )
-    out.sort()
-    return out
+    path, h, s = _path(k)
+    return path, (
+        f'"{path}":{{"custom":{{"upload-time":"2024-{1 + k % 12:02d}-{1 + k % 28:02d}T'
+        f'{k % 24:02d}:{k % 60:02d}:{(k * 7) % 60:02d}Z"}},'
+        f'"hashes":{{"blake2b-256":"{h}","sha256":"{s}"}},'
+        f'"length":{rng.randrange(10_000, 90_000_000)}}}'
+    )
+
+
+def _bin_of(path: str) -> int:
+    """python-tuf's succinct hash bin of a target path (TAP 15), as the signer checks it."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") >> (32 - BIN_BITS)
+
+
+@lru_cache(maxsize=4)
+def _targets_by_bin(n_bins: int, per_bin: int) -> dict[int, tuple[int, ...]]:
+    """Entry numbers whose paths hash into each of bins 0..n_bins-1, ``per_bin`` each.
+
+    The signer signs a bin only if every path in it hashes into it, so entries
+    are drawn in order and dealt to the bin their path belongs in: about
+    16,384 x ``per_bin`` paths hashed once (a few seconds for PEP 458's scale).
+    """
+    found: dict[int, list[int]] = {i: [] for i in range(n_bins)}
+    short = n_bins
+    for k in itertools.count():
+        i = _bin_of(_path(k)[0])
+        if i < n_bins and len(found[i]) < per_bin:
+            found[i].append(k)
+            if len(found[i]) == per_bin:
+                short -= 1
+                if not short:
+                    break
+    return {i: tuple(ks) for i, ks in found.items()}
+
+
+_MAX_PER_BIN = 175  # realistic_bins draws 104..174 targets
 
 
 def bin_payload(i: int, version: int, exp: str, n_targets: int = TARGETS_PER_BIN) -> bytes:
-    """A bin (targets metadata) of ``n_targets`` entries, deterministic in ``i``."""
-    pool = _entries()
-    start = (i * 7919) % (len(pool) - n_targets)
-    body = ",".join(pool[start : start + n_targets])
+    """Bin ``i`` (targets metadata) of ``n_targets`` entries whose paths hash into it."""
+    n_bins = 1 << BIN_BITS if i >= 64 else 64  # small runs need not deal all 16,384 bins
+    ks = _targets_by_bin(n_bins, max(_MAX_PER_BIN, n_targets))[i % (1 << BIN_BITS)][:n_targets]
+    rng = random.Random(458 + i)
+    body = ",".join(entry for _, entry in sorted(_entry(k, rng) for k in ks))
     return (
         f'{{"_type":"targets","expires":"{exp}","spec_version":"{SPEC}",'
         f'"targets":{{{body}}},"version":{version}}}'
@@ -112,8 +139,14 @@ def realistic_bins(
 
 
 def small_bin(i: int, version: int, exp: str, size: int = 512) -> bytes:
-    """A one-target bin padded to exactly ``size`` bytes (at least ~420), distinct in ``i``."""
-    entry = _entries()[i % _POOL]
+    """A one-target bin padded to exactly ``size`` bytes (at least ~420), distinct in ``i``.
+
+    Its one path hashes into bin ``i`` (``bin_name(i)``), as the signer requires.
+    """
+    (k,) = _targets_by_bin(1 << BIN_BITS if i % (1 << BIN_BITS) >= 64 else 64, 1)[
+        i % (1 << BIN_BITS)
+    ]
+    _, entry = _entry(k, random.Random(i))
     head = f'{{"_type":"targets","expires":"{exp}","spec_version":"{SPEC}","targets":{{'
     tail = f'}},"version":{version}}}'
     # The pad is a custom field sorting after "upload-time" in the entry's "custom" object.

@@ -30,7 +30,7 @@ from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TOKEN_LABEL = "bench"
-BENCH_IDENTITY = "spiffe://tuf-signer.dev/bench"
+BENCH_IDENTITY = "uri:spiffe://tuf-signer.dev/bench"
 START_TIMEOUT = 60.0  # seconds for a server to answer after its start
 STOP_TIMEOUT = 30.0  # seconds for a server to drain and exit after SIGTERM
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -297,7 +297,14 @@ keys = ["*"]
 roles = ["timestamp", "snapshot", "bins-*"]
 """
 
-ROLE_RULES = (("timestamp", 86400), ("snapshot", 86400), ("bins-*", 86400))
+# The bench keys declare PEP 458's bins:14 (tuf-signer keys create … --bins bins:14)
+# and allow exactly those bins.
+BINS = ("bins", 14)
+ROLE_RULES = (
+    ("timestamp", 86400),
+    ("snapshot", 86400),
+    ("bins-[0-3][0-9a-f][0-9a-f][0-9a-f]", 86400),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,6 +406,7 @@ class TufSigner(Service):
                             pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in ROLE_RULES
                         ],
                         activate=True,
+                        bins=pb.BinsDelegation(prefix=BINS[0], bit_length=BINS[1]),
                     ),
                     timeout=30,
                 )

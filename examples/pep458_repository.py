@@ -21,9 +21,14 @@ What it shows, with python-tuf's Metadata API:
    key; root and targets drop the old key. A client that still trusts the
    first root updates across all of it.
 
-Run it against a signer (``make run`` starts one with the key ``online``)::
+Run it against a signer (``make run`` starts one with the key ``online``, which
+declares PEP 458's 16,384 bins, ``bins:14``)::
 
-    python examples/pep458_repository.py --server 127.0.0.1:50051 --bins 256 --out /tmp/pep458
+    python examples/pep458_repository.py --server 127.0.0.1:50051 --out /tmp/pep458
+
+The online key must declare the succinct hash bins it signs (``tuf-signer keys
+create NAME … --bins bins:BIT_LENGTH``): the signer then signs only those bin
+names, and only bins whose target paths hash into them.
 
 It can be run again against the same signer: online roles continue from the
 versions the signer last signed (GetRoleState), as a real repository must.
@@ -77,7 +82,7 @@ from tuf_signer.errors import TufSignerError
 
 log = logging.getLogger("pep458")
 
-BIN_PREFIX = "bins"  # bins are "bins-00"...: the signer's key policy allows "bins-*"
+BIN_PREFIX = "bins"  # bins are "bins-00"...: the key declares --bins bins:BIT_LENGTH
 ONLINE_EXPIRY = timedelta(hours=12)  # PEP 458: 1 day at most; the signer enforces it
 OFFLINE_EXPIRY = timedelta(days=365)  # PEP 458: root and targets, 1 year
 _SERIALIZER = JSONSerializer(compact=True)
@@ -563,6 +568,23 @@ def run(
     )
 
 
+def declared_bit_length(client: Client, key: str) -> int:
+    """The bit length of the hash bins ``key`` declares with prefix ``bins``.
+
+    Raises:
+        RemoteError: the signer does not know the key.
+        SystemExit: the key declares no bins, or bins of another prefix.
+    """
+    (info,) = client.public_keys(key)
+    bins = info["bins"]
+    if bins is None or bins["prefix"] != BIN_PREFIX:
+        raise SystemExit(
+            f"key {key!r} declares no {BIN_PREFIX!r} hash bins: create it with "
+            f"tuf-signer keys create {key} … --bins {BIN_PREFIX}:BIT_LENGTH"
+        )
+    return bins["bit_length"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the walkthrough against a running signer."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -570,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         "--server", help="HOST:PORT (default $TUF_SIGNER_SERVER, else 127.0.0.1:50051)"
     )
     parser.add_argument("--key", default="online", help="online key name (default online)")
-    parser.add_argument("--bins", type=int, default=256, help="hash bins, a power of 2")
+    parser.add_argument(
+        "--bins", type=int, help="hash bins, a power of 2 (default: as many as the key declares)"
+    )
     parser.add_argument("--targets", type=int, help="initial targets (default 2 per bin)")
     parser.add_argument("--max-in-flight", type=int, default=64, help="bulk signing concurrency")
     parser.add_argument("--out", type=Path, help="output directory (default: a temporary one)")
@@ -581,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--admin-tls-key", help="private key of --admin-cert")
     args = parser.parse_args(argv)
-    if args.bins < 2 or args.bins & (args.bins - 1) or args.bins > 2**32:
+    if args.bins is not None and (
+        args.bins < 2 or args.bins & (args.bins - 1) or args.bins > 2**32
+    ):
         parser.error("--bins must be a power of 2 between 2 and 2**32")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # python-tuf logs "No signature for keyid" at INFO while two keys overlap.
@@ -597,12 +623,19 @@ def main(argv: list[str] | None = None) -> int:
         client = shared_client(args.server)  # the plugin's signers use this channel too
         if args.admin_cert or args.admin_tls_key:
             admin = Client(args.server, cert=args.admin_cert, key=args.admin_tls_key)
+        bit_length = declared_bit_length(client, args.key)
+        if args.bins is not None and args.bins != 2**bit_length:
+            print(
+                f"--bins {args.bins}: key {args.key!r} declares {2**bit_length} bins",
+                file=sys.stderr,
+            )
+            return 2
         report = run(
             client,
             args.key,
-            args.bins.bit_length() - 1,
+            bit_length,
             out,
-            n_targets=args.targets if args.targets is not None else 2 * args.bins,
+            n_targets=args.targets if args.targets is not None else 2 * 2**bit_length,
             admin=admin,
             max_in_flight=args.max_in_flight,
         )

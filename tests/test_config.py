@@ -166,6 +166,67 @@ BAD = [
 ]
 
 
+# [policy] max_version_step (issue 10, finding 8).
+BAD += [
+    ("f8-step-unknown-class", GOOD + "[policy]\nmax_version_step = { root = 5 }\n",
+     "policy.max_version_step.root: unknown setting"),
+    ("f8-step-zero", GOOD + "[policy]\nmax_version_step = { snapshot = 0 }\n",
+     "policy.max_version_step.snapshot: must be between 1 and 2\\*\\*63-1, got 0"),
+    ("f8-step-negative", GOOD + "[policy]\nmax_version_step = { timestamp = -1 }\n",
+     "policy.max_version_step.timestamp: must be between 1"),
+    ("f8-step-not-int", GOOD + '[policy]\nmax_version_step = { targets = "10" }\n',
+     "policy.max_version_step.targets: expected int, got str"),
+    ("f8-step-bool", GOOD + "[policy]\nmax_version_step = { targets = true }\n",
+     "policy.max_version_step.targets: expected int, got a boolean"),
+    ("f8-step-not-table", GOOD + "[policy]\nmax_version_step = 5\n",
+     "policy.max_version_step: expected a table"),
+    ("f8-policy-unknown", GOOD + "[policy]\nstep = 5\n", "policy.step: unknown setting"),
+]  # fmt: skip
+
+
+# Abuse limits and the off-loop payload checker (issue 10, findings 4 and 5).
+BAD += [
+    ("f4-bytes-rate-zero", GOOD + "[limits]\nbytes_rate = 0\n",
+     "limits.bytes_rate: must be positive"),
+    ("f4-bytes-burst-float", GOOD + "[limits]\nbytes_burst = 1.5\n",
+     "limits.bytes_burst: expected int, got float"),
+    ("f4-summary-negative", GOOD + "[limits]\nsummary_seconds = -1\n",
+     "limits.summary_seconds: must be positive"),
+    ("f4-summary-too-long", GOOD + "[limits]\nsummary_seconds = 7200\n",
+     "limits.summary_seconds: at most 3600"),
+    ("f5-check-cpu-zero", GOOD + "[limits]\ncheck_cpu_burst = 0\n",
+     "limits.check_cpu_burst: must be positive"),
+    ("f5-check-processes-zero",
+     GOOD.replace("insecure = true", "insecure = true\ncheck_processes = 0"),
+     "server.check_processes: must be between 1 and 16"),
+    ("f5-check-timeout-past-deadline",
+     GOOD.replace("insecure = true", "insecure = true\ncheck_timeout_seconds = 40"),
+     "server.check_timeout_seconds: must be positive and below call_deadline_seconds"),
+]  # fmt: skip
+
+
+def test_limits_defaults_fit_a_pep458_resign(tmp_path: Path) -> None:
+    limits = _load(tmp_path, GOOD).limits
+    assert limits.bytes_burst >= 16_384 * 54 * 1024  # one re-sign of every bin at once
+    assert limits.summary_seconds == 10
+    server = _load(tmp_path, GOOD).server
+    assert (server.check_processes, server.check_timeout) == (1, 10.0)
+
+
+def test_f8_max_version_step_defaults_and_overrides(tmp_path: Path) -> None:
+    assert _load(tmp_path, GOOD).policy.max_version_step == {
+        "timestamp": 1_000_000,
+        "snapshot": 1_000_000,
+        "targets": 1_000_000,
+    }
+    text = GOOD + "[policy]\nmax_version_step = { timestamp = 10, targets = 2 }\n"
+    assert _load(tmp_path, text).policy.max_version_step == {
+        "timestamp": 10,
+        "snapshot": 1_000_000,
+        "targets": 2,
+    }
+
+
 @pytest.mark.parametrize(("text", "match"), [(t, m) for _, t, m in BAD], ids=[i for i, _, _ in BAD])
 def test_bad_config_names_the_setting(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -250,3 +311,118 @@ def test_missing_sqlite_file_is_not_created_by_audit_commands(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"audit\.path: .*audit\.db does not exist"):
         open_audit_store(config.audit, create=False)
     assert not (tmp_path / "audit.db").exists()
+
+
+# --- finding 6: typed identities in access rules, [server.tls] identity settings -------
+
+TLS = GOOD.replace(
+    "insecure = true",
+    '[server.tls]\ncert = "s.crt"\nkey = "s.key"\nclient_ca = "ca.crt"',
+)
+
+
+def _rule(identity: str, tls: str = "") -> str:
+    text = TLS.replace('client_ca = "ca.crt"', 'client_ca = "ca.crt"\n' + tls) if tls else TLS
+    return text + f'\n[[authz.rules]]\nidentity = {identity}\noperations = ["read-keys"]\n'
+
+
+IDENTITY_RULES = [
+    (
+        "f6-untyped-uri-suggests-uri",
+        _rule('"spiffe://x.example/backend"'),
+        r"authz.rules\[0\].identity: 'spiffe://x.example/backend' does not say its type.*"
+        r"e.g. 'uri:spiffe://x.example/backend'",
+    ),
+    (
+        "f6-untyped-name-suggests-dns",
+        _rule('"backend.example"'),
+        r"authz.rules\[0\].identity: .* e.g. 'dns:backend.example'",
+    ),
+    ("f6-unknown-type", _rule('"email:a@b"'), r"authz.rules\[0\].identity: .*does not say"),
+    ("f6-empty-after-type", _rule('"uri:"'), r"authz.rules\[0\].identity: .*empty after its type"),
+    (
+        "f6-control-char-in-rule",
+        _rule('"uri:spiffe://x/a\\u001b[2K"'),
+        r"authz.rules\[0\].identity: identity 'uri:spiffe://x/a\\x1b\[2K' holds control",
+    ),
+    (
+        "f6-nul-in-rule",
+        _rule('"cn:a\\u0000b"'),
+        r"authz.rules\[0\].identity: .*holds control",
+    ),
+    (
+        "f6-space-in-uri",
+        _rule('"uri:spiffe://x/a b"'),
+        r"authz.rules\[0\].identity: .*holds control, space",
+    ),
+    (
+        "f6-overlong-identity",
+        _rule('"uri:spiffe://x/' + "a" * 1100 + '"'),
+        r"authz.rules\[0\].identity: .*longer than 1024 characters",
+    ),
+    (
+        "f6-dns-upper-case",
+        _rule('"dns:Backend.Example"'),
+        r"authz.rules\[0\].identity: .*write 'dns:backend.example'",
+    ),
+    (
+        "f6-cn-rule-without-cn-switch",
+        _rule('"cn:Repository Backend"'),
+        r"authz.rules\[0\].identity: a cn: identity never matches unless "
+        r"\[server.tls\] allow_cn_identity = true",
+    ),
+    (
+        "f6-allow-cn-not-bool",
+        _rule('"uri:spiffe://x/b"', 'allow_cn_identity = "yes"'),
+        "server.tls.allow_cn_identity: expected bool",
+    ),
+    (
+        "f6-require-single-uri-not-bool",
+        _rule('"uri:spiffe://x/b"', "require_single_uri = 1"),
+        "server.tls.require_single_uri: expected bool",
+    ),
+    (
+        "f6-crl-not-a-path",
+        _rule('"uri:spiffe://x/b"', "crl = true"),
+        "server.tls.crl: expected str",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [(t, m) for _, t, m in IDENTITY_RULES],
+    ids=[i for i, _, _ in IDENTITY_RULES],
+)
+def test_access_rules_name_typed_identities(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        _load(tmp_path, text)
+
+
+def test_typed_identities_and_tls_identity_settings_parse(tmp_path: Path) -> None:
+    text = _rule(
+        '"cn:Repository Backend"',
+        'allow_cn_identity = true\nrequire_single_uri = true\ncrl = "ca.crl"\n'
+        'deny_list = "deny.txt"',
+    )
+    text += '\n[[authz.rules]]\nidentity = "dns:backend.example"\noperations = ["read-keys"]\n'
+    text += '\n[[authz.rules]]\nidentity = "uri:spiffe://x/b"\noperations = ["read-keys"]\n'
+    config = _load(tmp_path, text)
+    assert set(config.authz.rules) == {
+        "cn:Repository Backend",
+        "dns:backend.example",
+        "uri:spiffe://x/b",
+    }
+    tls = config.server.tls
+    assert tls is not None
+    assert (tls.allow_cn_identity, tls.require_single_uri) == (True, True)
+    assert (tls.crl, tls.deny_list) == (tmp_path / "ca.crl", tmp_path / "deny.txt")
+    # Off unless set.
+    plain = _load(tmp_path, _rule('"uri:spiffe://x/b"')).server.tls
+    assert plain is not None
+    assert (plain.allow_cn_identity, plain.require_single_uri, plain.crl, plain.deny_list) == (
+        False,
+        False,
+        None,
+        None,
+    )

@@ -27,6 +27,7 @@ Example (what ``tuf-signer dev-init`` writes)::
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuf_signer.errors import ConfigError, TufSignerError
-from tuf_signer.policy import AccessPolicy, AccessRule
+from tuf_signer.policy import AccessPolicy, AccessRule, identity_type
 
 if TYPE_CHECKING:
     from tuf_signer.audit import AuditStore
@@ -56,11 +57,22 @@ class TlsConfig:
         cert: the server certificate chain.
         key: its private key; a secret: mode 0600 or stricter.
         client_ca: CA certificates that client certificates must chain to.
+        allow_cn_identity: name a client by its subject CN (``cn:…``) when its
+            certificate has no SAN URI or DNS name; off by default.
+        require_single_uri: a client certificate must carry exactly one SAN URI.
+        crl: a CRL (PEM or DER; several PEM CRLs may be concatenated) issued by
+            a CA in ``client_ca``; reloaded on SIGHUP.
+        deny_list: a text file of revoked client certificates, one serial
+            number or SHA-256 fingerprint (hex) per line; reloaded on SIGHUP.
     """
 
     cert: Path
     key: Path
     client_ca: Path
+    allow_cn_identity: bool = False
+    require_single_uri: bool = False
+    crl: Path | None = None
+    deny_list: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,11 @@ class ServerConfig:
         max_batch_bytes: largest SignBatch message, in bytes (gRPC refuses
             larger messages before reading them).
         workers: server processes sharing the port (one per core is best).
+        check_processes: payload-checker processes per worker, for payloads
+            too large or too unusual to check on the event loop.
+        check_timeout: seconds one such check may take before the request
+            is refused (RESOURCE_EXHAUSTED) and its checker process replaced
+            (default 10, at most half of ``call_deadline`` when not set).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -91,6 +108,8 @@ class ServerConfig:
     max_batch_items: int = 4096
     max_batch_bytes: int = 64 * 1024 * 1024
     workers: int = 1
+    check_processes: int = 1
+    check_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,11 +120,27 @@ class LimitsConfig:
         max_concurrent: calls one identity may have in flight at once.
         rate: sustained calls per second for one identity (token bucket).
         burst: calls one identity may make at once above ``rate``.
+        bytes_rate: sustained request payload bytes per second for one identity.
+        bytes_burst: payload bytes one identity may send at once above
+            ``bytes_rate`` (the default fits one re-sign of PEP 458's 16,384
+            bins of ~54 KB).
+        check_cpu_rate: CPU seconds per second of off-loop payload checks
+            (payloads over 64 KiB, or that need the exact canonical check)
+            one identity may use, sustained.
+        check_cpu_burst: CPU seconds of such checks it may use at once.
+        summary_seconds: callers without an identity or access rule, and
+            calls over a limit, are counted and written as one summary record
+            per identity and status every this many seconds, not one each.
     """
 
     max_concurrent: int = 256
     rate: float = 5000.0
     burst: int = 10000
+    bytes_rate: float = 256.0 * 1024 * 1024
+    bytes_burst: int = 1024 * 1024 * 1024
+    check_cpu_rate: float = 1.0
+    check_cpu_burst: float = 30.0
+    summary_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -228,6 +263,34 @@ class GcpKmsConfig:
 BackendConfig = Pkcs11Config | GcpKmsConfig
 
 
+# The role classes of TUF metadata an online key signs (``_type``): bins are targets.
+ROLE_CLASSES = ("timestamp", "snapshot", "targets")
+
+# 1,000,000 versions for each class. Repositories step by 1 per signature; a
+# timestamp re-signed every minute for a year is ~525,600 versions, so even a
+# repository that counts signatures it never sent us stays well inside. A
+# compromised backend taking the largest step each time needs ~9.2e12 signatures
+# (each on the record) to reach 2**63 - 1: at 10,000 signatures/s, 29 years.
+DEFAULT_MAX_VERSION_STEP = 1_000_000
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Limits on what a signature may do to a role's high-water mark.
+
+    Attributes:
+        max_version_step: by role class (``_type``: timestamp, snapshot,
+            targets), the largest step in versions above the mark (the last
+            version signed, 0 for a role never signed). A repository that
+            starts or moves on beyond it needs an admin reset first
+            (``tuf-signer keys reset-role``).
+    """
+
+    max_version_step: Mapping[str, int] = field(
+        default_factory=lambda: dict.fromkeys(ROLE_CLASSES, DEFAULT_MAX_VERSION_STEP)
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole service configuration."""
@@ -239,6 +302,7 @@ class Config:
     default_backend: str
     authz: AccessPolicy = field(default_factory=AccessPolicy)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -353,9 +417,9 @@ def check_secrets(config: Config) -> None:
     """
     if config.server.tls is not None:
         check_secret_file(config.server.tls.key, "server.tls.key")
-        for name in ("cert", "client_ca"):
+        for name in ("cert", "client_ca", "crl", "deny_list"):
             path = getattr(config.server.tls, name)
-            if not path.is_file():
+            if path is not None and not path.is_file():
                 raise ConfigError(f"server.tls.{name}: {path} does not exist")
     for name, backend in config.backends.items():
         pin = getattr(backend, "pin", None)
@@ -478,7 +542,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         ConfigError: naming the first wrong, missing or contradictory setting.
     """
     base = path.parent
-    _unknown(data, {"server", "audit", "backends", "keys", "authz", "limits"}, "")
+    _unknown(data, {"server", "audit", "backends", "keys", "authz", "limits", "policy"}, "")
     server = _server(_table(data, "server", ""), base)
 
     audit = _audit(_table(data, "audit", ""), base)
@@ -503,9 +567,27 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         audit=audit,
         backends=backends,
         default_backend=default_backend,
-        authz=_authz(_table(data, "authz", "")),
+        authz=_authz(
+            _table(data, "authz", ""),
+            allow_cn=server.tls is not None and server.tls.allow_cn_identity,
+        ),
         limits=_limits(_table(data, "limits", ""), "limits."),
+        policy=_policy(_table(data, "policy", "")),
     )
+
+
+def _policy(p: Mapping[str, Any]) -> PolicyConfig:
+    _unknown(p, {"max_version_step"}, "policy.")
+    steps = dict.fromkeys(ROLE_CLASSES, DEFAULT_MAX_VERSION_STEP)
+    table = _table(p, "max_version_step", "policy.")
+    where = "policy.max_version_step."
+    _unknown(table, set(ROLE_CLASSES), where)
+    for role_class in ROLE_CLASSES:
+        step = _get(table, role_class, int, where, DEFAULT_MAX_VERSION_STEP)
+        if not 1 <= step <= 2**63 - 1:
+            raise ConfigError(f"{where}{role_class}: must be between 1 and 2**63-1, got {step}")
+        steps[role_class] = step
+    return PolicyConfig(max_version_step=steps)
 
 
 _STORE_SETTINGS = {"sqlite": {"path"}, "postgres": {"dsn", "dsn_env"}}
@@ -575,17 +657,37 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
             "max_batch_items",
             "max_batch_bytes",
             "workers",
+            "check_processes",
+            "check_timeout_seconds",
         },
         "server.",
     )
     tls = None
     if "tls" in s:
         t = _table(s, "tls", "server.")
-        _unknown(t, {"cert", "key", "client_ca"}, "server.tls.")
+        _unknown(
+            t,
+            {
+                "cert",
+                "key",
+                "client_ca",
+                "allow_cn_identity",
+                "require_single_uri",
+                "crl",
+                "deny_list",
+            },
+            "server.tls.",
+        )
+        crl = _get(t, "crl", str, "server.tls.", None)
+        deny_list = _get(t, "deny_list", str, "server.tls.", None)
         tls = TlsConfig(
             cert=base / _get(t, "cert", str, "server.tls.", _REQUIRED),
             key=base / _get(t, "key", str, "server.tls.", _REQUIRED),
             client_ca=base / _get(t, "client_ca", str, "server.tls.", _REQUIRED),
+            allow_cn_identity=_get(t, "allow_cn_identity", bool, "server.tls.", False),
+            require_single_uri=_get(t, "require_single_uri", bool, "server.tls.", False),
+            crl=base / crl if crl is not None else None,
+            deny_list=base / deny_list if deny_list is not None else None,
         )
     server = ServerConfig(
         listen=_get(s, "listen", str, "server.", DEFAULT_LISTEN),
@@ -598,6 +700,8 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
         max_batch_items=_get(s, "max_batch_items", int, "server.", 4096),
         max_batch_bytes=_get(s, "max_batch_bytes", int, "server.", 64 * 1024 * 1024),
         workers=_get(s, "workers", int, "server.", 1),
+        check_processes=_get(s, "check_processes", int, "server.", 1),
+        check_timeout=float(_get(s, "check_timeout_seconds", (int, float), "server.", 0.0)),
     )
     split_host_port(server.listen)
     if server.max_payload_bytes < 1024:
@@ -613,20 +717,40 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
         raise ConfigError("server.workers: must be between 1 and 64")
     if not 0 < server.call_deadline <= 3600:
         raise ConfigError("server.call_deadline_seconds: must be between 0 and 3600")
+    if not 1 <= server.check_processes <= 16:
+        raise ConfigError("server.check_processes: must be between 1 and 16")
+    if server.check_timeout == 0.0 and "check_timeout_seconds" not in s:
+        # Default: 10 s, and in any case half the call deadline.
+        server = dataclasses.replace(server, check_timeout=min(10.0, server.call_deadline / 2))
+    if not 0 < server.check_timeout < server.call_deadline:
+        raise ConfigError(
+            "server.check_timeout_seconds: must be positive and below call_deadline_seconds"
+        )
     return server
 
 
 def _limits(t: Mapping[str, Any], where: str, base: LimitsConfig | None = None) -> LimitsConfig:
-    _unknown(t, {"max_concurrent", "rate", "burst"}, where)
+    names: dict[str, type | tuple[type, ...]] = {
+        "max_concurrent": int,
+        "rate": (int, float),
+        "burst": int,
+        "bytes_rate": (int, float),
+        "bytes_burst": int,
+        "check_cpu_rate": (int, float),
+        "check_cpu_burst": (int, float),
+        "summary_seconds": (int, float),
+    }
+    _unknown(t, set(names), where)
     d = base or LimitsConfig()
-    limits = LimitsConfig(
-        max_concurrent=_get(t, "max_concurrent", int, where, d.max_concurrent),
-        rate=float(_get(t, "rate", (int, float), where, d.rate)),
-        burst=_get(t, "burst", int, where, d.burst),
-    )
-    if limits.max_concurrent < 1 or limits.burst < 1 or limits.rate <= 0:
-        raise ConfigError(f"{where}max_concurrent/rate/burst: must be positive")
-    return limits
+    values: dict[str, Any] = {}
+    for name, kind in names.items():
+        value = _get(t, name, kind, where, getattr(d, name))
+        if not value > 0:
+            raise ConfigError(f"{where}{name}: must be positive")
+        values[name] = float(value) if kind is not int else value
+    if values["summary_seconds"] > 3600:
+        raise ConfigError(f"{where}summary_seconds: at most 3600 (one summary record an hour)")
+    return LimitsConfig(**values)
 
 
 def _str_list(t: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -636,7 +760,8 @@ def _str_list(t: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _authz(a: Mapping[str, Any]) -> AccessPolicy:
+def _authz(a: Mapping[str, Any], allow_cn: bool) -> AccessPolicy:
+    """The access rules; a ``cn:`` identity only when CN identities are on."""
     _unknown(a, {"rules"}, "authz.")
     rules = _get(a, "rules", list, "authz.", [])
     parsed = []
@@ -661,7 +786,14 @@ def _authz(a: Mapping[str, Any]) -> AccessPolicy:
                 burst=_get(r, "burst", int, where, None),
             )
         )
-    return AccessPolicy.from_rules(parsed)
+    policy = AccessPolicy.from_rules(parsed)
+    for i, rule in enumerate(parsed):
+        if identity_type(rule.identity) == "cn" and not allow_cn:
+            raise ConfigError(
+                f"authz.rules[{i}].identity: a cn: identity never matches unless "
+                "[server.tls] allow_cn_identity = true (prefer a SAN URI: uri:…)"
+            )
+    return policy
 
 
 def open_audit_store(audit: AuditConfig, *, create: bool = True) -> AuditStore:

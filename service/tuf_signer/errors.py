@@ -74,10 +74,18 @@ class UnauthenticatedError(RequestError):
     code = "UNAUTHENTICATED"
 
 
+class UnknownIdentityError(PermissionError_):
+    """The caller's identity has no access rule at all (counted, not recorded one by one)."""
+
+
 class ResourceExhaustedError(RequestError):
     """A limit was hit (rate, concurrency, quota)."""
 
     code = "RESOURCE_EXHAUSTED"
+
+
+class LimitError(ResourceExhaustedError):
+    """An identity is over one of its own limits (counted, not recorded one by one)."""
 
 
 # --- policy: the payload is well-formed but must not be signed ------------------
@@ -99,6 +107,14 @@ class RollbackError(PolicyError):
     """The metadata version is not above the high-water mark (rollback/equivocation)."""
 
 
+class VersionStepError(PolicyError):
+    """The metadata version is too far above the high-water mark (``max_version_step``).
+
+    A compromised backend could otherwise fast-forward a role to 2**63 - 1 and
+    leave it unsignable for good; an admin reset moves the mark on purpose.
+    """
+
+
 class KeyStateError(PolicyError):
     """The key version asked for cannot be used (not ACTIVE, stale keyid pin...)."""
 
@@ -116,6 +132,14 @@ class BackendUnavailableError(BackendError):
     """The HSM or KMS cannot be reached or refused to work; fail closed."""
 
     code = "UNAVAILABLE"
+
+
+class SignatureMismatchError(BackendUnavailableError):
+    """The backend returned a signature that does not verify against the registered key.
+
+    A faulty HSM, or a KMS serving another key under the version's name: the
+    signature is never recorded as granted nor returned (fail closed).
+    """
 
 
 class DeadlineError(BackendError):

@@ -7,8 +7,34 @@ Config and records are frozen dataclasses; times are timezone-aware UTC
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# Characters a record never stores raw: C0 and C1 controls (NUL included, which
+# PostgreSQL's text type refuses), DEL, Unicode format characters (bidi
+# overrides, zero-width), line and paragraph separators, surrogates, BOM.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
+
+
+def recordable(value: str, limit: int = 255) -> str:
+    r"""A client's string as the audit record stores it: escaped and bounded.
+
+    A clean string of at most ``limit`` characters is kept as it is. Otherwise
+    unsafe characters become Python-style escapes (``\x00``, ``\u202e``) and
+    the result is cut to ``limit`` characters with a note of the original
+    length, so a hostile value can neither break a store (NUL), nor a
+    terminal, nor fill the disk.
+    """
+    if len(value) <= limit and _UNSAFE.search(value) is None:
+        return value
+    escaped = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+    if len(escaped) <= limit:
+        return escaped
+    return f"{escaped[: max(0, limit - 32)]}...[{len(value)} characters]"
 
 
 class Algorithm(enum.Enum):
@@ -46,7 +72,8 @@ class RoleRule:
     """One entry of a key's role policy.
 
     Attributes:
-        pattern: a role name or an ``fnmatch`` glob such as ``bins-*``.
+        pattern: a role name, or an ``fnmatch`` glob that matches only the
+            key's declared bins, such as ``bins-[0-3][0-9a-f][0-9a-f][0-9a-f]``.
         max_validity: the longest ``expires - now`` allowed, in seconds.
     """
 
@@ -55,14 +82,56 @@ class RoleRule:
 
 
 @dataclass(frozen=True)
+class BinsDelegation:
+    """The succinct hash-bin delegation (TAP 15) a key serves, e.g. PEP 458's ``bins:14``.
+
+    The same meaning as python-tuf's ``SuccinctRoles(bit_length, name_prefix)``:
+    ``2**bit_length`` bins named ``PREFIX-`` plus the bin number in zero-padded
+    lowercase hex (``bins-0000`` … ``bins-3fff`` for ``bins:14``).
+
+    Attributes:
+        prefix: the bins' ``name_prefix``, e.g. "bins".
+        bit_length: 1..32.
+    """
+
+    prefix: str
+    bit_length: int
+
+    def __str__(self) -> str:
+        """``PREFIX:BIT_LENGTH``, as ``--bins`` takes it and the store keeps it."""
+        return f"{self.prefix}:{self.bit_length}"
+
+    @classmethod
+    def parse(cls, text: str) -> BinsDelegation:
+        """Read ``PREFIX:BIT_LENGTH`` (the prefix may itself hold ':').
+
+        Only the form is checked here; ``policy.check_bins_delegation`` checks
+        the values.
+
+        Raises:
+            ValueError: not PREFIX:BIT_LENGTH with a non-empty prefix and a
+                decimal bit length.
+        """
+        prefix, sep, bits = text.rpartition(":")
+        if not sep or not prefix or not (bits.isascii() and bits.isdigit()) or len(bits) > 2:
+            raise ValueError(f"{text[:48]!r} is not PREFIX:BIT_LENGTH, e.g. bins:14")
+        return cls(prefix, int(bits))
+
+
+@dataclass(frozen=True)
 class KeyRecord:
-    """A named key: what it may sign and where its versions live."""
+    """A named key: what it may sign and where its versions live.
+
+    Attributes:
+        bins: the hash-bin delegation the key serves, or None (it signs no bins).
+    """
 
     name: str
     algorithm: Algorithm
     backend: str
     rules: tuple[RoleRule, ...]
     created_at: str  # RFC 3339 UTC
+    bins: BinsDelegation | None = None
 
 
 @dataclass(frozen=True)

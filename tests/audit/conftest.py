@@ -16,6 +16,7 @@ from tuf_signer.audit import (
     CreateKey,
     Entry,
     PostgresAuditStore,
+    ResetRole,
     SetVersionState,
     SqliteAuditStore,
 )
@@ -153,6 +154,7 @@ class AuditFactory:
         key_version: int = 1,
         keyid: str | None = None,
         signature: str | None = None,
+        max_step: int | None = None,
     ) -> Entry:
         keyid = keyid if keyid is not None else self.keyid(key, key_version)
         digest = self.digest(payload)
@@ -179,7 +181,42 @@ class AuditFactory:
             payload_sha256=digest,
             signature=signature,
         )
-        return Entry(event, AdvanceRole(state))
+        return Entry(event, AdvanceRole(state, max_step=max_step))
+
+    def reset(
+        self,
+        version: int,
+        *,
+        role: str = "snapshot",
+        key: str = KEY,
+        key_version: int = 1,
+        keyid: str | None = None,
+        reason: str = "recover from a fast-forward",
+    ) -> Entry:
+        """An admin reset of the (key, role) mark to ``version``, as the server records it."""
+        keyid = keyid if keyid is not None else self.keyid(key, key_version)
+        state = RoleState(
+            key_name=key,
+            role=role,
+            version=version,
+            payload_sha256="",
+            keyid=keyid,
+            key_version=key_version,
+            signature="",
+            expires="",
+            audit_seq=0,
+        )
+        event = self.event(
+            "reset-role-state",
+            identity="admin",
+            key_name=key,
+            keyid=keyid,
+            key_version=key_version,
+            role=role,
+            metadata_version=version,
+            detail={"reason": reason},
+        )
+        return Entry(event, ResetRole(state))
 
 
 @pytest.fixture

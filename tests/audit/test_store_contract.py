@@ -110,6 +110,16 @@ def test_records_stream_past_one_page(store: AuditStore, make: AuditFactory) -> 
             "refused event carries no change",
             id="refused-with-change",
         ),
+        pytest.param(
+            lambda m: Entry(replace(m.reset(1).event, operation="sign"), m.reset(1).change),
+            "ResetRole belongs to a 'reset-role-state' event",
+            id="f8-reset-on-other-operation",
+        ),
+        pytest.param(
+            lambda m: Entry(replace(m.reset(1).event, metadata_version=2), m.reset(1).change),
+            "event.metadata_version differs from the ResetRole state",
+            id="f8-reset-disagrees-with-its-event",
+        ),
         pytest.param(lambda m: m.note(detail={"x": 1.5}), "floating-point", id="float-detail"),
         pytest.param(lambda m: m.note(key_version="1"), "must be an integer", id="wrong-type"),
     ],
@@ -282,7 +292,10 @@ def test_advance_role(store: AuditStore, make: AuditFactory, case: AdvanceCase) 
         pytest.param(7, "a", "OK", True, id="current-replay"),
         pytest.param(6, "old", "FAILED_PRECONDITION", False, id="stale-refused"),
         pytest.param(7, "b", "FAILED_PRECONDITION", False, id="equivocation-refused"),
-        pytest.param(8, "b", "OK", False, id="new-version-applied"),
+        # Its cache holds a mark the store no longer has (an admin reset on
+        # another worker lowered it): no new signature is behind this entry, so
+        # it must not move the mark past the step bound (issue 10, finding 8).
+        pytest.param(8, "b", "ABORTED", False, id="f8-stale-cache-above-the-mark-refused"),
     ],
 )
 def test_granted_sign_without_change_is_checked_too(
@@ -299,6 +312,124 @@ def test_granted_sign_without_change_is_checked_too(
     [record] = list(store.records(start_seq=c.seq))
     assert record.event.signature == ("" if status != "OK" else state.signature)
     assert state.version == max(7, version if status == "OK" else 7)
+    verify_store(store)
+
+
+# --- max_step and ResetRole (issue 10, finding 8) ----------------------------------
+
+MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("before", "version", "max_step", "status", "reason"),
+    [
+        pytest.param((), 1_000_000, 1_000_000, "OK", "", id="f8-first-step-at-the-bound"),
+        pytest.param(
+            (),
+            1_000_001,
+            1_000_000,
+            "FAILED_PRECONDITION",
+            r"^version step: version 1000001 is 1000001 above the mark of role 'snapshot' "
+            r"with key 'online', more than max_version_step 1000000; no version was signed "
+            r"yet \(the mark counts from 0\)\. .*tuf-signer keys reset-role KEY ROLE",
+            id="f8-first-step-too-far",
+        ),
+        pytest.param(
+            (7,),
+            MAX,
+            1_000_000,
+            "FAILED_PRECONDITION",
+            rf"^version step: version {MAX} is {MAX - 7} above the mark .*; the mark is "
+            r"version 7\. ",
+            id="f8-fast-forward-refused",
+        ),
+        pytest.param((7,), MAX, None, "OK", "", id="f8-no-bound"),
+        pytest.param((7,), 17, 10, "OK", "", id="f8-step-at-the-bound"),
+    ],
+)
+def test_advance_role_bounds_the_version_step(
+    store: AuditStore,
+    make: AuditFactory,
+    before: tuple[int, ...],
+    version: int,
+    max_step: int | None,
+    status: str,
+    reason: str,
+) -> None:
+    _commit_ok(store, make.create_key(), *(make.sign(v, f"p{v}") for v in before))
+    [c] = store.append([make.sign(version, "new", max_step=max_step)])
+    assert c.status == status
+    if reason:
+        assert re.search(reason, c.reason), c.reason
+    state = store.get_role_state(KEY, "snapshot")
+    expected = version if status == "OK" else (before[-1] if before else None)
+    assert (state.version if state else None) == expected
+    verify_store(store)
+
+
+def test_reset_role_moves_the_mark_down_and_up(store: AuditStore, make: AuditFactory) -> None:
+    _commit_ok(store, make.create_key(), make.sign(MAX, "forward"), make.sign(1, "t", role="x"))
+    [c] = _commit_ok(store, make.reset(5))
+    state = store.get_role_state(KEY, "snapshot")
+    assert state is not None and c.current == state
+    assert (state.version, state.payload_sha256, state.signature, state.audit_seq) == (
+        5,
+        "",
+        "",
+        c.seq,
+    )
+    [record] = list(store.records(start_seq=c.seq))
+    assert record.event.operation == "reset-role-state"
+    assert record.event.detail == {"reason": "recover from a fast-forward"}
+    # At the mark: refused, naming the reset; above it: granted.
+    [at] = store.append([make.sign(5, "again", max_step=10)])
+    assert at.status == "FAILED_PRECONDITION"
+    assert re.search(r"^rollback: version 5 is not above version 5, the mark an admin", at.reason)
+    _commit_ok(store, make.sign(6, "after", max_step=10))
+    # Up too (a repository migrating at a high version), and to 0 (forgotten).
+    _commit_ok(store, make.reset(5_000_000), make.sign(5_000_001, "migrated", max_step=10))
+    _commit_ok(store, make.reset(0), make.sign(1, "restart", max_step=10))
+    assert store.get_role_state(KEY, "x") is not None  # other roles untouched
+    report = verify_store(store)
+    assert report.role_states == 2
+
+
+def test_reset_role_without_state_and_in_one_batch(store: AuditStore, make: AuditFactory) -> None:
+    # A reset of a role never signed creates its mark; a later entry of the
+    # same batch compares with it.
+    _commit_ok(store, make.create_key())
+    out = store.append([make.reset(100), make.sign(100, "a"), make.sign(101, "b")])
+    assert [c.status for c in out] == ["OK", "FAILED_PRECONDITION", "OK"]
+    state = store.get_role_state(KEY, "snapshot")
+    assert state is not None and state.version == 101
+    verify_store(store)
+
+
+@pytest.mark.parametrize(
+    ("key_version", "keyid", "status", "reason"),
+    [
+        pytest.param(9, None, "NOT_FOUND", "^key version 9 of 'online' does not exist$",
+                     id="f8-reset-unknown-key-version"),
+        pytest.param(1, "ff" * 32, "FAILED_PRECONDITION", "^keyid f{64} is not the keyid",
+                     id="f8-reset-wrong-keyid"),
+    ],
+)  # fmt: skip
+def test_reset_role_refused(
+    store: AuditStore,
+    make: AuditFactory,
+    key_version: int,
+    keyid: str | None,
+    status: str,
+    reason: str,
+) -> None:
+    _commit_ok(store, make.create_key(), make.sign(7))
+    [c] = store.append([make.reset(1, key_version=key_version, keyid=keyid)])
+    assert c.status == status
+    assert re.search(reason, c.reason), c.reason
+    state = store.get_role_state(KEY, "snapshot")
+    assert state is not None and state.version == 7
+    [record] = list(store.records(start_seq=c.seq))
+    assert record.event.outcome is Outcome.REFUSED
     verify_store(store)
 
 

@@ -343,3 +343,90 @@ def test_a_forged_grant_on_a_rebuilt_chain_breaks_p3(
 def _verify_store_at(path: Path) -> None:
     with SqliteAuditStore(path) as store:
         verify_store(store)
+
+
+# --- admin resets (issue 10, finding 8) ----------------------------------------------
+
+
+@pytest.fixture
+def reset_db(db: Path, make: AuditFactory) -> Path:
+    """``db`` plus: snapshot reset from 3 down to 1 (record 13), then v2 signed (record 14);
+    timestamp reset to 50 (record 15), nothing signed after it."""
+    with SqliteAuditStore(db) as store:
+        out = store.append(
+            [
+                make.reset(1, key_version=2),
+                make.sign(2, "s2-after-reset", key_version=2),
+                make.reset(50, role="timestamp", key_version=2),
+            ]
+        )
+        assert [c.status for c in out] == ["OK"] * 3
+    return db
+
+
+def test_a_store_with_resets_verifies(reset_db: Path) -> None:
+    # Version 2 of snapshot was granted twice (records 6 and 14) for different
+    # payloads: the reset between them explains it.
+    assert verify_records(_records(reset_db)) == 15
+    with SqliteAuditStore(reset_db) as store:
+        report = verify_store(store)
+    assert (report.records, report.role_states) == (15, 3)
+
+
+RESET_TAMPERING = [
+    pytest.param(
+        ("UPDATE role_state SET version = 2 WHERE role = 'timestamp'",), 15,
+        r"^role 'timestamp' of key 'online' does not match its record 15: version differ "
+        r"\(role state edited\?\)$",
+        id="f8-edit-role-state-after-reset",
+    ),
+    pytest.param(
+        # Back to the last signature before the reset, as if the reset never happened.
+        ("UPDATE role_state SET (version, payload_sha256, keyid, key_version, signature,"
+         " expires, audit_seq) = (SELECT metadata_version, payload_sha256, keyid, key_version,"
+         " signature, expires, seq FROM audit_log WHERE seq = 11) WHERE role = 'timestamp'",),
+        15,
+        r"^role 'timestamp' of key 'online' \(version 2\) is not the last signature of that "
+        r"role, record 15 \(version 50\); role state rolled back\?$",
+        id="f8-undo-a-reset-in-the-role-state",
+    ),
+    pytest.param(
+        ("DELETE FROM role_state WHERE role = 'timestamp'",), 15,
+        r"^role 'timestamp' of key 'online': record 15 reset the mark to version 50 but there "
+        r"is no role state \(role state deleted\?\)$",
+        id="f8-delete-role-state-after-reset",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "seq", "match"), RESET_TAMPERING)
+def test_tampering_after_a_reset_is_named(
+    reset_db: Path, sql: tuple[str, ...], seq: int, match: str
+) -> None:
+    conn = sqlite3.connect(reset_db)
+    for statement in sql:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditChainError, match=match) as caught:
+        _verify_store_at(reset_db)
+    assert caught.value.seq == seq
+
+
+@pytest.mark.parametrize("version", [50, 49], ids=["f8-at-the-reset", "f8-below-the-reset"])
+def test_a_forged_grant_at_or_below_a_reset_breaks_p3(
+    reset_db: Path, make: AuditFactory, version: int
+) -> None:
+    last = _records(reset_db)[-1]
+    forged = chain(last.hash, 16, make.sign(version, "x", role="timestamp", key_version=2).event)
+    conn = sqlite3.connect(reset_db)
+    marks = ", ".join("?" * len(_record_params(forged)))
+    conn.execute(f"INSERT INTO audit_log VALUES ({marks})", _record_params(forged))
+    conn.commit()
+    conn.close()
+    match = (
+        rf"^record 16: rollback on record: version {version} of role 'timestamp' with key "
+        r"'online' was granted after an admin reset to version 50 \(record 15\)$"
+    )
+    with pytest.raises(AuditChainError, match=match):
+        verify_records(_records(reset_db))

@@ -74,7 +74,7 @@ def test_walkthrough(dev_signer: DevSigner, tmp_path) -> None:
     assert ok.stdout.startswith("OK:")
     tail = run("audit", "tail", "--config", str(dev_signer.config), "-n", "50").stdout
     assert "refused" in tail and "rotate-key" in tail and "create-key" in tail
-    assert "spiffe://tuf-signer.dev/backend" in tail  # identities are on the record
+    assert "uri:spiffe://tuf-signer.dev/backend" in tail  # typed identities are on the record
     exported = [
         json.loads(line)
         for line in run("audit", "export", "--config", str(dev_signer.config)).stdout.splitlines()
@@ -152,3 +152,36 @@ def test_tampering_is_detected(dev_signer: DevSigner, sql: str, seq: int | None)
     assert bad.stderr.startswith("FAILED:")
     if seq is not None:
         assert f"record {seq}" in bad.stderr
+
+
+def test_keys_declare_their_hash_bins(dev_signer: DevSigner) -> None:
+    """Issue 10, finding 1: --bins PREFIX:BIT_LENGTH on create, shown by keys list."""
+    admin = functools.partial(dev_signer.as_, "admin")
+    # dev-init's online key declares PEP 458's bins:14, with the exact pattern.
+    keys = {k["name"]: k for k in json.loads(admin("keys", "list", "--json").stdout)}
+    assert keys["online"]["bins"] == {"prefix": "bins", "bit_length": 14}
+    assert "bins-[0-3][0-9a-f][0-9a-f][0-9a-f]" in {r["pattern"] for r in keys["online"]["roles"]}
+
+    created = json.loads(
+        admin(
+            "keys", "create", "hb", "--role", "timestamp", "--role", "hb-[0-9a-f]",
+            "--bins", "hb:4", "--activate",
+        ).stdout
+    )  # fmt: skip
+    assert created["bins"] == {"prefix": "hb", "bit_length": 4}
+    table = admin("keys", "list").stdout.splitlines()
+    assert "BINS" in table[0]
+    assert any(line.split()[0] == "online" and "bins:14" in line.split() for line in table)
+    assert any(line.split()[0] == "hb" and "hb:4" in line.split() for line in table)
+
+    # A glob without a declaration says how to declare one.
+    glob = admin("keys", "create", "x", "--role", "bins-*", check=False)
+    assert glob.returncode == 1
+    assert "INVALID_ARGUMENT" in glob.stderr and "--bins PREFIX:BIT_LENGTH" in glob.stderr
+    # A glob wider than the declared bins is refused, naming the exact pattern.
+    wide = admin("keys", "create", "y", "--role", "bins-*", "--bins", "bins:14", check=False)
+    assert "use 'bins-[0-3][0-9a-f][0-9a-f][0-9a-f]'" in wide.stderr
+    # A malformed value names the flag (and nothing is sent).
+    bad = admin("keys", "create", "z", "--role", "timestamp", "--bins", "bins14", check=False)
+    assert bad.returncode == 2
+    assert "argument --bins: bins 'bins14' is not PREFIX:BIT_LENGTH" in bad.stderr

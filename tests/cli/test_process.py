@@ -81,3 +81,31 @@ def test_sighup_reloads_the_access_policy(dev_signer: DevSigner) -> None:
     log = dev_signer.proc.stderr.read().decode()
     assert "keeping the previous access policy" in log
     assert "'sudo'" in log
+
+
+def test_f6_sighup_revokes_a_stolen_certificate(dev_signer: DevSigner) -> None:
+    """A deny list added to the config and a SIGHUP lock out the backend's certificate."""
+    from cryptography import x509
+
+    d = dev_signer.directory
+    sign_ts = ("sign", "--key", "online", "-")
+    dev_signer.as_("backend", *sign_ts, stdin=payload("timestamp", 1))
+    serial = x509.load_pem_x509_certificate((d / "tls" / "backend.crt").read_bytes()).serial_number
+    (d / "tls" / "revoked.txt").write_text(f"# stolen laptop\n{serial:x}\n")
+    text = dev_signer.config.read_text()
+    revoking = text.replace(
+        'client_ca = "tls/ca.crt"\n', 'client_ca = "tls/ca.crt"\ndeny_list = "tls/revoked.txt"\n'
+    )
+    assert revoking != text
+    dev_signer.config.write_text(revoking)
+    dev_signer.proc.send_signal(signal.SIGHUP)
+    for _ in range(50):
+        out = dev_signer.as_("backend", *sign_ts, stdin=payload("timestamp", 2), check=False)
+        if out.returncode != 0:
+            break
+        time.sleep(0.1)
+    assert "UNAUTHENTICATED" in out.stderr
+    assert f"certificate revoked (serial 0x{serial:x}" in out.stderr
+    dev_signer.as_("admin", "keys", "list")  # the admin's certificate still works
+    assert dev_signer.stop() == 0
+    assert "reload: access policy" in dev_signer.proc.stderr.read().decode()

@@ -65,12 +65,13 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
         stubs = [pb_grpc.SignerStub(ch) for ch in channels]
         payload = Metadata(Targets(version=1, expires=expires)).signed_bytes
 
-        # Load on every connection: distinct bins, 64 in flight.
+        # Load on every connection: distinct bins (dev-init's key declares bins:14,
+        # "bins-0000".."bins-3fff"; an empty bin fits any of them), 64 in flight.
         gate = asyncio.Semaphore(64)
 
         async def sign_bin(i: int) -> None:
             async with gate:
-                request = pb.SignRequest(key="online", role=f"bins-{i}", payload=payload)
+                request = pb.SignRequest(key="online", role=f"bins-{i:04x}", payload=payload)
                 await stubs[i % 16].Sign(request)
 
         await asyncio.gather(*(sign_bin(i) for i in range(400)))
@@ -92,7 +93,7 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
             connections=16,
         ) as client:
             outcomes = await client.sign_many(
-                SignRequest("online", payload, f"bins-m{i}") for i in range(2000)
+                SignRequest("online", payload, f"bins-{1000 + i:04x}") for i in range(2000)
             )
             assert all(isinstance(o, SignedResult) for o in outcomes)
             after = {pid: _cpu_ticks(pid) for pid in workers}
@@ -104,7 +105,7 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
 
             async def sign_one(i: int) -> SignedResult:
                 async with gate:
-                    return await client.sign("online", payload, f"bins-u{i}")
+                    return await client.sign("online", payload, f"bins-{4000 + i:04x}")
 
             signed = await asyncio.gather(*(sign_one(i) for i in range(800)))
             assert len({r.audit_seq for r in signed}) == 800
@@ -141,7 +142,9 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
             )
         results = await asyncio.gather(
             *(
-                stub.Sign(pb.SignRequest(key="online", role=f"bins-r{i}", payload=payload))
+                stub.Sign(
+                    pb.SignRequest(key="online", role=f"bins-{5000 + i:04x}", payload=payload)
+                )
                 for i, stub in enumerate(stubs)
             )
         )

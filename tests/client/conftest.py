@@ -36,7 +36,11 @@ T = TypeVar("T")
 
 # Room for a 16,384-bin snapshot (PEP 458 scale): the server's default.
 MAX_PAYLOAD = 8 * 1024 * 1024
-ONLINE_ROLES = [("timestamp", 86400), ("snapshot", 86400), ("bins-*", 86400)]
+# Key "online" declares 256 succinct hash bins, "bins-00".."bins-ff" (issue 10,
+# finding 1): its one glob matches exactly those.
+ONLINE_BINS = "bins:8"
+ONLINE_BIN_PATTERN = "bins-[0-9a-f][0-9a-f]"
+ONLINE_ROLES = [("timestamp", 86400), ("snapshot", 86400), (ONLINE_BIN_PATTERN, 86400)]
 
 
 class ServerThread:
@@ -87,12 +91,12 @@ class RunningSigner:
 
 @pytest.fixture
 def signer_server(tmp_path: Path, softhsm: Any) -> Iterator[RunningSigner]:
-    """A fresh server (own audit database) with key ``online`` for timestamp/snapshot/bins-*."""
+    """A fresh server (own audit database) with key ``online``: timestamp, snapshot, bins:8."""
     thread = ServerThread(write_config(tmp_path / "signer", softhsm, max_payload=MAX_PAYLOAD))
     address = thread.start()
     try:
         with Client(address, timeout=60) as client:
-            key = client.create_key("online", ONLINE_ROLES, activate=True)
+            key = client.create_key("online", ONLINE_ROLES, activate=True, bins=ONLINE_BINS)
             (active,) = key["versions"]
             yield RunningSigner(address=address, client=client, key="online", active=active)
     finally:

@@ -32,7 +32,7 @@ from tuf_signer.errors import (
     TufSignerError,
 )
 
-from .conftest import RunningSigner
+from .conftest import ONLINE_BIN_PATTERN, RunningSigner
 
 
 def timestamp(s: RunningSigner, version: int, expires_in: int = 3600) -> bytes:
@@ -67,7 +67,8 @@ def test_read_rpcs(signer_server: RunningSigner) -> None:
     (admin,) = s.client.list_keys()
     assert public == admin
     assert public["algorithm"] == "ed25519"
-    assert {r["pattern"] for r in public["roles"]} == {"timestamp", "snapshot", "bins-*"}
+    assert {r["pattern"] for r in public["roles"]} == {"timestamp", "snapshot", ONLINE_BIN_PATTERN}
+    assert public["bins"] == {"prefix": "bins", "bit_length": 8}
     assert public["versions"] == [s.active]
     (state,) = s.client.role_state("online", "bins-0a")
     assert (state["role"], state["version"], state["keyid"]) == ("bins-0a", 3, s.active["keyid"])

@@ -6,6 +6,9 @@ End-to-end mutual TLS is tested with the server's TLS listener.
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,14 +22,16 @@ from cryptography.x509.oid import NameOID
 from tuf_signer.client import (
     CA_ENV,
     CERT_ENV,
+    INSECURE_ENV,
     KEY_ENV,
     SERVER_ENV,
     AsyncClient,
     Client,
     TlsConfig,
+    TufSignerSigner,
     resolve_server,
 )
-from tuf_signer.errors import ConfigError, RequestError
+from tuf_signer.errors import ConfigError, RemoteError, RequestError
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +202,140 @@ def test_resolve_server(
     if env:
         monkeypatch.setenv(SERVER_ENV, env)
     assert resolve_server(given) == expected
+
+
+# --- finding 12: no silent plaintext to a remote host ----------------------------------
+
+PLAINTEXT_TARGETS = [
+    ("f12-plaintext-remote-refused", "signer.example:50051", False),
+    ("f12-plaintext-private-address-refused", "10.1.2.3:50051", False),
+    ("f12-plaintext-any-address-refused", "0.0.0.0:50051", False),
+    ("f12-plaintext-dns-target-refused", "dns:///signer.example:50051", False),
+    ("f12-plaintext-mixed-address-list-refused", "ipv4:127.0.0.1:1,10.0.0.1:1", False),
+    ("f12-plaintext-ipv4-loopback-allowed", "127.0.0.1:50051", True),
+    ("f12-plaintext-loopback-range-allowed", "127.8.0.1:50051", True),
+    ("f12-plaintext-localhost-allowed", "localhost:50051", True),
+    ("f12-plaintext-ipv6-loopback-allowed", "[::1]:50051", True),
+    ("f12-plaintext-unix-socket-allowed", "unix:/run/tuf-signer.sock", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("server", "allowed"),
+    [(s, a) for _, s, a in PLAINTEXT_TARGETS],
+    ids=[i for i, _, _ in PLAINTEXT_TARGETS],
+)
+async def test_plaintext_only_to_loopback_unless_insecure(
+    monkeypatch: pytest.MonkeyPatch, server: str, allowed: bool
+) -> None:
+    for name in (CA_ENV, CERT_ENV, KEY_ENV, INSECURE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    if allowed:
+        Client(server).close()
+        async with AsyncClient(server):
+            pass
+        return
+    match = (
+        rf"no CA is set \(ca or \${CA_ENV}\).*plaintext.*not a loopback address.*"
+        rf"insecure=True / {INSECURE_ENV}=1"
+    )
+    with pytest.raises(ConfigError, match=match):
+        Client(server)
+    with pytest.raises(ConfigError, match=match):
+        AsyncClient(server)
+    # Told explicitly, by argument or by the environment: allowed.
+    Client(server, insecure=True).close()
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    Client(server).close()
+
+
+def test_signer_uri_refuses_plaintext_to_a_remote_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    from securesystemslib.signer import SSlibKey
+
+    for name in (CA_ENV, CERT_ENV, KEY_ENV, INSECURE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    key = SSlibKey("ab" * 32, "ed25519", "ed25519", {"public": "cd" * 32})
+    with pytest.raises(ConfigError, match=INSECURE_ENV):
+        TufSignerSigner.from_priv_key_uri("tufsigner://signer.example:50051/online", key)
+
+
+@pytest.mark.parametrize(
+    ("value", "insecure"),
+    [("1", True), ("true", True), ("YES", True), ("0", False), ("no", False), ("", False)],
+    ids=["one", "true", "yes-upper", "zero", "no", "empty"],
+)
+def test_insecure_env_values(value: str, insecure: bool) -> None:
+    assert TlsConfig.from_env(environ={INSECURE_ENV: value}).insecure is insecure
+
+
+def test_insecure_env_garbage_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=rf"\${INSECURE_ENV}: expected 1 or 0"):
+        TlsConfig.from_env(environ={INSECURE_ENV: "maybe"})
+
+
+def test_insecure_contradicts_a_ca(pki: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match=rf"insecure \(\${INSECURE_ENV}\) .* a CA is set"):
+        Client("signer.example:1", ca=pki["ca"], insecure=True)
+    with pytest.raises(RequestError, match="either tls= or"):
+        Client("signer.example:1", tls=TlsConfig(), insecure=True)
+
+
+def _local_address() -> str | None:
+    """A non-loopback address of this machine, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for UDP connect
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, list[bytes]]]:
+    """A TCP listener on a non-loopback address that keeps what clients send."""
+    address = _local_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    server = socket.create_server((address, 0))
+    server.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    received.append(conn.recv(1024))
+                except OSError:
+                    received.append(b"")
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"{address}:{server.getsockname()[1]}", received
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def test_f12_no_plaintext_byte_reaches_a_remote_host(
+    listener: tuple[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, received = listener
+    for name in (CA_ENV, CERT_ENV, KEY_ENV, INSECURE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="not a loopback address"), Client(target, timeout=1):
+        pass  # never reached: the client refuses to open the channel
+    assert received == []
+    # The same call, told to go plaintext, does send the HTTP/2 preface in clear:
+    # the refusal above is what kept it from the wire.
+    with Client(target, timeout=1, insecure=True) as client, pytest.raises(RemoteError):
+        client.public_keys()
+    assert received and received[0].startswith(b"PRI * HTTP/2.0")

@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from securesystemslib.formats import encode_canonical
-from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Snapshot,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def fold_free(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without the keys that fold together with an earlier one.
+
+    For hypothesis strategies of objects a TUF signer must accept: parse_canonical
+    refuses keys alike under case folding or NFKC (issue 10, finding 2).
+    """
+    from tuf_signer.policy._canonical import _fold
+
+    seen: set[str] = set()
+    out = {}
+    for key, value in obj.items():
+        folded = _fold(key)
+        if folded not in seen:
+            seen.add(folded)
+            out[key] = value
+    return out
+
 
 _MISSING = object()
 
@@ -80,14 +108,34 @@ def _target(i: int, path_prefix: str = "packages") -> TargetFile:
     )
 
 
+def _targets_in(bins: SuccinctRoles, role: str) -> Iterator[TargetFile]:
+    """PyPI-like targets whose paths python-tuf puts in bin ``role``, deterministically."""
+    return (t for t in map(_target, itertools.count()) if bins.get_role_for_target(t.path) == role)
+
+
 @pytest.fixture
 def make_bin() -> BinFactory:
-    """Build a PEP 458 hashed-bin targets metadata (default ~54 KB, 139 targets)."""
+    """Build a PEP 458 hashed-bin targets metadata (default ~54 KB, 139 targets).
+
+    With ``bins=(prefix, bit_length)`` and ``role``, every target path hashes into
+    that bin (python-tuf's ``SuccinctRoles``); without, the paths fall anywhere.
+    """
 
     def build(
-        n_targets: int = 139, *, version: int = 3, valid_for: timedelta = timedelta(hours=23)
+        n_targets: int = 139,
+        *,
+        version: int = 3,
+        valid_for: timedelta = timedelta(hours=23),
+        bins: tuple[str, int] | None = None,
+        role: str = "",
     ) -> Metadata[Targets]:
-        targets = {t.path: t for t in (_target(i) for i in range(n_targets))}
+        if bins is None:
+            chosen = [_target(i) for i in range(n_targets)]
+        else:
+            succinct = SuccinctRoles([], 1, bins[1], bins[0])
+            assert role in succinct.get_roles(), f"{role!r} is not a bin of {bins}"
+            chosen = list(itertools.islice(_targets_in(succinct, role), n_targets))
+        targets = {t.path: t for t in chosen}
         return Metadata(Targets(version=version, expires=NOW + valid_for, targets=targets))
 
     return build

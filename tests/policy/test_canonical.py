@@ -15,7 +15,7 @@ from tuf.api.metadata import Metadata, Targets
 from tuf_signer.errors import PayloadError
 from tuf_signer.policy import parse_canonical
 
-from .conftest import BinFactory
+from .conftest import BinFactory, fold_free
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -93,6 +93,61 @@ REFUSALS = [
     pytest.param(b'{"a":' * 100_000, r"nested deeper than 64", id="object-bomb-unclosed-100k"),
     pytest.param(
         b'{"a":"' + b'\\"[' * 1000 + b'",' + b"[" * 70, r"nested deeper", id="bomb-after-brackets"
+    ),
+    # Issue 10, finding 2: keys another decoder reads as one (Go's encoding/json
+    # folds case with Unicode simple folding; last match wins).
+    pytest.param(
+        canonical({"expires": "2030-01-01T00:00:00Z", "expire\u017f": "2099-01-01T00:00:00Z"}),
+        r"keys 'expires' and 'expire\u017f' \(expire\\u017f\) in the object at the top level: "
+        r"they differ only in case or Unicode form",
+        id="f2-long-s-expires",
+    ),
+    pytest.param(
+        canonical({"version": 7, "ver\u017fion": 1}),
+        r"'version' and 'ver\u017fion'",
+        id="f2-long-s-version",
+    ),
+    pytest.param(
+        canonical({"meta": {"snapshot.json": {"version": 1}}, "\u212aeyid": 1, "keyid": 2}),
+        r"'keyid' and '\u212aeyid' \(\\u212aeyid\)",
+        id="f2-kelvin",
+    ),
+    pytest.param(
+        canonical({"version": 1, "\uff56ersion": 2}),
+        r"'version' and '\uff56ersion' \(\\uff56ersion\)",
+        id="f2-fullwidth-nfkc",
+    ),
+    pytest.param(
+        canonical({"\ufb01le": 1, "file": 2}), r"'file' and '\ufb01le'", id="f2-ligature-nfkc"
+    ),
+    pytest.param(
+        canonical({"Version": 1, "version": 2}), r"'Version' and 'version'", id="f2-ascii-case"
+    ),
+    pytest.param(
+        canonical({"targets": {"a/Foo.whl": {}, "a/foo.whl": {}}}),
+        r"'a/Foo.whl' and 'a/foo.whl' in the object at '/targets'",
+        id="f2-target-paths-differ-in-case",
+    ),
+    pytest.param(
+        canonical(
+            {
+                "delegations": {
+                    "roles": [{"name": "a", "paths": ["x"], "\u212aeyids": [], "keyids": []}]
+                }
+            }
+        ),
+        r"in the object at '/delegations/roles/0'",
+        id="f2-nested-depth",
+    ),
+    pytest.param(
+        canonical({"a": {"b~/c": {"x": {"SS": 1, "\u00df": 2}}}}),
+        r"'SS' and '\u00df' \(\\xdf\) in the object at '/a/b~0~1c/x'",
+        id="f2-sharp-s-pointer-escaped",
+    ),
+    pytest.param(
+        canonical({"n": 2**70, "x": {"\x00A": 1, "\x00a": 2}}),
+        r"'\\x00A' and '\\x00a' in the object at '/x'",
+        id="f2-slow-path-also-checked",
     ),
 ]
 
@@ -185,10 +240,12 @@ _TEXT = st.text(_CHARS, max_size=12)
 _SCALARS = st.none() | st.booleans() | st.integers() | _TEXT
 _VALUES = st.recursive(
     _SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXT, children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_TEXT, children, max_size=4).map(fold_free)
+    ),
     max_leaves=25,
 )
-_OBJECTS = st.dictionaries(_TEXT, _VALUES, max_size=5)
+_OBJECTS = st.dictionaries(_TEXT, _VALUES, max_size=5).map(fold_free)
 
 
 def _depth(value: Any) -> int:

@@ -17,8 +17,9 @@ from tuf_signer.errors import (
     RequestError,
     TufSignerError,
 )
-from tuf_signer.model import RoleRule
+from tuf_signer.model import BinsDelegation, RoleRule
 from tuf_signer.policy import (
+    PEP458_BINS,
     PEP458_ONLINE_RULES,
     TUF_EXPIRES_FORMAT,
     SignedInfo,
@@ -29,6 +30,7 @@ from tuf_signer.policy import (
     check_type_fits_role,
     inspect_signed,
     parse_canonical,
+    pep458_online_rules,
     resolve_role,
     validate_rules,
 )
@@ -36,6 +38,8 @@ from tuf_signer.policy import (
 from .conftest import NOW, BinFactory, PayloadFactory
 
 DAY = 86400
+# A key created before bins declarations: its stored glob rules still work for
+# check_role_allowed, and for every role that is not a bin.
 RULES = (
     RoleRule("timestamp", DAY),
     RoleRule("snapshot", 2 * DAY),
@@ -43,6 +47,8 @@ RULES = (
     RoleRule("delegated-[ab]", DAY),
 )
 MAX_PAYLOAD = 4 * 1024 * 1024
+# 16 bins ("bins-0".."bins-f"): python-tuf can fill one with many targets quickly.
+BINS4 = BinsDelegation("bins", 4)
 
 
 def refused(
@@ -398,17 +404,21 @@ def test_expiry_needs_aware_datetimes() -> None:
 
 
 @pytest.mark.parametrize(
-    "rules",
+    ("rules", "bins"),
     [
-        pytest.param(PEP458_ONLINE_RULES, id="pep458"),
-        pytest.param(RULES, id="test-rules"),
-        pytest.param((RoleRule("bins-[0-9a-f]*", 1),), id="char-class"),
-        pytest.param((RoleRule("ro?t-mirror", 10 * 365 * DAY),), id="ten-years"),
-        pytest.param((RoleRule("[!r]oot", DAY),), id="negated-class-excludes-root"),
+        pytest.param(PEP458_ONLINE_RULES, PEP458_BINS, id="pep458"),
+        pytest.param(pep458_online_rules(BINS4), BINS4, id="pep458-bins4"),
+        pytest.param(
+            (RoleRule("timestamp", DAY), RoleRule("snapshot", DAY), RoleRule("targets", DAY)),
+            None,
+            id="literals-without-bins",
+        ),
+        pytest.param((RoleRule("root-mirror", 10 * 365 * DAY),), None, id="ten-years"),
+        pytest.param((RoleRule("bins-7", DAY),), BINS4, id="one-literal-bin"),
     ],
 )
-def test_validate_rules_accepts(rules: tuple[RoleRule, ...]) -> None:
-    validate_rules(rules)
+def test_validate_rules_accepts(rules: tuple[RoleRule, ...], bins: BinsDelegation | None) -> None:
+    validate_rules(rules, bins)
 
 
 @pytest.mark.parametrize(
@@ -460,10 +470,11 @@ def test_validate_rules_refusals(rules: tuple[RoleRule, ...], reason: str) -> No
 
 
 def test_pep458_online_rules() -> None:
+    assert BinsDelegation("bins", 14) == PEP458_BINS
     assert [(r.pattern, r.max_validity) for r in PEP458_ONLINE_RULES] == [
         ("timestamp", DAY),
         ("snapshot", DAY),
-        ("bins-*", DAY),
+        ("bins-[0-3][0-9a-f][0-9a-f][0-9a-f]", DAY),
     ]
     for offline in ("root", "targets", "bins"):
         with pytest.raises(PermissionError_):
@@ -489,20 +500,41 @@ def test_sign_request_snapshot(snapshot_md: Metadata[Snapshot]) -> None:
 
 @pytest.mark.parametrize("n_targets", [1, 139, 2000])
 def test_sign_request_bin(make_bin: BinFactory, n_targets: int) -> None:
-    md = make_bin(n_targets)
+    md = make_bin(n_targets, bins=("bins", 4), role="bins-a")
     payload = md.signed_bytes
     role, info, rule = check_sign_request(
-        payload, "bins-0a1", "online", PEP458_ONLINE_RULES, NOW, MAX_PAYLOAD
+        payload, "bins-a", "online", pep458_online_rules(BINS4), NOW, MAX_PAYLOAD, bins=BINS4
     )
-    assert (role, info.type, info.version, rule.pattern) == ("bins-0a1", "targets", 3, "bins-*")
+    assert (role, info.type, info.version) == ("bins-a", "targets", 3)
+    assert rule.pattern == "bins-[0-9a-f]"
     assert info.expires == NOW + timedelta(hours=23)
 
 
+def test_sign_request_pep458_bin(make_bin: BinFactory) -> None:
+    md = make_bin(2, bins=("bins", 14), role="bins-00a1")
+    role, _, rule = check_sign_request(
+        md.signed_bytes,
+        "bins-00a1",
+        "online",
+        PEP458_ONLINE_RULES,
+        NOW,
+        MAX_PAYLOAD,
+        bins=PEP458_BINS,
+    )
+    assert (role, rule) == ("bins-00a1", PEP458_ONLINE_RULES[2])
+
+
 def test_sign_request_bin_with_control_characters_in_custom(make_bin: BinFactory) -> None:
-    md = make_bin(5)
+    md = make_bin(5, bins=("bins", 4), role="bins-1")
     next(iter(md.signed.targets.values())).unrecognized_fields["custom"] = {"note": "a\tb\x00"}
     role, _, _ = check_sign_request(
-        md.signed_bytes, "bins-1", "online", PEP458_ONLINE_RULES, NOW, MAX_PAYLOAD
+        md.signed_bytes,
+        "bins-1",
+        "online",
+        pep458_online_rules(BINS4),
+        NOW,
+        MAX_PAYLOAD,
+        bins=BINS4,
     )
     assert role == "bins-1"
 

@@ -9,9 +9,11 @@ is accepted must be exactly what an independent reference accepts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +34,7 @@ RULES = (
     RoleRule("timestamp", DAY),
     RoleRule("snapshot", DAY),
     RoleRule("targets", 365 * DAY),
-    RoleRule("bins-*", DAY),
+    RoleRule("bins-0", DAY),  # a literal: glob rules need a bins declaration
 )
 MAX_PAYLOAD = 1024 * 1024  # bytes: above every input here, so the parser always runs
 BIG = 200_000  # bytes: the size the timing bound is about
@@ -152,7 +154,15 @@ def _refuse(value: str) -> Any:
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len({k for k, _ in pairs}) != len(pairs):
         raise ValueError("duplicate key")
+    # One reading (issue 10, finding 2): no two keys alike under case folding or NFKC.
+    if len({_folded(k) for k, _ in pairs}) != len(pairs):
+        raise ValueError("keys alike under case folding or NFKC")
     return dict(pairs)
+
+
+def _folded(key: str) -> str:
+    nfkc = functools.partial(unicodedata.normalize, "NFKC")
+    return nfkc(nfkc(key).casefold())
 
 
 def _depth(value: Any) -> int:

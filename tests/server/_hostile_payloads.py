@@ -124,3 +124,45 @@ def sized_targets(size: int) -> Build:
 def nested(depth: int, open_: bytes = b"[", close: bytes = b"]") -> Build:
     """Valid timestamp with an extra field ``z`` nested ``depth`` containers deep."""
     return append_field(timestamp(), b',"z":' + open_ * depth + close * depth)
+
+
+# --- issue 10, finding 2: keys that Go's encoding/json folds into one ----------------
+
+# Go matches keys to struct fields case-insensitively with Unicode simple folding
+# (U+017F long s ~ s, U+212A Kelvin sign ~ k), and the last match wins: go-tuf
+# v0.x read these payloads' second "expires"/"version". They sort after the
+# real keys ("expires" < "expire\u017f"), so Go reads them last.
+GO_EXPIRES = "2099-01-01T00:00:00Z"
+
+
+def go_folded_timestamp() -> Build:
+    """A valid timestamp plus ``expire\u017f`` (2099) and ``ver\u017fion`` (1)."""
+    return edit(timestamp(), **{"expire\u017f": GO_EXPIRES, "ver\u017fion": 1})
+
+
+def folded_keys(**fields: Any) -> Build:
+    """A valid timestamp plus the given top-level fields (keys that fold onto others)."""
+    return edit(timestamp(), **fields)
+
+
+def folded_in_meta() -> Build:
+    """``meta/snapshot.json`` holds ``version`` and ``ver\u017fion``: depth 2."""
+
+    def build(p: Payloads) -> bytes:
+        obj = json.loads(p.timestamp(VERSION))
+        obj["meta"]["snapshot.json"]["ver\u017fion"] = 99
+        return canonical(obj)
+
+    return build
+
+
+def targets_differing_in_case() -> Build:
+    """Targets metadata with the paths ``a/Foo.whl`` and ``a/foo.whl``."""
+
+    def build(p: Payloads) -> bytes:
+        obj = json.loads(p.targets(VERSION, n_targets=1))
+        (info,) = obj["targets"].values()
+        obj["targets"] = {"a/Foo.whl": info, "a/foo.whl": info}
+        return canonical(obj)
+
+    return build

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,12 +17,33 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Tar
 
 from tuf_signer.audit import AuditRecord, SqliteAuditStore
 from tuf_signer.config import Config, load_config
+from tuf_signer.model import BinsDelegation
+from tuf_signer.policy import bin_for_path, bin_index, bin_name, bins_pattern
 from tuf_signer.server import SignerServer
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
 # Small enough that a test can exceed it cheaply, large enough for real bins.
 TEST_MAX_PAYLOAD = 256 * 1024
+
+# The succinct hash bins the test keys declare (issue 10, finding 1): 256 bins,
+# "bins-00".."bins-ff", few enough that a bin of 2,000 targets is quick to fill.
+TEST_BINS = BinsDelegation("bins", 8)
+TEST_BIN_PATTERN = bins_pattern(TEST_BINS)  # "bins-[0-9a-f][0-9a-f]"
+# A key policy for the test keys: timestamp, snapshot and the declared bins.
+TEST_ROLES = [("timestamp", 86400), ("snapshot", 86400), (TEST_BIN_PATTERN, 86400)]
+
+
+def bin_role(i: int) -> str:
+    """The name of test bin ``i`` (0..255)."""
+    return bin_name(TEST_BINS, i)
+
+
+@functools.lru_cache(maxsize=4096)
+def _paths_in(role: str, n: int, salt: str) -> tuple[str, ...]:
+    """``n`` target paths that hash into test bin ``role`` (python-tuf's rule)."""
+    candidates = (f"packages/{i:04d}/example-{salt}{i}.tar.gz" for i in itertools.count())
+    return tuple(itertools.islice((p for p in candidates if bin_for_path(TEST_BINS, p) == role), n))
 
 
 class Clock:
@@ -95,11 +118,17 @@ class Payloads:
     def root(self, version: int = 1) -> bytes:
         return Metadata(Root(version=version, expires=self.expires())).signed_bytes
 
-    def targets(self, version: int, n_targets: int = 3, salt: str = "", **kw: Any) -> bytes:
+    def targets(
+        self, version: int, n_targets: int = 3, salt: str = "", role: str = "", **kw: Any
+    ) -> bytes:
+        """Targets metadata; when ``role`` is a test bin, its paths all hash into it."""
+        if bin_index(TEST_BINS, role) is not None:
+            paths: Any = _paths_in(role, n_targets, salt)
+        else:
+            paths = (f"packages/{i:04d}/example-{salt}{i}.tar.gz" for i in range(n_targets))
         files = {}
-        for i in range(n_targets):
+        for i, path in enumerate(paths):
             data = f"{salt}{i}".encode()
-            path = f"packages/{i:04d}/example-{salt}{i}.tar.gz"
             files[path] = TargetFile(
                 length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=path
             )
@@ -121,15 +150,24 @@ class Harness:
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def create_key(
-        self, name: str, algorithm: int = pb.ED25519, roles: list[tuple[str, int]] | None = None
+        self,
+        name: str,
+        algorithm: int = pb.ED25519,
+        roles: list[tuple[str, int]] | None = None,
+        bins: BinsDelegation | None = TEST_BINS,
     ) -> pb.KeyInfo:
-        roles = roles or [("timestamp", 86400), ("snapshot", 86400), ("bins-*", 86400)]
+        roles = roles or TEST_ROLES
         r = await self.admin.CreateKey(
             pb.CreateKeyRequest(
                 name=name,
                 algorithm=algorithm,
                 roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in roles],
                 activate=True,
+                bins=(
+                    pb.BinsDelegation(prefix=bins.prefix, bit_length=bins.bit_length)
+                    if bins is not None
+                    else None
+                ),
             )
         )
         return r.key
@@ -207,9 +245,9 @@ async def restart(config_path: Path, clock: Clock) -> AsyncIterator[Callable[[Ha
 
 # --- mutual TLS ------------------------------------------------------------------------
 
-BACKEND = "spiffe://tuf-signer.dev/backend"
-ADMIN = "spiffe://tuf-signer.dev/admin"
-NOBODY = "spiffe://tuf-signer.dev/nobody"
+BACKEND = "uri:spiffe://tuf-signer.dev/backend"
+ADMIN = "uri:spiffe://tuf-signer.dev/admin"
+NOBODY = "uri:spiffe://tuf-signer.dev/nobody"
 
 
 @dataclass
@@ -320,7 +358,7 @@ def pki(tmp_path: Path) -> Pki:
 async def tls_harness(
     tmp_path: Path, softhsm: Any, pki: Pki, clock: Clock, request: pytest.FixtureRequest
 ) -> AsyncIterator[TlsHarness]:
-    """A mutual-TLS server with key ``k`` (timestamp, snapshot, bins-*) already created.
+    """A mutual-TLS server with key ``k`` (timestamp, snapshot, targets, TEST_BINS) created.
 
     Parametrise indirectly with a dict to add config text: ``{"extra": "[limits]..."}``.
     """
@@ -339,9 +377,10 @@ async def tls_harness(
             name="k",
             roles=[
                 pb.RoleRule(pattern=p, max_validity_seconds=86400)
-                for p in ("timestamp", "snapshot", "targets", "bins-*")
+                for p in ("timestamp", "snapshot", "targets", TEST_BIN_PATTERN)
             ],
             activate=True,
+            bins=pb.BinsDelegation(prefix=TEST_BINS.prefix, bit_length=TEST_BINS.bit_length),
         )
     )
     try:

@@ -25,11 +25,11 @@ async def test_batch_mixes_grants_and_refusals_item_by_item(harness: Harness) ->
     requests = [
         _req("k", p.timestamp(1)),
         _req("nope", p.timestamp(1)),  # unknown key
-        _req("k", p.targets(1, salt="a"), role="bins-1"),
+        _req("k", p.targets(1, salt="a", role="bins-01"), role="bins-01"),
         _req("k", b"{not json"),
         _req("k", p.targets(1, salt="b"), role="targets"),  # role not allowed
         _req("k", p.snapshot(1)),
-        _req("k", p.targets(1, salt="c"), role="bins-2", keyid="0" * 64),  # stale pin
+        _req("k", p.targets(1, salt="c", role="bins-02"), role="bins-02", keyid="0" * 64),
     ]
     before = len(harness.records())
     response = await harness.signer.SignBatch(pb.SignBatchRequest(requests=requests))

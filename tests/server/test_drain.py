@@ -31,10 +31,11 @@ async def test_sigterm_drains_in_flight_signs(tmp_path: Path) -> None:
         payload = Metadata(Targets(version=1, expires=expires)).signed_bytes
         async with grpc.aio.secure_channel(address, creds) as channel:
             stub = pb_grpc.SignerStub(channel)
-            await stub.Sign(pb.SignRequest(key="online", role="bins-warm-up", payload=payload))
-            # Many distinct bins in flight, then SIGTERM while they run.
+            await stub.Sign(pb.SignRequest(key="online", role="bins-3fff", payload=payload))
+            # Many distinct bins (dev-init's bins:14; an empty bin fits any) in
+            # flight, then SIGTERM while they run.
             calls = [
-                stub.Sign(pb.SignRequest(key="online", role=f"bins-{i}", payload=payload))
+                stub.Sign(pb.SignRequest(key="online", role=f"bins-{i:04x}", payload=payload))
                 for i in range(300)
             ]
             await asyncio.sleep(0.05)

@@ -20,10 +20,11 @@ time); the cases do not depend on each other, and each arranges what it needs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,8 @@ import pytest_asyncio
 
 from tuf_signer.audit import SqliteAuditStore
 from tuf_signer.config import load_config
-from tuf_signer.model import Outcome, RoleState
+from tuf_signer.model import BinsDelegation, Outcome, RoleState, recordable
+from tuf_signer.policy import bin_for_path, pep458_online_rules
 from tuf_signer.server import SignerServer
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
@@ -46,6 +48,7 @@ from .conftest import (
     BACKEND,
     NOBODY,
     TEST_MAX_PAYLOAD,
+    TLS_POLICY,
     Clock,
     Payloads,
     TlsHarness,
@@ -57,6 +60,9 @@ from .conftest import (
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 IDENTITIES = {"backend": BACKEND, "admin": ADMIN, "nobody": NOBODY}
+# Targets roles of key "k", which declares no bins: literal names only.
+LITERAL_BINS = ("bins-0", "bins-r", "bins-e", "bins-max")
+BINS12 = BinsDelegation("bins", 12)
 MAX_REASON = 512  # characters: a reason is a short message (errors.py), never an echo
 
 
@@ -94,21 +100,40 @@ async def signer(tmp_path_factory: pytest.TempPathFactory, softhsm: Any) -> Asyn
     directory: Path = tmp_path_factory.mktemp("hostile") / "signer"
     pki = make_pki(directory)
     # No SignBatch here: gRPC's message limit is then max_payload_bytes + 64 KiB.
-    path = write_tls_config(directory, softhsm, server=f"max_batch_bytes = {TEST_MAX_PAYLOAD}\n")
+    path = write_tls_config(
+        directory,
+        softhsm,
+        server=f"max_batch_bytes = {TEST_MAX_PAYLOAD}\n",
+        policy=TLS_POLICY.replace('keys = ["k"]', 'keys = ["k", "b12"]'),
+    )
     clock = Clock()
     server = SignerServer(load_config(path), clock=clock)
     await server.start()
     h = TlsHarness(path, pki, server, clock, Payloads(clock))
     try:
         admin = h.admin("admin")
+        # Key "k" declares no hash bins: its targets roles are literal names.
         await admin.CreateKey(
             pb.CreateKeyRequest(
                 name="k",
                 roles=[
                     pb.RoleRule(pattern=p, max_validity_seconds=86400)
-                    for p in ("timestamp", "snapshot", "targets", "bins-*")
+                    for p in ("timestamp", "snapshot", "targets", *LITERAL_BINS)
                 ],
                 activate=True,
+            )
+        )
+        # Key "b12" declares bins:12 ("bins-000".."bins-fff"), exactly as the CLI's
+        # --bins bins:12 does, with the one glob that declaration allows.
+        await admin.CreateKey(
+            pb.CreateKeyRequest(
+                name="b12",
+                roles=[
+                    pb.RoleRule(pattern=r.pattern, max_validity_seconds=r.max_validity)
+                    for r in pep458_online_rules(BINS12)
+                ],
+                activate=True,
+                bins=pb.BinsDelegation(prefix=BINS12.prefix, bit_length=BINS12.bit_length),
             )
         )
         s = Signer(h, {name: h.signer(name) for name in IDENTITIES}, admin)
@@ -542,20 +567,49 @@ HOSTILE: dict[str, Hostile] = {
         FAILED, NOT_ACTIVE, arrange=_pin_active(lambda k: k[:16])
     ),
     "pin-non-hex": Hostile(FAILED, "expected keyid zzzz", arrange=_pin("z" * 64)),
-    "pin-10k-chars": Hostile(FAILED, NOT_ACTIVE, arrange=_pin("ab" * 5000)),
-    # --- key names (authorised before looked up: an unknown key is just not allowed) --------
-    "key-unknown": Hostile(DENIED, "may not sign with key 'nope'", key="nope"),
-    "key-empty": Hostile(DENIED, "may not sign with key ''", key=""),
-    "key-path-like": Hostile(DENIED, r"may not sign with key '\.\./k'", key="../k"),
-    "key-case": Hostile(DENIED, "may not sign with key 'K'", key="K"),
-    "key-trailing-nul": Hostile(DENIED, r"may not sign with key 'k\\x00'", key="k\x00"),
-    "key-10k-chars": Hostile(DENIED, "may not sign with key 'kkkk", key="k" * 10_000),
-    "key-100k-chars": Hostile(DENIED, "may not sign with key 'kkkk", key="k" * 100_000),
-    # --- identities -------------------------------------------------------------------------
-    "identity-without-rule": Hostile(
-        DENIED, f"identity '{NOBODY}' has no access rule", client="nobody"
+    "pin-10k-chars": Hostile(
+        INVALID, "expected_keyid 'abab.*is not a keyid", arrange=_pin("ab" * 5000)
     ),
+    # --- key names: validated first (issue 10, findings 3 and 4), then authorised before
+    # they are looked up (an unknown key is just not allowed) -------------------------------
+    "key-unknown": Hostile(DENIED, "may not sign with key 'nope'", key="nope"),
+    "key-empty": Hostile(INVALID, "key name is required", key=""),
+    "key-path-like": Hostile(INVALID, r"key name '\.\./k' may only use letters", key="../k"),
+    "key-case": Hostile(DENIED, "may not sign with key 'K'", key="K"),
+    "key-trailing-nul": Hostile(INVALID, r"key name 'k\\x00' may only use", key="k\x00"),
+    "key-10k-chars": Hostile(INVALID, "key name is longer than 128", key="k" * 10_000),
+    "key-100k-chars": Hostile(INVALID, "key name is longer than 128", key="k" * 100_000),
+    # --- identities -------------------------------------------------------------------------
+    # An identity without any rule is counted, not recorded per call: test_abuse.py (f4).
     "identity-admin-signs": Hostile(DENIED, f"identity '{ADMIN}' may not sign", client="admin"),
+    # --- issue 10, finding 2: one reading of the payload (keys Go folds into one) ---------
+    "f2-go-long-s-expires-and-version": Hostile(
+        INVALID,
+        r"keys 'expires' and 'expire\u017f' \(expire\\u017f\) in the object at the top "
+        r"level: they differ only in case or Unicode form",
+        hp.go_folded_timestamp(),
+    ),
+    "f2-go-kelvin-sign": Hostile(
+        INVALID,
+        r"keys 'x-key' and 'x-\u212aey' \(x-\\u212aey\)",
+        hp.folded_keys(**{"x-key": 1, "x-\u212aey": 2}),
+    ),
+    "f2-fullwidth-nfkc": Hostile(
+        INVALID,
+        r"'version' and '\uff56ersion' \(\\uff56ersion\)",
+        hp.folded_keys(**{"\uff56ersion": 1}),
+    ),
+    "f2-nested-depth": Hostile(
+        INVALID,
+        r"keys 'version' and 'ver\u017fion' .* in the object at '/meta/snapshot\.json'",
+        hp.folded_in_meta(),
+    ),
+    "f2-target-paths-differ-only-in-case": Hostile(
+        INVALID,
+        r"'a/Foo\.whl' and 'a/foo\.whl' in the object at '/targets'",
+        hp.targets_differing_in_case(),
+        role="bins-0",
+    ),
 }
 
 # BUG: the reason echoes the caller's key name unbounded (policy/_authz.py,
@@ -609,9 +663,109 @@ async def test_hostile_sign_is_refused_recorded_and_unsigned(signer: Signer, cas
     assert event.reason == reason
     assert event.identity == IDENTITIES[case.client]
     assert event.signature == ""
-    assert event.key_name == case.key
+    assert event.key_name == recordable(case.key)  # escaped and bounded (findings 3, 4)
     assert event.payload_sha256 == hashlib.sha256(request.payload).hexdigest()
     assert signer.states() == states, "a refusal moves no high-water mark"
+
+
+# --- issue 10, finding 1: bins are real bins, end to end ------------------------------------
+
+
+def _bin12_payload(s: Signer, version: int, role: str, salt: str, outside: str = "") -> bytes:
+    """Targets metadata whose paths python-tuf puts in ``role`` (bins:12), plus ``outside``."""
+
+    def in_bin(name: str) -> Iterator[str]:
+        candidates = (f"packages/{salt}/{i:05d}/dist-{i}.tar.gz" for i in itertools.count())
+        return (p for p in candidates if bin_for_path(BINS12, p) == name)
+
+    paths = list(itertools.islice(in_bin(role), 2))
+    if outside:
+        paths.append(next(in_bin(outside)))
+    obj = json.loads(s.payloads.targets(version, n_targets=1, salt=salt))
+    (info,) = obj["targets"].values()
+    obj["targets"] = {path: info for path in paths}
+    return hp.canonical(obj)
+
+
+async def _refused_once(
+    s: Signer, request: pb.SignRequest, code: grpc.StatusCode, match: str
+) -> None:
+    """The Sign is refused with ``code``, recorded exactly once, and signs nothing."""
+    states = s.states()
+    head = s.h.records()[-1].seq
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await s.stubs["backend"].Sign(request)
+    reason = info.value.details() or ""
+    assert info.value.code() == code, reason
+    assert re.search(match, reason), reason
+    (record,) = [r for r in s.h.records() if r.seq > head]
+    assert record.event.outcome is Outcome.REFUSED
+    assert (record.event.role, record.event.signature) == (request.role, "")
+    assert record.event.reason == reason
+    assert s.states() == states, "a refusal moves no high-water mark"
+
+
+@on_module_loop
+async def test_f1_fork_and_rollback_under_bin_aliases_are_refused(signer: Signer) -> None:
+    """The review's reproduction: bins-0c1 v5 A granted; B as bins-0c1-fork and v1 as
+    bins-0c1-old were granted too, and python-tuf accepts both as bins-0c1."""
+    (created,) = [
+        r
+        for r in signer.h.records()
+        if r.event.operation == "create-key" and r.event.key_name == "b12"
+    ]
+    assert created.event.detail["bins"] == "bins:12"  # the declaration is on the record
+    listed = {k.name: k for k in (await signer.admin.ListKeys(pb.ListKeysRequest())).keys}
+    assert (listed["b12"].bins.prefix, listed["b12"].bins.bit_length) == ("bins", 12)
+    assert not listed["k"].HasField("bins")
+
+    payload_a = _bin12_payload(signer, 5, "bins-0c1", salt="a")
+    payload_b = _bin12_payload(signer, 5, "bins-0c1", salt="b")
+    payload_old = _bin12_payload(signer, 1, "bins-0c1", salt="a")
+    backend = signer.stubs["backend"]
+    granted = await backend.Sign(pb.SignRequest(key="b12", role="bins-0c1", payload=payload_a))
+    assert granted.signature.sig
+
+    # f1-fork-alias, f1-rollback-alias: no name outside bins-000..bins-fff is signed.
+    alias = r"role 'bins-0c1-(fork|old)' is not allowed for key 'b12'"
+    await _refused_once(
+        signer, pb.SignRequest(key="b12", role="bins-0c1-fork", payload=payload_b), DENIED, alias
+    )
+    await _refused_once(
+        signer, pb.SignRequest(key="b12", role="bins-0c1-old", payload=payload_old), DENIED, alias
+    )
+    # Under its own name, B is an equivocation and the v1 a rollback, as before.
+    await _refused_once(
+        signer,
+        pb.SignRequest(key="b12", role="bins-0c1", payload=payload_b),
+        FAILED,
+        "equivocation",
+    )
+    await _refused_once(
+        signer, pb.SignRequest(key="b12", role="bins-0c1", payload=payload_old), FAILED, "rollback"
+    )
+    # f1-bin-replayed-under-another-bin, f1-path-outside-bin: A's bytes as bins-0c2,
+    # and a bin holding one path of another bin.
+    await _refused_once(
+        signer,
+        pb.SignRequest(key="b12", role="bins-0c2", payload=payload_a),
+        INVALID,
+        r"belongs in bin 'bins-0c1', not 'bins-0c2'",
+    )
+    await _refused_once(
+        signer,
+        pb.SignRequest(
+            key="b12",
+            role="bins-0c3",
+            payload=_bin12_payload(signer, 5, "bins-0c3", salt="c", outside="bins-fff"),
+        ),
+        INVALID,
+        r"belongs in bin 'bins-fff', not 'bins-0c3'",
+    )
+    # Only A was ever signed for bins-0c1.
+    (state,) = [st for st in signer.states() if st.key_name == "b12"]
+    assert (state.role, state.version) == ("bins-0c1", 5)
+    assert state.payload_sha256 == hashlib.sha256(payload_a).hexdigest()
 
 
 # --- what the table cannot send: invalid UTF-8 in a proto3 string field ----------------------

@@ -26,10 +26,10 @@ from tuf_signer.model import Outcome
 from tuf_signer.testing.fake_kms import Corruption, FakeKms
 from tuf_signer.v1 import signer_pb2 as pb
 
-from .conftest import Harness, write_config
+from .conftest import TEST_BINS, TEST_ROLES, Harness, bin_role, write_config
 
 CALL_TIMEOUT = 2.0  # seconds: backends.kms.call_timeout in these tests
-ROLES = [("timestamp", 86400), ("snapshot", 86400), ("bins-*", 86400)]
+ROLES = TEST_ROLES  # timestamp, snapshot and the declared TEST_BINS
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,7 @@ async def create_key(
             backend=backend,
             roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in ROLES],
             activate=True,
+            bins=pb.BinsDelegation(prefix=TEST_BINS.prefix, bit_length=TEST_BINS.bit_length),
         )
     )
     assert r.key.backend == backend
@@ -114,7 +115,7 @@ async def test_sign_and_verify_each_algorithm_through_kms(
     for role, payload in [
         ("", harness.payloads.timestamp(1)),
         ("", harness.payloads.snapshot(1)),
-        ("bins-7", harness.payloads.targets(1)),
+        ("bins-07", harness.payloads.targets(1, role="bins-07")),
     ]:
         verify(v1, await harness.sign("k", payload, role=role), payload)
 
@@ -131,7 +132,7 @@ async def test_kms_and_softhsm_keys_served_at_once(harness: Harness, kms: FakeKm
     }
     before = sign_calls(kms)
     jobs = [
-        (name, f"bins-{i}", harness.payloads.targets(1, salt=f"{name}{i}"))
+        (name, bin_role(i), harness.payloads.targets(1, salt=f"{name}{i}", role=bin_role(i)))
         for name in keys
         for i in range(30)
     ]

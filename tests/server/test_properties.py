@@ -32,8 +32,14 @@ from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, 
 
 from tuf_signer.audit import SqliteAuditStore, verify_store
 from tuf_signer.errors import TufSignerError
-from tuf_signer.model import Outcome, RoleRule
-from tuf_signer.policy import TUF_EXPIRES_FORMAT, check_sign_request
+from tuf_signer.model import BinsDelegation, Outcome, RoleRule
+from tuf_signer.policy import (
+    TUF_EXPIRES_FORMAT,
+    bin_for_path,
+    bin_index,
+    bins_pattern,
+    check_sign_request,
+)
 from tuf_signer.v1 import signer_pb2 as pb
 
 from .conftest import Harness
@@ -44,11 +50,13 @@ from .conftest import Harness
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 DAY = 86400
+# The key declares PEP 458's bins:14 (issue 10, finding 1); its one glob is exact.
+PROPERTY_BINS = BinsDelegation("bins", 14)
 RULES = (
     RoleRule("timestamp", DAY),
     RoleRule("snapshot", 2 * DAY),
     RoleRule("targets", 365 * DAY),
-    RoleRule("bins-*", DAY),
+    RoleRule(bins_pattern(PROPERTY_BINS), DAY),
 )
 MAX_PAYLOAD = 64 * 1024
 REFUSAL_CODES = {"INVALID_ARGUMENT", "PERMISSION_DENIED", "FAILED_PRECONDITION"}
@@ -78,7 +86,8 @@ BASES = _base_payloads()
 NATURAL_ROLES = {
     "timestamp": ["", "timestamp"],
     "snapshot": ["", "snapshot"],
-    "targets": ["bins-0", "bins-3fff", "targets", "delegated"],
+    # The base's one target path hashes into this bin.
+    "targets": [bin_for_path(PROPERTY_BINS, "a/b-1.0.tar.gz"), "bins-3fff", "targets", "delegated"],
 }
 
 _TEXT = st.text(
@@ -212,6 +221,10 @@ def _check_accepted(payload: bytes, role: str, resolved: str, info: Any, rule: R
     assert resolved == (role or obj["_type"])
     assert obj["_type"] == info.type == TYPE_FOR_ROLE.get(resolved, "targets")
     assert resolved != "root" and fnmatchcase(resolved, rule.pattern)
+    if resolved.startswith("bins-"):  # a declared bin: exactly a bin, its paths hash into it
+        assert bin_index(PROPERTY_BINS, resolved) is not None
+        assert {bin_for_path(PROPERTY_BINS, path) for path in obj["targets"]} <= {resolved}
+        assert "delegations" not in obj
     assert type(obj["version"]) is int and 1 <= obj["version"] == info.version <= 2**63 - 1
     expires = datetime.strptime(obj["expires"], TUF_EXPIRES_FORMAT).replace(tzinfo=UTC)
     assert expires == info.expires
@@ -227,7 +240,9 @@ def test_policy_refuses_with_a_reason_or_accepts_only_sane_metadata(
 ) -> None:
     payload, role = request
     try:
-        resolved, info, rule = check_sign_request(payload, role, "k", RULES, NOW, MAX_PAYLOAD)
+        resolved, info, rule = check_sign_request(
+            payload, role, "k", RULES, NOW, MAX_PAYLOAD, bins=PROPERTY_BINS
+        )
     except TufSignerError as e:
         error = e
     else:
@@ -243,7 +258,9 @@ def test_policy_refuses_with_a_reason_or_accepts_only_sane_metadata(
 def test_unmutated_payloads_are_accepted(kind: str) -> None:
     """The other side of the property: its starting points pass, so acceptance is reachable."""
     payload, role = BASES[kind], NATURAL_ROLES[kind][0]
-    resolved, info, rule = check_sign_request(payload, role, "k", RULES, NOW, MAX_PAYLOAD)
+    resolved, info, rule = check_sign_request(
+        payload, role, "k", RULES, NOW, MAX_PAYLOAD, bins=PROPERTY_BINS
+    )
     _check_accepted(payload, role, resolved, info, rule)
 
 
@@ -252,7 +269,7 @@ def test_unmutated_payloads_are_accepted(kind: str) -> None:
 # =====================================================================================
 
 KEYS = ("ec", "ed")  # ECDSA signatures are randomised: a re-sign instead of a replay shows
-ROLES = ("timestamp", "snapshot", "bins-0", "bins-1")
+ROLES = ("timestamp", "snapshot", "bins-00", "bins-01")  # two of the keys' TEST_BINS
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
@@ -328,7 +345,7 @@ class Rpc:
         elif kind == "snapshot":
             payload = p.snapshot(version, bins=op.salt + 1, **kw)
         else:
-            payload = p.targets(version, n_targets=2, salt=str(op.salt), **kw)
+            payload = p.targets(version, n_targets=2, salt=str(op.salt), role=op.role, **kw)
         if op.defect == "spec-version-2":
             payload = payload.replace(b'"spec_version":"1.', b'"spec_version":"2.', 1)
         elif op.defect == "whitespace":

@@ -11,17 +11,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tuf_signer.config import load_config
 from tuf_signer.errors import ConfigError
 from tuf_signer.keys import _pkcs11
 from tuf_signer.model import Outcome
 from tuf_signer.server import SignerServer
-from tuf_signer.server._identity import identity_from_pem
 from tuf_signer.v1 import signer_pb2 as pb
 
 from .conftest import ADMIN, BACKEND, NOBODY, TlsHarness, write_tls_config
@@ -98,7 +93,7 @@ class Call:
 
 def _sign(role: str = "", key: str = "k", kind: str = "timestamp"):
     async def do(h: TlsHarness, client: str) -> object:
-        payload = getattr(h.payloads, kind)(1)
+        payload = getattr(h.payloads, kind)(1, **({"role": role} if kind == "targets" else {}))
         return await h.signer(client).Sign(pb.SignRequest(key=key, role=role, payload=payload))
 
     return do
@@ -124,7 +119,7 @@ OK = grpc.StatusCode.OK
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 ACCESS = {
     "backend-signs-timestamp": Call("backend", _sign(), OK, BACKEND),
-    "backend-signs-a-bin": Call("backend", _sign("bins-3", kind="targets"), OK, BACKEND),
+    "backend-signs-a-bin": Call("backend", _sign("bins-03", kind="targets"), OK, BACKEND),
     "backend-reads-public-keys": Call("backend", _public_keys, OK, BACKEND),
     "backend-cannot-rotate": Call("backend", _rotate, DENIED, BACKEND),
     "backend-cannot-list-admin-keys": Call("backend", _list_keys, DENIED, BACKEND),
@@ -157,6 +152,10 @@ async def test_access_policy(tls_harness: TlsHarness, call: Call) -> None:
         await call.do(tls_harness, call.client)
     assert info.value.code() == call.code
     assert call.reason_names_identity == (call.identity in info.value.details())
+    if call.client == "nobody":
+        # No rule at all: counted, then one summary record (issue 10, finding 4).
+        assert len(tls_harness.records()) == before
+        assert await tls_harness.server.service.flush_refusals() == 1
     new = tls_harness.records()[before:]
     assert len(new) == 1, "every refusal is recorded"
     assert new[0].event.identity == call.identity
@@ -165,50 +164,7 @@ async def test_access_policy(tls_harness: TlsHarness, call: Call) -> None:
     assert new[0].event.signature == ""
 
 
-def _cert_pem(**names: list[x509.GeneralName] | str) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, str(names["cn"]))] if "cn" in names else []
-    )
-    import datetime
-
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if "san" in names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(names["san"]),  # type: ignore[arg-type]
-            critical=False,
-        )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
-@pytest.mark.parametrize(
-    ("pem", "identity"),
-    [
-        (
-            _cert_pem(
-                san=[x509.DNSName("b.example"), x509.UniformResourceIdentifier("spiffe://x/y")],
-                cn="c",
-            ),
-            "spiffe://x/y",
-        ),
-        (_cert_pem(san=[x509.DNSName("b.example")], cn="c"), "b.example"),
-        (_cert_pem(cn="repo-backend"), "repo-backend"),
-        (_cert_pem(), ""),
-        (b"not a certificate", ""),
-    ],
-    ids=["san-uri-first", "then-san-dns", "then-cn", "nothing", "garbage"],
-)
-def test_identity_from_certificate(pem: bytes, identity: str) -> None:
-    assert identity_from_pem(pem) == identity
+# Which certificate names whom, and which certificates are clients at all: test_identity.py.
 
 
 # --- limits and deadlines ------------------------------------------------------------------
@@ -229,9 +185,9 @@ async def test_concurrency_limit_is_per_identity(tls_harness: TlsHarness) -> Non
     h = tls_harness
     held = await _hold_hsm(1.0)
     stub = h.signer("backend")
-    payloads = [h.payloads.targets(1, salt=str(i)) for i in range(4)]
+    payloads = [h.payloads.targets(1, salt=str(i), role=f"bins-0{i}") for i in range(4)]
     calls = [
-        asyncio.ensure_future(stub.Sign(pb.SignRequest(key="k", role=f"bins-{i}", payload=p)))
+        asyncio.ensure_future(stub.Sign(pb.SignRequest(key="k", role=f"bins-0{i}", payload=p)))
         for i, p in enumerate(payloads)
     ]
     await asyncio.sleep(0.3)
@@ -245,9 +201,15 @@ async def test_concurrency_limit_is_per_identity(tls_harness: TlsHarness) -> Non
     assert len(granted) == 2
     assert [e.code() for e in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
     assert all("limit 2" in e.details() for e in refused)
-    exhausted = [r for r in h.records() if r.event.status == "RESOURCE_EXHAUSTED"]
-    assert len(exhausted) == 2
-    assert all(r.event.identity == BACKEND for r in exhausted)
+    # Limited calls are counted into one summary record (issue 10, finding 4).
+    assert not [r for r in h.records() if r.event.status == "RESOURCE_EXHAUSTED"]
+    await h.server.service.flush_refusals()
+    (summary,) = [r.event for r in h.records() if r.event.status == "RESOURCE_EXHAUSTED"]
+    assert (summary.identity, summary.operation, summary.detail["count"]) == (
+        BACKEND,
+        "refused-calls",
+        2,
+    )
 
 
 RATE = {"extra": "[limits]\nrate = 0.001\nburst = 3\n"}
@@ -263,7 +225,9 @@ async def test_rate_limit_is_per_identity(tls_harness: TlsHarness) -> None:
         await stub.Sign(pb.SignRequest(key="k", payload=h.payloads.timestamp(4)))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "rate limit" in info.value.details()
-    assert h.records()[-1].event.status == "RESOURCE_EXHAUSTED"
+    await h.server.service.flush_refusals()
+    summary = h.records()[-1].event
+    assert (summary.status, summary.detail["count"]) == ("RESOURCE_EXHAUSTED", 1)
     # The admin's bucket is its own.
     await h.admin("admin").ListKeys(pb.ListKeysRequest())
 

@@ -17,7 +17,7 @@ from tuf_signer.audit import SqliteAuditStore, verify_store
 from tuf_signer.model import Outcome
 from tuf_signer.v1 import signer_pb2 as pb
 
-from .conftest import TEST_MAX_PAYLOAD, Harness
+from .conftest import TEST_MAX_PAYLOAD, Harness, bin_role
 
 
 def public_key(info: pb.KeyVersionInfo) -> SSlibKey:
@@ -52,7 +52,7 @@ async def test_sign_and_verify_each_algorithm(
     for role, payload in [
         ("", harness.payloads.timestamp(1)),
         ("", harness.payloads.snapshot(1)),
-        ("bins-7", harness.payloads.targets(1)),
+        ("bins-07", harness.payloads.targets(1, role="bins-07")),
     ]:
         resp = await harness.sign("k", payload, role=role)
         verify(v1, resp, payload)
@@ -60,7 +60,7 @@ async def test_sign_and_verify_each_algorithm(
         assert resp.metadata_version == 1
     records = harness.records()
     signs = [r for r in records if r.event.operation == "sign"]
-    assert [r.event.role for r in signs] == ["timestamp", "snapshot", "bins-7"]
+    assert [r.event.role for r in signs] == ["timestamp", "snapshot", "bins-07"]
     assert all(r.event.outcome is Outcome.GRANTED and r.event.signature for r in signs)
 
 
@@ -185,7 +185,7 @@ BAD_INPUT = {
     "duplicate-keys": Bad(_req()(_canonical_with(',"version":2')), INVALID, "duplicate"),
     "float": Bad(_req()(_canonical_with(',"zz":1.5')), INVALID, "float"),
     "over-size-limit": Bad(
-        _req(role="bins-1")(lambda h: h.payloads.targets(1, n_targets=2000)),
+        _req(role="bins-01")(lambda h: h.payloads.targets(1, n_targets=2000, role="bins-01")),
         INVALID,
         str(TEST_MAX_PAYLOAD),
     ),
@@ -354,6 +354,32 @@ ADMIN_BAD = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "root",
     ),
+    "f1-glob-without-bins": (
+        pb.CreateKeyRequest(
+            name="n", roles=[pb.RoleRule(pattern="bins-*", max_validity_seconds=60)]
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "globs are only for hashed bins: declare the bins the key serves with "
+        "--bins PREFIX:BIT_LENGTH",
+    ),
+    "f1-glob-too-wide": (
+        pb.CreateKeyRequest(
+            name="n",
+            roles=[pb.RoleRule(pattern="bins-*", max_validity_seconds=60)],
+            bins=pb.BinsDelegation(prefix="bins", bit_length=14),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "use 'bins-[0-3][0-9a-f][0-9a-f][0-9a-f]'",
+    ),
+    "f1-bins-bit-length-0": (
+        pb.CreateKeyRequest(
+            name="n",
+            roles=[pb.RoleRule(pattern="timestamp", max_validity_seconds=60)],
+            bins=pb.BinsDelegation(prefix="bins", bit_length=0),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bins bit length '0' must be in 1..32",
+    ),
     "unknown-backend": (
         pb.CreateKeyRequest(
             name="n",
@@ -446,7 +472,8 @@ async def test_concurrent_signs_across_roles_and_algorithms(harness: Harness) ->
         jobs.append((name, "", harness.payloads.snapshot(1)))
         count = 8 if name == "rsa" else 40
         jobs += [
-            (name, f"bins-{i}", harness.payloads.targets(1, salt=str(i))) for i in range(count)
+            (name, bin_role(i), harness.payloads.targets(1, salt=str(i), role=bin_role(i)))
+            for i in range(count)
         ]
     assert len(jobs) >= 64
     results = await asyncio.gather(*(harness.sign(k, p, role=r) for k, r, p in jobs))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tuf_signer.audit._chain import event_from_dict, event_to_dict, record_hash
 from tuf_signer.audit._postgres import PostgresAuditStore, dsn_secrets
-from tuf_signer.audit._rules import advance_decision
+from tuf_signer.audit._rules import RESET_HINT, advance_decision, is_reset_mark
 from tuf_signer.audit._sqlite import SqliteAuditStore
 from tuf_signer.audit._store import (
     GENESIS_HASH,
@@ -21,12 +21,14 @@ from tuf_signer.audit._store import (
     Committed,
     CreateKey,
     Entry,
+    ResetRole,
     SetVersionState,
 )
 from tuf_signer.audit._verify import VerifyReport, verify_records, verify_store
 
 __all__ = [
     "GENESIS_HASH",
+    "RESET_HINT",
     "AddVersion",
     "AdvanceRole",
     "AuditRecord",
@@ -35,6 +37,7 @@ __all__ = [
     "CreateKey",
     "Entry",
     "PostgresAuditStore",
+    "ResetRole",
     "SetVersionState",
     "SqliteAuditStore",
     "VerifyReport",
@@ -42,6 +45,7 @@ __all__ = [
     "dsn_secrets",
     "event_from_dict",
     "event_to_dict",
+    "is_reset_mark",
     "record_hash",
     "verify_records",
     "verify_store",

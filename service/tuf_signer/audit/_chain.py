@@ -63,6 +63,8 @@ from tuf_signer.model import AuditEvent, Outcome, RoleState
 
 # The operation of a signature record; a granted one always passed the high-water check.
 SIGN = "sign"
+# The operation of an admin reset of a (key, role) mark; a granted one set that role state.
+RESET = "reset-role-state"
 
 # The event's members, in the dataclass order (also the audit_log column order).
 EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
@@ -182,8 +184,18 @@ def is_granted_sign(event: AuditEvent) -> bool:
     return event.operation == SIGN and event.outcome is Outcome.GRANTED
 
 
+def is_granted_reset(event: AuditEvent) -> bool:
+    """Whether ``event`` records an admin reset of a role state (``ResetRole``)."""
+    return event.operation == RESET and event.outcome is Outcome.GRANTED
+
+
+def sets_role_state(event: AuditEvent) -> bool:
+    """Whether ``event`` set the role state of its (key, role): a granted sign or reset."""
+    return is_granted_sign(event) or is_granted_reset(event)
+
+
 def state_of(event: AuditEvent, seq: int = 0) -> RoleState:
-    """The role state that a granted sign ``event``, as record ``seq``, stands for."""
+    """The role state that a granted sign or reset ``event``, as record ``seq``, stands for."""
     return RoleState(
         key_name=event.key_name,
         role=event.role,
@@ -198,7 +210,7 @@ def state_of(event: AuditEvent, seq: int = 0) -> RoleState:
 
 
 def state_differences(state: RoleState, event: AuditEvent) -> list[str]:
-    """The role-state fields on which ``state`` and a sign ``event`` disagree."""
+    """The role-state fields on which ``state`` and a sign or reset ``event`` disagree."""
     pairs = {
         "key_name": (state.key_name, event.key_name),
         "role": (state.role, event.role),

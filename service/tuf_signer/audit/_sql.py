@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol, Self
 
 from tuf_signer.audit._chain import (
     EVENT_FIELDS,
+    RESET,
     SIGN,
     canonical_json,
     chain,
@@ -52,6 +53,7 @@ from tuf_signer.audit._store import (
     Committed,
     CreateKey,
     Entry,
+    ResetRole,
     SetVersionState,
 )
 from tuf_signer.errors import (
@@ -61,9 +63,11 @@ from tuf_signer.errors import (
     NotFoundError,
     RollbackError,
     StoreError,
+    VersionStepError,
 )
 from tuf_signer.model import (
     Algorithm,
+    BinsDelegation,
     KeyRecord,
     KeyState,
     KeyVersion,
@@ -74,13 +78,23 @@ from tuf_signer.model import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Schema migrations: version -> the statements that take it to version + 1.
+# 1 -> 2: keys.bins, a key's hash-bin declaration ("PREFIX:BIT_LENGTH" or "").
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE keys ADD COLUMN bins TEXT NOT NULL DEFAULT ''",),
+}
 
 # records() reads this many rows per query, so that a long log never sits in
 # memory at once and no read transaction stays open between pages.
 _PAGE = 1000
 
 REPLAY_REASON = "replay of an identical request"
+
+# The status of a replay answered from a stale cache (see AdvanceRole.replay_only):
+# gRPC's "retry at a higher level".
+STALE_REPLAY_CODE = "ABORTED"
 
 
 # --- the DB-API surface we use ---------------------------------------------------
@@ -179,7 +193,8 @@ def schema_statements(dialect: Dialect) -> list[str]:
             algorithm TEXT NOT NULL,
             backend TEXT NOT NULL,
             rules TEXT NOT NULL,
-            created_at TEXT NOT NULL
+            created_at TEXT NOT NULL,
+            bins TEXT NOT NULL DEFAULT ''
         )""",
         f"""CREATE TABLE IF NOT EXISTS key_versions (
             key_name TEXT NOT NULL REFERENCES keys (name),
@@ -221,14 +236,14 @@ _INSERT_RECORD = (
 )
 _HEAD = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
 
-_KEY_COLUMNS = "name, algorithm, backend, rules, created_at"
+_KEY_COLUMNS = "name, algorithm, backend, rules, created_at, bins"
 _VERSION_COLUMNS = (
     "key_name, version, state, keyid, public_key, handle, created_at, activated_at, retired_at"
 )
 _ROLE_COLUMNS = (
     "key_name, role, version, payload_sha256, keyid, key_version, signature, expires, audit_seq"
 )
-_INSERT_KEY = f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+_INSERT_KEY = f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_VERSION = (
     f"INSERT INTO key_versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -299,6 +314,7 @@ def _row_to_key(row: Sequence[Any]) -> KeyRecord:
             backend=row[2],
             rules=rules,
             created_at=row[4],
+            bins=BinsDelegation.parse(row[5]) if row[5] else None,
         )
     except (ValueError, TypeError, KeyError) as e:
         raise StoreError(f"audit store holds an unreadable row for key {row[0]!r}") from e
@@ -306,7 +322,15 @@ def _row_to_key(row: Sequence[Any]) -> KeyRecord:
 
 def _key_params(key: KeyRecord) -> tuple[Any, ...]:
     rules = [{"pattern": r.pattern, "max_validity": r.max_validity} for r in key.rules]
-    return (key.name, key.algorithm.value, key.backend, canonical_json(rules), key.created_at)
+    bins = str(key.bins) if key.bins is not None else ""
+    return (
+        key.name,
+        key.algorithm.value,
+        key.backend,
+        canonical_json(rules),
+        key.created_at,
+        bins,
+    )
 
 
 def _row_to_version(row: Sequence[Any]) -> KeyVersion:
@@ -390,14 +414,21 @@ def check_entry(entry: Entry, index: int = 0) -> None:
         return
     if event.outcome is not Outcome.GRANTED:
         raise ValueError(f"{where}: a refused event carries no change")
-    if isinstance(change, AdvanceRole):
+    if isinstance(change, AdvanceRole | ResetRole):
         s = change.state
-        if event.operation != SIGN:
-            raise ValueError(f"{where}: AdvanceRole belongs to a {SIGN!r} event")
+        kind, operation = (
+            ("AdvanceRole", SIGN) if isinstance(change, AdvanceRole) else ("ResetRole", RESET)
+        )
+        if event.operation != operation:
+            raise ValueError(f"{where}: {kind} belongs to a {operation!r} event")
         differ = state_differences(s, event)
         if differ:
             name = "metadata_version" if differ[0] == "version" else differ[0]
-            raise ValueError(f"{where}: event.{name} differs from the AdvanceRole state")
+            raise ValueError(f"{where}: event.{name} differs from the {kind} state")
+        if isinstance(change, ResetRole) and (s.payload_sha256 or s.signature or s.expires):
+            raise ValueError(f"{where}: a ResetRole state has no payload, signature or expiry")
+        if isinstance(change, ResetRole) and s.version < 0:
+            raise ValueError(f"{where}: a ResetRole version is not negative")
     elif isinstance(change, CreateKey):
         if change.first.key_name != change.key.name:
             raise ValueError(f"{where}: the first version belongs to another key")
@@ -432,12 +463,13 @@ def _advance_of(entry: Entry) -> AdvanceRole | None:
 
     Every granted signature passes the high-water check (P3), also when the
     caller sent it without AdvanceRole (a replay answered from its cache): if
-    that cache was stale, the check refuses it.
+    that cache was stale, the check refuses it. Such an entry carries no new
+    signature, so it may only replay the stored state (``replay_only``).
     """
     if isinstance(entry.change, AdvanceRole):
         return entry.change
     if entry.change is None and is_granted_sign(entry.event):
-        return AdvanceRole(state_of(entry.event))
+        return AdvanceRole(state_of(entry.event), replay_only=True)
     return None
 
 
@@ -565,6 +597,9 @@ class SqlAuditStore(AuditStore):
                 logger.info("created the audit store schema (version %d)", SCHEMA_VERSION)
             cur.execute("SELECT version FROM schema_version")
             rows = [tuple(r) for r in cur.fetchall()]
+            conn.rollback()
+            if len(rows) == 1 and rows[0][0] in _MIGRATIONS:
+                rows = self._migrate(cur)
             cur.close()
             conn.rollback()
         except self._dialect.errors as e:
@@ -576,6 +611,43 @@ class SqlAuditStore(AuditStore):
             raise StoreError(
                 f"audit store has schema version {found}; this tuf-signer reads "
                 f"version {SCHEMA_VERSION}"
+            )
+
+    def _migrate(self, cur: Cursor) -> list[tuple[Any, ...]]:
+        """Bring an older schema up to SCHEMA_VERSION, one version per step.
+
+        Runs under the schema lock (``begin_schema``) and reads the version again
+        there, so that two processes opening one old store migrate it once.
+        Each step commits with its version bump.
+
+        Returns:
+            The schema_version rows afterwards.
+        """
+        conn = self._connection()
+        while True:
+            for stmt in self._dialect.begin_schema:
+                cur.execute(stmt)
+            cur.execute("SELECT version FROM schema_version")
+            rows = [tuple(r) for r in cur.fetchall()]
+            if len(rows) != 1 or rows[0][0] not in _MIGRATIONS:
+                conn.rollback()
+                return rows
+            version = rows[0][0]
+            try:
+                for stmt in _MIGRATIONS[version]:
+                    cur.execute(stmt)
+                self._exec(cur, "UPDATE schema_version SET version = ?", (version + 1,))
+                conn.commit()
+            except self._dialect.errors as e:
+                with contextlib.suppress(*self._dialect.errors):
+                    conn.rollback()
+                raise StoreError(
+                    f"audit store schema version {version} must be migrated to "
+                    f"{version + 1} and that failed (open it once as the tables' owner): "
+                    f"{unavailable(e).reason}"
+                ) from e
+            logger.info(
+                "migrated the audit store schema from version %d to %d", version, version + 1
             )
 
     def __enter__(self) -> Self:
@@ -607,13 +679,19 @@ class SqlAuditStore(AuditStore):
           state's keyid, else FAILED_PRECONDITION. No state or a higher version
           applies; the same version, digest and keyid is a replay; the same
           version and digest with another keyid applies (re-signed after a
-          rotation); anything else is FAILED_PRECONDITION (rollback or
+          rotation); a version more than ``max_step`` above the stored one, and
+          anything else, is FAILED_PRECONDITION (version step, rollback or
           equivocation; ``_rules.advance_decision``, the rule the service
           applies before signing).
         - No change on a granted ``sign`` event: treated as ``AdvanceRole`` of
-          the state the event describes, so that no granted signature reaches
-          the record without the high-water check. A caller that answers a
-          retry from its cache gets a replay, or a refusal if its cache was stale.
+          the state the event describes, with ``replay_only``, so that no
+          granted signature reaches the record without the high-water check. A
+          caller that answers a retry from its cache gets a replay; if its cache
+          was stale, a refusal (FAILED_PRECONDITION below the stored mark,
+          ABORTED above it: a reset elsewhere lowered the mark).
+        - ``ResetRole``: NOT_FOUND unless the key version it names exists,
+          FAILED_PRECONDITION if the keyid is not that version's; else the
+          role state becomes the reset mark, whatever it was.
         - No change on any other event: the event is recorded as it is.
         - ``CreateKey``: ALREADY_EXISTS when the name is taken.
         - ``AddVersion``: NOT_FOUND without the key, ALREADY_EXISTS when the
@@ -769,6 +847,8 @@ class SqlAuditStore(AuditStore):
         change = entry.change
         if change is None or isinstance(change, AdvanceRole):  # AdvanceRole: decided above
             return _Decision()
+        if isinstance(change, ResetRole):
+            return self._decide_reset(cur, change, seq, versions, roles)
         versions.clear()  # a key change: versions read earlier in this batch may be stale
         if isinstance(change, CreateKey):
             return self._decide_create(cur, change)
@@ -806,12 +886,50 @@ class SqlAuditStore(AuditStore):
                 KeyStateError.code, f"keyid {new.keyid} is not the keyid of {what}", stored
             )
         try:
-            decision = advance_decision(stored, new)
-        except RollbackError as e:
+            decision = advance_decision(stored, new, change.max_step)
+        except (RollbackError, VersionStepError) as e:
             return _refuse(e.code, e.reason, stored)
         if decision == "replay":
             return _Decision(current=stored, replayed=True)
+        if change.replay_only:
+            mark = (
+                "none" if stored is None else f"version {stored.version}, record {stored.audit_seq}"
+            )
+            return _refuse(
+                STALE_REPLAY_CODE,
+                f"stale replay: version {new.version} of role {new.role!r} with key "
+                f"{new.key_name!r} is not the stored mark ({mark}); the cached role state "
+                "was stale (an admin reset?): send the request again",
+                stored,
+            )
         roles[role_key] = new  # what later entries of this batch compare with
+        return _Decision(current=new, advance=new, insert=stored is None)
+
+    def _decide_reset(
+        self,
+        cur: Cursor,
+        change: ResetRole,
+        seq: int,
+        versions: _VersionCache,
+        roles: _RoleCache,
+    ) -> _Decision:
+        new = dataclasses.replace(change.state, audit_seq=seq)
+        role_key = (new.key_name, new.role)
+        if role_key not in roles:
+            roles[role_key] = self._fetch_role(cur, *role_key)
+        stored = roles[role_key]
+        version_key = (new.key_name, new.key_version)
+        if version_key not in versions:
+            versions[version_key] = self._fetch_version(cur, *version_key)
+        kv = versions[version_key]
+        what = f"key version {new.key_version} of {new.key_name!r}"
+        if kv is None:
+            return _refuse(NotFoundError.code, f"{what} does not exist", stored)
+        if kv.keyid != new.keyid:
+            return _refuse(
+                KeyStateError.code, f"keyid {new.keyid} is not the keyid of {what}", stored
+            )
+        roles[role_key] = new
         return _Decision(current=new, advance=new, insert=stored is None)
 
     def _decide_create(self, cur: Cursor, change: CreateKey) -> _Decision:

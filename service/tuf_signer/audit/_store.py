@@ -36,6 +36,36 @@ class AdvanceRole:
     stored version, or when version and payload digest are equal and the keyid
     differs (the same payload re-signed after a rotation). It also requires the
     key version to still be ACTIVE. ``state.audit_seq`` is filled in by the store.
+
+    Attributes:
+        state: the role state the signature sets.
+        max_step: the largest step above the stored version allowed (the
+            service's ``max_version_step`` for the role's class), so that every
+            worker sharing the store applies it inside the transaction; None
+            for no bound.
+        replay_only: the caller answered an identical retry from its cache and
+            holds no new signature: only an exact replay of the stored state
+            is allowed. Anything else means its cache was stale (another
+            worker's admin reset lowered the mark) and is refused ABORTED:
+            the caller re-reads and signs again, under the step bound.
+    """
+
+    state: RoleState
+    max_step: int | None = None
+    replay_only: bool = False
+
+
+@dataclass(frozen=True)
+class ResetRole:
+    """An admin moves a (key, role) high-water mark (issue 10, finding 8).
+
+    ``state.version`` becomes the mark (0: the role is forgotten, the next
+    signature may be version 1), with no payload digest, signature or expiry:
+    the next signature must be above it. ``state.keyid`` and ``key_version``
+    name a version of the key (the one ACTIVE at the reset), which must exist.
+    It rides on a granted ``reset-role-state`` event that agrees with
+    ``state`` field by field, so that ``verify_store`` can hold the role state
+    against that record. ``state.audit_seq`` is filled in by the store.
     """
 
     state: RoleState
@@ -70,7 +100,7 @@ class SetVersionState:
     at: str
 
 
-Change = AdvanceRole | CreateKey | AddVersion | SetVersionState
+Change = AdvanceRole | ResetRole | CreateKey | AddVersion | SetVersionState
 
 
 @dataclass(frozen=True)

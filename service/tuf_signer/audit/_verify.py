@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tuf_signer.audit._chain import is_granted_sign, record_hash, state_differences
+from tuf_signer.audit._chain import (
+    is_granted_reset,
+    is_granted_sign,
+    record_hash,
+    sets_role_state,
+    state_differences,
+)
 from tuf_signer.audit._store import GENESIS_HASH, AuditRecord, AuditStore
 from tuf_signer.errors import AuditChainError, StoreError
 
@@ -41,7 +47,8 @@ def _verified(records: Iterable[AuditRecord]) -> Iterator[AuditRecord]:
     """Yield each record once it has passed the chain checks; raise at the first break."""
     expected = 1
     prev_hash = GENESIS_HASH
-    granted: dict[tuple[str, str], AuditRecord] = {}  # last granted signature per role
+    # The last record that set each role's state: a granted signature or an admin reset.
+    granted: dict[tuple[str, str], AuditRecord] = {}
     for r in records:
         if r.seq != expected:
             if r.seq > expected:
@@ -72,9 +79,10 @@ def _verified(records: Iterable[AuditRecord]) -> Iterator[AuditRecord]:
             raise AuditChainError(
                 f"record {r.seq}: hash does not match its contents (edited?)", seq=r.seq
             )
-        if is_granted_sign(r.event):
+        if sets_role_state(r.event):
             which = (r.event.key_name, r.event.role)
-            _check_p3(granted.get(which), r)
+            if is_granted_sign(r.event):
+                _check_p3(granted.get(which), r)
             granted[which] = r
         prev_hash = r.hash
         expected += 1
@@ -89,7 +97,9 @@ def verify_records(records: Iterable[AuditRecord]) -> int:
     1); each ``hash`` recomputes from the record's contents (``record_hash``).
     And the granted signatures keep P3: per (key, role), versions never go down
     and one version never has two payloads, which catches a forger who rebuilt
-    the chain from some record on.
+    the chain from some record on. An admin reset (a granted
+    ``reset-role-state`` record) moves the mark to its version, up or down: the
+    next signature of that role must be above it.
 
     Dropping records from the end cannot be seen from the records alone (see
     ``verify_store``).
@@ -112,12 +122,22 @@ def _check_p3(prior: AuditRecord | None, r: AuditRecord) -> None:
 
     The store grants a signature only above the high-water mark, or for the
     same payload again, so on an intact record the versions of one (key, role)
-    never go down and one version never has two payloads.
+    never go down and one version never has two payloads. ``prior`` may be an
+    admin reset: then ``r`` must be above the version it set.
     """
     if prior is None:
         return
     e, p = r.event, prior.event
     where = f"role {e.role!r} with key {e.key_name!r}"
+    if is_granted_reset(p):
+        if e.metadata_version <= p.metadata_version:
+            raise AuditChainError(
+                f"record {r.seq}: rollback on record: version {e.metadata_version} of {where} "
+                f"was granted after an admin reset to version {p.metadata_version} "
+                f"(record {prior.seq})",
+                seq=r.seq,
+            )
+        return
     if e.metadata_version < p.metadata_version:
         raise AuditChainError(
             f"record {r.seq}: rollback on record: version {e.metadata_version} of {where} "
@@ -136,13 +156,14 @@ def verify_store(store: AuditStore) -> VerifyReport:
     """Verify a store's chain, then its role state against the records.
 
     After the checks of ``verify_records``, every role state must point
-    (``audit_seq``) at a record that exists and is a granted signature of the
-    same key, role, metadata version, payload digest, keyid, key version,
-    signature and expiry; it must also match the *last* granted signature of
-    its (key, role) in the log, and every (key, role) that the log shows signed
-    must have a role state. This catches a truncated tail whose last record set
-    a role state, and any edit, deletion or rollback of role state. It cannot
-    catch the removal of trailing records that set no role state.
+    (``audit_seq``) at a record that exists and is a granted signature (or a
+    granted admin reset, ``reset-role-state``) of the same key, role, metadata
+    version, payload digest, keyid, key version, signature and expiry; it must
+    also match the *last* such record of its (key, role) in the log, and every
+    (key, role) that the log shows signed or reset must have a role state. This
+    catches a truncated tail whose last record set a role state, and any edit,
+    deletion or rollback of role state. It cannot catch the removal of trailing
+    records that set no role state.
 
     Appends may run meanwhile: role states are read together with the head,
     and only records up to that head are held against them.
@@ -176,7 +197,7 @@ def verify_store(store: AuditStore) -> VerifyReport:
     for r in _verified(store.records()):
         count += 1
         last = r
-        if not is_granted_sign(r.event):
+        if not sets_role_state(r.event):
             if r.seq <= head_seq and r.seq in wanted:
                 by_seq[r.seq] = r
             continue
@@ -200,9 +221,10 @@ def verify_store(store: AuditStore) -> VerifyReport:
             raise AuditChainError(
                 f"{name}: its record {s.audit_seq} is missing (log truncated?)", seq=s.audit_seq
             )
-        if not is_granted_sign(rec.event):
+        if not sets_role_state(rec.event):
             raise AuditChainError(
-                f"{name}: its record {rec.seq} is not a granted signature (role state edited?)",
+                f"{name}: its record {rec.seq} is not a granted signature or admin reset "
+                "(role state edited?)",
                 seq=rec.seq,
             )
         diff = state_differences(s, rec.event)
@@ -224,8 +246,9 @@ def verify_store(store: AuditStore) -> VerifyReport:
     have = {(s.key_name, s.role) for s in states}
     for (key_name, role), r in sorted(last_sign.items(), key=lambda kv: kv[1].seq):
         if (key_name, role) not in have:
+            did = "reset the mark to" if is_granted_reset(r.event) else "signed"
             raise AuditChainError(
-                f"role {role!r} of key {key_name!r}: record {r.seq} signed version "
+                f"role {role!r} of key {key_name!r}: record {r.seq} {did} version "
                 f"{r.event.metadata_version} but there is no role state (role state deleted?)",
                 seq=r.seq,
             )

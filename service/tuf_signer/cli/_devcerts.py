@@ -1,7 +1,9 @@
 """Development PKI for ``dev-init``: a CA, a server certificate, two client certificates.
 
 ECDSA P-256 throughout (every TLS stack speaks it). Client identities are SAN
-URIs, which tuf-signer prefers over DNS names and CNs. For development only:
+URIs (``uri:spiffe://tuf-signer.dev/NAME`` in an access rule). Every leaf is
+CA:FALSE with one extended key usage, clientAuth or serverAuth: the server
+refuses client certificates without clientAuth or with CA:TRUE. For development only:
 the CA key is kept beside the certificates so more clients can be issued.
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tuf_signer._files import PUBLIC, SECRET, write_new
 
 DEV_IDENTITY_PREFIX = "spiffe://tuf-signer.dev/"
 _VALIDITY = datetime.timedelta(days=365)
@@ -36,9 +39,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    write_new(path, pem, SECRET)
 
 
 def _name(cn: str) -> x509.Name:
@@ -93,7 +94,7 @@ class DevCa:
             .sign(self._key, hashes.SHA256())
         )
         self.cert = directory / "ca.crt"
-        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_new(self.cert, cert.public_bytes(serialization.Encoding.PEM), PUBLIC)
         _write_key(directory / "ca.key", self._key)
 
     def issue(self, name: str, *, server: bool) -> Issued:
@@ -121,6 +122,6 @@ class DevCa:
             .sign(self._key, hashes.SHA256())
         )
         issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")
-        issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_new(issued.cert, cert.public_bytes(serialization.Encoding.PEM), PUBLIC)
         _write_key(issued.key, key)
         return issued

@@ -5,17 +5,18 @@ development PKI under ``tls/`` (a CA, the server's certificate, and client
 certificates for ``backend`` and ``admin``), ``backend.env`` and ``admin.env``
 that turn the CLI into either client, a config file with mutual TLS and an
 access policy, an audit database, and an Ed25519 key ``online`` allowed to
-sign ``timestamp``, ``snapshot`` and ``bins-*`` for at most one day each
-(PEP 458). For development only: the PIN and the CA key sit beside the token.
+sign ``timestamp``, ``snapshot`` and PEP 458's hashed bins (it declares
+``bins:14``: ``bins-0000`` … ``bins-3fff``) for at most one day each (PEP 458).
+For development only: the PIN and the CA key sit beside the token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from pathlib import Path
 
+from tuf_signer._files import PUBLIC, SECRET, make_private_dir, write_new
 from tuf_signer.cli._devcerts import DEV_IDENTITY_PREFIX, DevCa
 from tuf_signer.client import CA_ENV, CERT_ENV, KEY_ENV, SERVER_ENV
 from tuf_signer.errors import ConfigError
@@ -38,21 +39,27 @@ call_deadline_seconds = 30   # the longest any call may run
 cert = "tls/server.crt"
 key = "tls/server.key"
 client_ca = "tls/ca.crt"
+# allow_cn_identity = false  # name a client by its subject CN (cn:...) without SAN
+# require_single_uri = false # a client certificate must carry exactly one SAN URI
+# crl = "tls/ca.crl"         # revoked clients: a CRL signed by client_ca (PEM or DER)
+# deny_list = "tls/deny.txt" # revoked clients: serials or SHA-256 fingerprints (hex)
 
 [limits]                     # per client identity
 max_concurrent = 256         # calls in flight
 rate = 5000                  # calls per second, sustained
 burst = 10000                # calls at once above the rate
 
-# Deny by default: each client identity (its certificate's SAN URI) gets a rule.
+# Deny by default: each client identity gets a rule. Identities are typed by the
+# certificate field they come from: uri: (SAN URI), dns: (SAN DNS name), cn:
+# (subject CN, only with [server.tls] allow_cn_identity = true).
 [[authz.rules]]
-identity = "{prefix}backend"
+identity = "uri:{prefix}backend"
 operations = ["sign", "read-keys"]
 keys = ["{key}"]
 roles = ["timestamp", "snapshot", "bins-*"]
 
 [[authz.rules]]
-identity = "{prefix}admin"
+identity = "uri:{prefix}admin"
 operations = ["key-admin", "read-keys", "read-audit"]
 
 [audit]
@@ -72,52 +79,76 @@ default_backend = "softhsm"
 
 
 def _write_secret(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    write_new(path, value + "\n", SECRET)
+
+
+def _new_directory(directory: Path) -> Path:
+    """Create ``directory`` (mode 0700), or adopt it if it is empty and ours; returns it absolute.
+
+    dev-init writes the CA key and the PINs there, so a directory someone else
+    prepared (world-writable, holding a planted symlink or a readable
+    ``tls/ca.key``) is refused rather than trusted (issue 10, finding 11).
+
+    Raises:
+        ConfigError: naming ``directory`` and why it cannot be used.
+    """
+    # absolute(), not resolve(): DIR itself must not be a symlink, so do not follow it.
+    directory = directory.absolute()
+    try:
+        make_private_dir(directory, empty_ok=True)
+    except ConfigError as e:
+        raise ConfigError(
+            f"dev-init: {e.reason}; dev-init needs a new directory or an empty one of yours"
+        ) from e
+    return directory.resolve()
 
 
 def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
     """Create the development signer in ``directory``; returns the config path.
 
+    ``directory`` must be new, or empty and owned by this user (it becomes
+    0700). Every file is created new (``O_EXCL|O_NOFOLLOW``) with an explicit
+    mode: 0600 for PINs and keys, 0644 for certificates, env and config files.
+
     Raises:
-        ConfigError: ``directory`` already holds a config, or SoftHSM is missing.
+        ConfigError: ``directory`` exists and is not empty, not ours or a
+            symlink; a file to be written exists; or SoftHSM is missing.
         TufSignerError: the token or the key could not be created.
     """
     from tuf_signer.keys import init_token, softhsm_module_path, write_softhsm_config
 
-    directory = directory.resolve()
-    config_path = directory / CONFIG_NAME
-    if config_path.exists():
-        raise ConfigError(
-            f"dev-init: {config_path} exists already; remove {directory} to start over"
-        )
     module = softhsm_module_path()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = _new_directory(directory)
+    config_path = directory / CONFIG_NAME
     conf = write_softhsm_config(directory)
     pin, so_pin = secrets.token_hex(16), secrets.token_hex(16)
     _write_secret(directory / "hsm.pin", pin)
     _write_secret(directory / "hsm.so-pin", so_pin)
     init_token(conf, TOKEN_LABEL, pin, so_pin)
+    make_private_dir(directory / "tls")
     ca = DevCa(directory / "tls")
     ca.issue("server", server=True)
     for client in ("backend", "admin"):
         issued = ca.issue(client, server=False)
-        (directory / f"{client}.env").write_text(
+        write_new(
+            directory / f"{client}.env",
             f"# `set -a; . {directory / client}.env; set +a` makes the CLI the {client} client.\n"
             f"{SERVER_ENV}={listen}\n"
             f"{CA_ENV}={ca.cert}\n"
             f"{CERT_ENV}={issued.cert}\n"
-            f"{KEY_ENV}={issued.key}\n"
+            f"{KEY_ENV}={issued.key}\n",
+            PUBLIC,
         )
-    config_path.write_text(
+    write_new(
+        config_path,
         _CONFIG.format(
             listen=listen,
             module=module,
             token=TOKEN_LABEL,
             prefix=DEV_IDENTITY_PREFIX,
             key=DEV_KEY,
-        )
+        ),
+        PUBLIC,
     )
     asyncio.run(_create_dev_key(config_path))
     return config_path
@@ -126,7 +157,7 @@ def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
 async def _create_dev_key(config_path: Path) -> None:
     from tuf_signer.config import load_config, open_audit_store
     from tuf_signer.model import Algorithm
-    from tuf_signer.policy import PEP458_ONLINE_RULES
+    from tuf_signer.policy import PEP458_BINS, PEP458_ONLINE_RULES
     from tuf_signer.server import SigningService, start_backends
     from tuf_signer.server._guard import Guard
 
@@ -142,7 +173,12 @@ async def _create_dev_key(config_path: Path) -> None:
     )
     try:
         await service.create_key(
-            "dev-init", DEV_KEY, Algorithm.ED25519, PEP458_ONLINE_RULES, activate=True
+            "dev-init",
+            DEV_KEY,
+            Algorithm.ED25519,
+            PEP458_ONLINE_RULES,
+            activate=True,
+            bins=PEP458_BINS,  # PEP 458's 16,384 bins: "bins-0000".."bins-3fff"
         )
     finally:
         service.close()

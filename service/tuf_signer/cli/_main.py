@@ -19,9 +19,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tuf_signer._text import EscapingFormatter, printable
 from tuf_signer.errors import RemoteError, RequestError, TufSignerError
 
 log = logging.getLogger("tuf_signer.cli")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 2**63-1")
+    return value
 
 
 def _print_json(data: Any) -> None:
@@ -58,14 +69,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from tuf_signer.config import check_listen, check_secrets, load_config
     from tuf_signer.server import serve
-    from tuf_signer.server._workers import supervise, worker_index
+    from tuf_signer.server._workers import secret_env_names, supervise, worker_index
 
     config = load_config(args.config)
     if config.server.workers > 1 and worker_index() is None:
         server = replace(config.server, listen=args.listen or config.server.listen)
         check_listen(server)
         check_secrets(config)
-        return supervise(config.path, server.workers, args.listen, server.drain_seconds)
+        return supervise(
+            config.path,
+            server.workers,
+            args.listen,
+            server.drain_seconds,
+            secret_env=secret_env_names(config),
+        )
     asyncio.run(serve(config, listen=args.listen))
     return 0
 
@@ -102,12 +119,17 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(keys)
         return 0
-    print(f"{'KEY':<16} {'VER':>3} {'STATE':<8} {'ALGORITHM':<13} KEYID")
+    # Names and states come from the server: escaped, like every text output.
+    print(f"{'KEY':<16} {'VER':>3} {'STATE':<8} {'ALGORITHM':<13} {'BINS':<10} KEYID")
     for key in keys:
+        name, algorithm = printable(str(key["name"])), printable(str(key["algorithm"]))
+        declared = key.get("bins")
+        bins = printable(f"{declared['prefix']}:{declared['bit_length']}") if declared else "-"
         for v in key["versions"]:
+            version, state = printable(str(v["version"])), printable(str(v["state"]))
             print(
-                f"{key['name']:<16} {v['version']:>3} {v['state']:<8} "
-                f"{key['algorithm']:<13} {v['keyid']}"
+                f"{name:<16} {version:>3} {state:<8} {algorithm:<13} {bins:<10} "
+                f"{printable(str(v['keyid']))}"
             )
     return 0
 
@@ -121,6 +143,17 @@ def _parse_role(text: str) -> tuple[str, int]:
     return pattern, int(seconds)
 
 
+def _parse_bins(text: str) -> str:
+    """``--bins PREFIX:BIT_LENGTH``: the form here, the values on the server."""
+    from tuf_signer.client._models import bins_declaration
+
+    try:
+        bins_declaration(text)
+    except RequestError as e:
+        raise argparse.ArgumentTypeError(e.reason) from e
+    return text
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_json(
@@ -130,6 +163,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
                 algorithm=args.algorithm,
                 backend=args.backend,
                 activate=args.activate,
+                bins=args.bins,
             )
         )
     return 0
@@ -150,6 +184,12 @@ def cmd_keys_activate(args: argparse.Namespace) -> int:
 def cmd_keys_retire(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_json(client.retire(args.name, args.version))
+    return 0
+
+
+def cmd_keys_reset_role(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_json(client.reset_role(args.name, args.role, args.version, args.reason))
     return 0
 
 
@@ -184,26 +224,34 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     try:
         report = verify_store(store)
     except AuditChainError as e:
-        print(f"FAILED: {e.reason}", file=sys.stderr)
+        print(f"FAILED: {printable(e.reason)}", file=sys.stderr)
         return 1
     finally:
         store.close()
     print(
-        f"OK: {report.records} records, head seq {report.head_seq} hash {report.head_hash}, "
-        f"{report.role_states} role states cross-checked"
+        f"OK: {report.records} records, head seq {report.head_seq} "
+        f"hash {printable(str(report.head_hash))}, {report.role_states} role states cross-checked"
     )
     return 0
 
 
 def _format_record(record: Any) -> str:
+    """One record as one line of text: every field from the store escaped (finding 7).
+
+    Key, role, identity and reason are what a client sent or caused; a stored
+    escape sequence must not rewrite the operator's terminal.
+    """
     e = record.event
     what = f"{e.key_name}" + (f" v{e.key_version}" if e.key_version else "")
     if e.role:
         what += f" role={e.role} version={e.metadata_version}"
     reason = f" ({e.reason})" if e.reason else ""
+    if not reason and isinstance(e.detail.get("reason"), str):  # an admin's (reset-role)
+        reason = f" (reason: {e.detail['reason']})"
+    fields = (e.time, e.identity, e.operation, e.outcome.value, e.status, what + reason)
+    time_, identity, operation, outcome, status, rest = (printable(str(f)) for f in fields)
     return (
-        f"{record.seq:>6} {e.time} {e.identity:<12} {e.operation:<20} "
-        f"{e.outcome.value:<8} {e.status:<19} {what}{reason}"
+        f"{record.seq:>6} {time_} {identity:<12} {operation:<20} {outcome:<8} {status:<19} {rest}"
     )
 
 
@@ -311,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="payload file, or - for standard input")
     p.set_defaults(func=cmd_sign)
 
-    keys = sub.add_parser("keys", help="list, create, rotate, activate, retire keys")
+    keys = sub.add_parser("keys", help="list, create, rotate, activate, retire keys; reset-role")
     ks = keys.add_subparsers(dest="keys_command", required=True)
     p = ks.add_parser("list", help="every key version with its state")
     _add_client_args(p)
@@ -327,7 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_parse_role,
         required=True,
         metavar="PATTERN[:SECONDS]",
-        help="allowed role name or glob, with its maximum validity (default 86400 s)",
+        help="allowed role name, or a glob matching only the --bins (e.g. "
+        "'bins-[0-3][0-9a-f][0-9a-f][0-9a-f]' for bins:14), with its maximum validity "
+        "(default 86400 s)",
+    )
+    p.add_argument(
+        "--bins",
+        type=_parse_bins,
+        metavar="PREFIX:BIT_LENGTH",
+        help="the succinct hash-bin delegation this key signs, e.g. bins:14 (PEP 458): "
+        "bins must then be exactly its bin names and hold only paths that hash into them",
     )
     p.add_argument("--algorithm", default="ed25519", help="ed25519, ecdsa-p256 or rsa-3072-pss")
     p.add_argument("--backend", default="", help="backend name (default: keys.default_backend)")
@@ -348,6 +405,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("version", type=int)
     p.set_defaults(func=cmd_keys_retire)
+    p = ks.add_parser(
+        "reset-role",
+        help="move a role's high-water mark (recovery from a version fast-forward)",
+        description="Set the high-water mark of (NAME, ROLE) to --version: the next "
+        "signature of the role must be above it (0 forgets the role). Recorded with "
+        "your identity and --reason. Needed after a fast-forward to a huge version, or "
+        "before signing a role that starts beyond the server's max_version_step.",
+    )
+    _add_client_args(p)
+    p.add_argument("name")
+    p.add_argument("role")
+    p.add_argument("--version", type=_non_negative, required=True, help="the new mark")
+    p.add_argument("--reason", required=True, help="why, for the audit record")
+    p.set_defaults(func=cmd_keys_reset_role)
 
     p = sub.add_parser("role-state", help="highest version signed per (key, role)")
     _add_client_args(p, key_flag=False)
@@ -383,20 +454,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tuf-signer`` console script."""
     args = build_parser().parse_args(argv)
     worker = os.environ.get("TUF_SIGNER_WORKER")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s "
-        + (f"[worker {worker}] " if worker else "")
-        + "%(name)s: %(message)s",
-        stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    # Log lines carry client strings (key names, roles, identities): escaped at the sink.
+    handler.setFormatter(
+        EscapingFormatter(
+            "%(asctime)s %(levelname)s "
+            + (f"[worker {worker}] " if worker and worker.isdigit() else "")
+            + "%(name)s: %(message)s"
+        )
     )
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         return int(args.func(args))
     except RemoteError as e:
-        print(f"refused: {e.code}: {e.reason}", file=sys.stderr)
+        # The code and reason come from the server, which echoes client strings.
+        print(f"refused: {printable(e.code)}: {printable(e.reason)}", file=sys.stderr)
         return 1
     except TufSignerError as e:
-        print(f"error: {e.reason}", file=sys.stderr)
+        print(f"error: {printable(e.reason)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -5,7 +5,8 @@
   exception tree (``RemotePolicyError`` is a ``PolicyError``, and so on).
 - ``sign_many``: many Signs in flight at once, for bulk re-signing of bins.
 - ``TlsConfig``: TLS settings from arguments or ``$TUF_SIGNER_CA``,
-  ``$TUF_SIGNER_CERT``, ``$TUF_SIGNER_KEY``.
+  ``$TUF_SIGNER_CERT``, ``$TUF_SIGNER_KEY``; plaintext only to loopback unless
+  ``insecure`` (``$TUF_SIGNER_INSECURE``).
 - ``TufSignerSigner`` and ``register()``: the ``tufsigner://HOST:PORT/KEY?role=ROLE``
   private-key URI for python-tuf and RSTUF.
 """
@@ -26,6 +27,7 @@ from tuf_signer.client._models import (
     ALGORITHMS,
     AuditPage,
     AuditRecordInfo,
+    BinsInfo,
     KeyInfo,
     KeyVersionInfo,
     RoleRuleInfo,
@@ -47,6 +49,7 @@ from tuf_signer.client._tls import (
     CA_ENV,
     CERT_ENV,
     DEFAULT_SERVER,
+    INSECURE_ENV,
     KEY_ENV,
     SERVER_ENV,
     TlsConfig,
@@ -60,12 +63,14 @@ __all__ = [
     "CERT_ENV",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_SERVER",
+    "INSECURE_ENV",
     "KEY_ENV",
     "SCHEME",
     "SERVER_ENV",
     "AsyncClient",
     "AuditPage",
     "AuditRecordInfo",
+    "BinsInfo",
     "Client",
     "KeyInfo",
     "KeyVersionInfo",

@@ -44,16 +44,20 @@ class Client:
     Args:
         server: ``HOST:PORT``; default ``$TUF_SIGNER_SERVER``, else ``127.0.0.1:50051``.
         ca: CA file that issued the server's certificate; default ``$TUF_SIGNER_CA``.
-            Without one the channel is plaintext (loopback servers only).
+            Without one the channel is plaintext, to a loopback server only
+            unless ``insecure``.
         cert: client certificate file for mutual TLS; default ``$TUF_SIGNER_CERT``.
         key: client key file for mutual TLS; default ``$TUF_SIGNER_KEY``.
         timeout: deadline of each call, seconds.
-        tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``.
+        tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``/``insecure``.
+        insecure: allow plaintext to a server that is not loopback; default
+            ``$TUF_SIGNER_INSECURE``.
         connections: TCP connections ``sign_many`` spreads its batches over
             (see ``AsyncClient``).
 
     Raises:
-        ConfigError: contradictory or unreadable TLS settings.
+        ConfigError: contradictory or unreadable TLS settings, or plaintext
+            to a server that is not loopback without ``insecure``.
         RequestError: both ``tls`` and ``ca``/``cert``/``key`` were given.
     """
 
@@ -67,11 +71,12 @@ class Client:
         timeout: float = 30.0,
         tls: TlsConfig | None = None,
         connections: int = 1,
+        insecure: bool | None = None,
     ) -> None:
         if connections < 1:
             raise RequestError(f"connections must be at least 1, got {connections}")
         self.server = resolve_server(server)
-        self.tls = tls_config(tls, ca, cert, key)
+        self.tls = tls_config(tls, ca, cert, key, insecure)
         self.timeout = timeout
         self.connections = connections
         self._channel = open_channel(self.server, self.tls)
@@ -181,14 +186,20 @@ class Client:
         algorithm: str = "ed25519",
         backend: str = "",
         activate: bool = False,
+        bins: str | None = None,
     ) -> KeyInfo:
         """Create a key with a role policy of ``(pattern, max_validity_seconds)`` pairs.
 
+        ``bins`` (``PREFIX:BIT_LENGTH``, e.g. ``"bins:14"``) declares the succinct
+        hash-bin delegation the key serves; a glob role pattern must then match
+        only those bins (``tuf_signer.policy.bins_pattern``).
+
         Raises:
-            RequestError: unknown algorithm name (nothing was sent).
+            RequestError: unknown algorithm name or malformed ``bins`` (nothing
+                was sent).
             RemoteError: the server refused or could not be reached.
         """
-        request = create_key_request(name, list(roles), algorithm, backend, activate)
+        request = create_key_request(name, list(roles), algorithm, backend, activate, bins)
         with translated():
             r = self._admin.CreateKey(request, timeout=self.timeout)
         return key_info(r.key)
@@ -239,6 +250,24 @@ class Client:
         with translated():
             r = self._admin.ListKeys(pb.ListKeysRequest(), timeout=self.timeout)
         return [key_info(k) for k in r.keys]
+
+    def reset_role(self, key: str, role: str, version: int, reason: str) -> RoleStateInfo:
+        """Move the high-water mark of (``key``, ``role``) to ``version``, with a reason.
+
+        The next signature of the role must be above ``version`` (0 forgets the
+        role). The reset is on the audit record with the caller's identity and
+        ``reason`` (required; printable, at most 1024 characters). Needs
+        ``key-admin``.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = self._admin.ResetRoleState(
+                pb.ResetRoleStateRequest(key=key, role=role, version=version, reason=reason),
+                timeout=self.timeout,
+            )
+        return role_state_info(r.state)
 
     # --- AuditLog -----------------------------------------------------------------
 

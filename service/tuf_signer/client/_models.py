@@ -121,13 +121,24 @@ class KeyVersionInfo(TypedDict):
     retired_at: str | None
 
 
+class BinsInfo(TypedDict):
+    """The succinct hash-bin delegation a key serves (python-tuf ``SuccinctRoles``)."""
+
+    prefix: str  # e.g. "bins"
+    bit_length: int  # e.g. 14: bins "bins-0000".."bins-3fff"
+
+
 class KeyInfo(TypedDict):
-    """A key with its policy and versions."""
+    """A key with its policy and versions.
+
+    ``bins`` is the hash-bin delegation the key serves, or None.
+    """
 
     name: str
     algorithm: str  # a key of ALGORITHMS
     backend: str
     roles: list[RoleRuleInfo]
+    bins: BinsInfo | None
     created_at: str
     versions: list[KeyVersionInfo]
 
@@ -200,6 +211,11 @@ def key_info(k: pb.KeyInfo) -> KeyInfo:
         "algorithm": _ALGORITHM_NAMES.get(k.algorithm, "unspecified"),
         "backend": k.backend,
         "roles": [{"pattern": r.pattern, "max_validity": r.max_validity_seconds} for r in k.roles],
+        "bins": (
+            {"prefix": k.bins.prefix, "bit_length": k.bins.bit_length}
+            if k.HasField("bins")
+            else None
+        ),
         "created_at": k.created_at,
         "versions": [version_info(v) for v in k.versions],
     }
@@ -242,11 +258,12 @@ def create_key_request(
     algorithm: str,
     backend: str,
     activate: bool,
+    bins: str | None = None,
 ) -> pb.CreateKeyRequest:
     """The CreateKey request.
 
     Raises:
-        RequestError: unknown algorithm name.
+        RequestError: unknown algorithm name, or ``bins`` is not PREFIX:BIT_LENGTH.
     """
     if algorithm not in ALGORITHMS:
         raise RequestError(f"unknown algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
@@ -256,4 +273,17 @@ def create_key_request(
         roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in roles],
         backend=backend,
         activate=activate,
+        bins=bins_declaration(bins) if bins is not None else None,
     )
+
+
+def bins_declaration(text: str) -> pb.BinsDelegation:
+    """Read ``PREFIX:BIT_LENGTH`` (e.g. ``bins:14``); the server checks the values.
+
+    Raises:
+        RequestError: not of that form.
+    """
+    prefix, sep, bits = text.rpartition(":")
+    if not sep or not prefix or not (bits.isascii() and bits.isdigit()) or len(bits) > 2:
+        raise RequestError(f"bins {text[:48]!r} is not PREFIX:BIT_LENGTH, e.g. bins:14")
+    return pb.BinsDelegation(prefix=prefix, bit_length=int(bits))

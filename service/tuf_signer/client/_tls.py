@@ -2,11 +2,15 @@
 
 The server requires mutual TLS except on a plaintext loopback listener. A client
 therefore either names a CA (and, for mutual TLS, its own certificate and key)
-or talks plaintext. Certificates are read once, when a channel is opened.
+or talks plaintext. Plaintext goes only to a loopback address unless the caller
+says ``insecure`` explicitly (``insecure=True`` or ``TUF_SIGNER_INSECURE=1``), so
+a forgotten CA setting never sends payloads and identities in the clear.
+Certificates are read once, when a channel is opened.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ SERVER_ENV = "TUF_SIGNER_SERVER"
 CA_ENV = "TUF_SIGNER_CA"
 CERT_ENV = "TUF_SIGNER_CERT"
 KEY_ENV = "TUF_SIGNER_KEY"
+INSECURE_ENV = "TUF_SIGNER_INSECURE"
 DEFAULT_SERVER = "127.0.0.1:50051"
 
 # A 16,384-bin snapshot is MB-sized (PEP 458); gRPC's default limit is 4 MiB.
@@ -41,23 +46,28 @@ class TlsConfig:
     """Transport security of a client: plaintext, TLS, or mutual TLS.
 
     Without ``ca`` the channel is plaintext, which the server accepts only on
-    a loopback address. With ``ca`` the server's certificate must chain to it;
-    ``cert`` and ``key`` (both or neither) add the client's identity for
-    mutual TLS.
+    a loopback address, and which this client uses only towards a loopback
+    address unless ``insecure`` says otherwise. With ``ca`` the server's
+    certificate must chain to it; ``cert`` and ``key`` (both or neither) add
+    the client's identity for mutual TLS.
 
     Attributes:
         ca: PEM file with the CA certificate(s) that issued the server's certificate.
         cert: PEM file with the client certificate (chain).
         key: PEM file with the client certificate's private key.
+        insecure: allow plaintext to a host that is not loopback (e.g. a
+            server behind a local TLS-terminating proxy); never needed for
+            loopback, and contradicts ``ca``.
 
     Raises:
-        ConfigError: ``cert`` without ``key`` or the reverse, or a client
-            certificate without a CA.
+        ConfigError: ``cert`` without ``key`` or the reverse, a client
+            certificate without a CA, or ``insecure`` together with a CA.
     """
 
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
@@ -71,6 +81,11 @@ class TlsConfig:
                 f"a client certificate needs a CA to verify the server (ca or ${CA_ENV}); "
                 "without a CA the channel would be plaintext"
             )
+        if self.insecure and self.ca is not None:
+            raise ConfigError(
+                f"insecure (${INSECURE_ENV}) asks for plaintext but a CA is set "
+                f"(ca or ${CA_ENV}): remove one of them"
+            )
 
     @classmethod
     def from_env(
@@ -79,21 +94,26 @@ class TlsConfig:
         cert: str | os.PathLike[str] | None = None,
         key: str | os.PathLike[str] | None = None,
         *,
+        insecure: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> TlsConfig:
         """Each setting from its argument, else from its environment variable.
 
-        The variables are ``TUF_SIGNER_CA``, ``TUF_SIGNER_CERT`` and
-        ``TUF_SIGNER_KEY``; an empty variable counts as unset.
+        The variables are ``TUF_SIGNER_CA``, ``TUF_SIGNER_CERT``,
+        ``TUF_SIGNER_KEY`` and ``TUF_SIGNER_INSECURE`` (``1``/``true``/``yes``
+        or ``0``/``false``/``no``); an empty variable counts as unset.
 
         Args:
             ca: CA file, overriding ``$TUF_SIGNER_CA``.
             cert: client certificate file, overriding ``$TUF_SIGNER_CERT``.
             key: client key file, overriding ``$TUF_SIGNER_KEY``.
+            insecure: allow plaintext to a non-loopback host, overriding
+                ``$TUF_SIGNER_INSECURE``.
             environ: the environment to read (default ``os.environ``).
 
         Raises:
-            ConfigError: the resulting combination is not allowed (see the class).
+            ConfigError: the resulting combination is not allowed (see the
+                class), or ``$TUF_SIGNER_INSECURE`` is not a yes or no.
         """
         env = os.environ if environ is None else environ
 
@@ -101,12 +121,34 @@ class TlsConfig:
             chosen = value if value is not None and str(value) else env.get(name)
             return Path(chosen) if chosen else None
 
-        return cls(ca=pick(ca, CA_ENV), cert=pick(cert, CERT_ENV), key=pick(key, KEY_ENV))
+        if insecure is None:
+            insecure = _flag(env.get(INSECURE_ENV, ""), INSECURE_ENV)
+        return cls(
+            ca=pick(ca, CA_ENV),
+            cert=pick(cert, CERT_ENV),
+            key=pick(key, KEY_ENV),
+            insecure=insecure,
+        )
 
     @property
     def secure(self) -> bool:
         """True when the channel uses TLS."""
         return self.ca is not None
+
+    def check_server(self, server: str) -> None:
+        """Refuse plaintext to ``server`` unless it is loopback or ``insecure`` is set.
+
+        Raises:
+            ConfigError: no CA, ``server`` is not a loopback address, and
+                plaintext was not asked for explicitly; names the settings.
+        """
+        if self.secure or self.insecure or _is_loopback_target(server):
+            return
+        raise ConfigError(
+            f"no CA is set (ca or ${CA_ENV}), so the channel to {server!r} would be "
+            f"plaintext, and {server!r} is not a loopback address: set a CA for TLS, "
+            f"or allow plaintext explicitly with insecure=True / {INSECURE_ENV}=1"
+        )
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """gRPC channel credentials, or None for plaintext.
@@ -128,18 +170,54 @@ def tls_config(
     ca: str | os.PathLike[str] | None,
     cert: str | os.PathLike[str] | None,
     key: str | os.PathLike[str] | None,
+    insecure: bool | None = None,
 ) -> TlsConfig:
     """``tls`` as given, else built from the arguments and the environment.
 
     Raises:
-        RequestError: ``tls`` together with ``ca``, ``cert`` or ``key``.
+        RequestError: ``tls`` together with ``ca``, ``cert``, ``key`` or ``insecure``.
         ConfigError: contradictory TLS settings.
     """
     if tls is None:
-        return TlsConfig.from_env(ca, cert, key)
-    if ca is not None or cert is not None or key is not None:
-        raise RequestError("give either tls= or ca=/cert=/key=, not both")
+        return TlsConfig.from_env(ca, cert, key, insecure=insecure)
+    if ca is not None or cert is not None or key is not None or insecure is not None:
+        raise RequestError("give either tls= or ca=/cert=/key=/insecure=, not both")
     return tls
+
+
+_YES = ("1", "true", "yes", "on")
+_NO = ("", "0", "false", "no", "off")
+
+
+def _flag(value: str, env: str) -> bool:
+    word = value.strip().lower()
+    if word in _YES:
+        return True
+    if word in _NO:
+        return False
+    raise ConfigError(f"${env}: expected 1 or 0 (true/false, yes/no), got {value[:40]!r}")
+
+
+def _is_loopback_target(server: str) -> bool:
+    """True when a gRPC target names this machine only (loopback or a Unix socket)."""
+    if server.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = server
+    for scheme in ("dns:///", "ipv4:", "ipv6:"):
+        if host.startswith(scheme):
+            host = host[len(scheme) :]
+    if "," in host:  # ipv4:a:1,b:2 lists several addresses: each must be loopback
+        return all(_is_loopback_target(part) for part in host.split(","))
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_pem(path: Path, setting: str, env: str) -> bytes:
@@ -156,8 +234,10 @@ def open_channel(server: str, tls: TlsConfig) -> grpc.Channel:
     """A synchronous channel to ``server``.
 
     Raises:
-        ConfigError: a TLS file cannot be read.
+        ConfigError: a TLS file cannot be read, or the channel would be
+            plaintext to a host that is not loopback (see ``check_server``).
     """
+    tls.check_server(server)
     credentials = tls.credentials()
     if credentials is None:
         return grpc.insecure_channel(server, options=_CHANNEL_OPTIONS)
@@ -172,8 +252,10 @@ def open_aio_channel(server: str, tls: TlsConfig, own_connection: bool = False) 
     spreads connections over a server's workers).
 
     Raises:
-        ConfigError: a TLS file cannot be read.
+        ConfigError: a TLS file cannot be read, or the channel would be
+            plaintext to a host that is not loopback (see ``check_server``).
     """
+    tls.check_server(server)
     options = [*_CHANNEL_OPTIONS]
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))

@@ -11,15 +11,18 @@ from tuf_signer.keys._backend import KeyBackend, NewKey
 from tuf_signer.keys._gcpkms import GcpKmsBackend, crypto_key_id, kms_transport
 from tuf_signer.keys._pkcs11 import Pkcs11Backend
 from tuf_signer.keys._softhsm import init_token, softhsm_module_path, write_softhsm_config
+from tuf_signer.keys._verify import SignatureVerifier, load_public_key
 
 __all__ = [
     "GcpKmsBackend",
     "KeyBackend",
     "NewKey",
     "Pkcs11Backend",
+    "SignatureVerifier",
     "crypto_key_id",
     "init_token",
     "kms_transport",
+    "load_public_key",
     "softhsm_module_path",
     "write_softhsm_config",
 ]

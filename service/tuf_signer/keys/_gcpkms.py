@@ -922,6 +922,11 @@ class GcpKmsBackend(KeyBackend):
         signature_crc32c: int | None = response.signature_crc32c
         if signature_crc32c is None or _crc32c(signature) != signature_crc32c:
             raise _IntegrityError("signature_crc32c does not match the signature received")
+        # The service checks every signature against the *registered* public
+        # key too (keys._verify), which catches a KMS serving another key under
+        # this name. This check, against the key KMS returned, stays: it runs
+        # inside the integrity retry loop, so a damaged answer is asked again
+        # instead of failing the request.
         try:
             key.verify(signature, data, digest)
         except InvalidSignature as e:

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tuf_signer._files import SECRET, make_private_dir, write_new
 from tuf_signer.errors import BackendError, ConfigError
 
 __all__ = ["init_token", "softhsm_module_path", "write_softhsm_config"]
@@ -58,7 +59,9 @@ def write_softhsm_config(dir: Path) -> Path:
     """Write a private SoftHSM2 configuration under ``dir``.
 
     The token directory is ``dir/tokens`` (created, mode 0700); objects are
-    stored as files and only errors are logged.
+    stored as files and only errors are logged. Both are created new: an
+    existing ``tokens`` or ``softhsm2.conf`` (a planted symlink included) is
+    refused, never reused or written through.
 
     Args:
         dir: directory to hold ``softhsm2.conf`` and ``tokens/``; created if missing.
@@ -67,24 +70,20 @@ def write_softhsm_config(dir: Path) -> Path:
         The path of the written ``softhsm2.conf`` (absolute).
 
     Raises:
-        ConfigError: the directory or file cannot be created.
+        ConfigError: the directory or file exists already or cannot be created.
     """
     base = Path(dir).resolve()
     tokens = base / "tokens"
     conf = base / "softhsm2.conf"
-    try:
-        tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tokens.chmod(0o700)  # mkdir's mode is masked by umask, and exist_ok skips it
-        conf.write_text(
-            "# SoftHSM2 configuration written by tuf-signer\n"
-            f"directories.tokendir = {tokens}\n"
-            "objectstore.backend = file\n"
-            "log.level = ERROR\n",
-            encoding="utf-8",
-        )
-        conf.chmod(0o600)
-    except OSError as e:
-        raise ConfigError(f"cannot write SoftHSM2 configuration under {base}: {e}") from e
+    make_private_dir(tokens)
+    write_new(
+        conf,
+        "# SoftHSM2 configuration written by tuf-signer\n"
+        f"directories.tokendir = {tokens}\n"
+        "objectstore.backend = file\n"
+        "log.level = ERROR\n",
+        SECRET,
+    )
     return conf
 
 

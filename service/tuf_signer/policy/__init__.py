@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from tuf_signer.policy._authz import (
     ANONYMOUS,
+    IDENTITY_TYPES,
     KEY_ADMIN,
+    MAX_IDENTITY_CHARS,
     OPERATIONS,
     READ_AUDIT,
     READ_KEYS,
@@ -21,9 +23,22 @@ from tuf_signer.policy._authz import (
     authorize,
     authorize_key,
     authorize_role,
+    check_identity,
+    identity_type,
 )
-from tuf_signer.policy._canonical import parse_canonical
+from tuf_signer.policy._bins import (
+    bin_for_path,
+    bin_index,
+    bin_name,
+    bins_pattern,
+    check_bin_payload,
+    check_bins_delegation,
+    describe_bins,
+    parse_bins,
+)
+from tuf_signer.policy._canonical import NeedsExactCheck, parse_canonical
 from tuf_signer.policy._checks import (
+    PEP458_BINS,
     PEP458_ONLINE_RULES,
     TUF_EXPIRES_FORMAT,
     SignedInfo,
@@ -33,14 +48,18 @@ from tuf_signer.policy._checks import (
     check_spec_version,
     check_type_fits_role,
     inspect_signed,
+    pep458_online_rules,
     resolve_role,
     validate_rules,
 )
 
 __all__ = [
     "ANONYMOUS",
+    "IDENTITY_TYPES",
     "KEY_ADMIN",
+    "MAX_IDENTITY_CHARS",
     "OPERATIONS",
+    "PEP458_BINS",
     "PEP458_ONLINE_RULES",
     "READ_AUDIT",
     "READ_KEYS",
@@ -49,17 +68,29 @@ __all__ = [
     "UNRESTRICTED",
     "AccessPolicy",
     "AccessRule",
+    "NeedsExactCheck",
     "SignedInfo",
     "authorize",
     "authorize_key",
     "authorize_role",
+    "bin_for_path",
+    "bin_index",
+    "bin_name",
+    "bins_pattern",
+    "check_bin_payload",
+    "check_bins_delegation",
     "check_expiry",
+    "check_identity",
     "check_role_allowed",
     "check_sign_request",
     "check_spec_version",
     "check_type_fits_role",
+    "describe_bins",
+    "identity_type",
     "inspect_signed",
+    "parse_bins",
     "parse_canonical",
+    "pep458_online_rules",
     "resolve_role",
     "validate_rules",
 ]

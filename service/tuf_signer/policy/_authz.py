@@ -3,11 +3,17 @@
 A rule names one client identity (from its certificate) and the operations it
 may call. ``sign`` is further limited to named keys and role-name patterns, so
 a stolen backend credential signs only what its rule allows.
+
+Identities carry their type, so that one certificate field can never pass for
+another: ``uri:spiffe://example.org/backend`` (a SAN URI), ``dns:backend.example``
+(a SAN DNS name) and ``cn:Repository Backend`` (a subject CN, only when the server
+turns that fallback on) are three different identities.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -22,13 +28,66 @@ OPERATIONS = (SIGN, KEY_ADMIN, READ_KEYS, READ_AUDIT)
 # The identity of a caller on a plaintext (insecure, loopback-only) listener.
 ANONYMOUS = "anonymous"
 
+# Identity types, by the certificate field they come from (RFC 5280 §4.2.1.6
+# subjectAltName uniformResourceIdentifier / dNSName; subject commonName).
+URI = "uri"
+DNS = "dns"
+CN = "cn"
+IDENTITY_TYPES = (URI, DNS, CN)
+MAX_IDENTITY_CHARS = 1024  # of the value after the type prefix
+_PRINTABLE_ASCII = re.compile(r"[!-~]+")  # IA5String without space and controls
+
+
+def identity_type(identity: str) -> str:
+    """The type of a typed identity (``uri``, ``dns`` or ``cn``); "" for any other string."""
+    kind, sep, _ = identity.partition(":")
+    return kind if sep and kind in IDENTITY_TYPES else ""
+
+
+def check_identity(identity: str) -> None:
+    """Refuse an identity that is untyped, empty, too long or holds odd characters.
+
+    ``uri:`` and ``dns:`` values are printable ASCII without spaces (SAN URIs and
+    DNS names are IA5Strings); ``dns:`` values are lower case, since DNS names
+    compare case-insensitively (RFC 5280 §7.2) and one spelling keeps one reading.
+    ``cn:`` values are printable Unicode; single inner spaces are allowed. No
+    value holds a control character, NUL or a line break.
+
+    Raises:
+        UnauthenticatedError: saying what is wrong (the identity shown escaped).
+    """
+    kind = identity_type(identity)
+    if not kind:
+        raise UnauthenticatedError(f"identity {shown(identity)} has no type (uri:, dns: or cn:)")
+    value = identity[len(kind) + 1 :]
+    if not value:
+        raise UnauthenticatedError(f"identity {shown(identity)} is empty after its type")
+    if len(value) > MAX_IDENTITY_CHARS:
+        raise UnauthenticatedError(
+            f"identity {shown(identity)} is longer than {MAX_IDENTITY_CHARS} characters"
+        )
+    if kind == CN:
+        bad = value != value.strip() or not value.isprintable()
+    else:
+        bad = _PRINTABLE_ASCII.fullmatch(value) is None
+    if bad:
+        raise UnauthenticatedError(
+            f"identity {shown(identity)} holds control, space or other unprintable characters"
+        )
+    if kind == DNS and value != value.lower():
+        raise UnauthenticatedError(
+            f"identity {shown(identity)}: DNS names are compared in lower case; "
+            f"write {shown(identity.lower())}"
+        )
+
 
 @dataclass(frozen=True)
 class AccessRule:
     """What one identity may do.
 
     Attributes:
-        identity: the client identity (certificate SAN URI or DNS name, else CN).
+        identity: the typed client identity (``uri:…``, ``dns:…`` or ``cn:…``),
+            or ``anonymous`` for callers on a plaintext loopback listener.
         operations: a subset of ``OPERATIONS``.
         keys: key names this identity may sign with (``*`` for any).
         roles: role-name patterns (``fnmatch``, case-sensitive) it may sign.
@@ -77,8 +136,7 @@ def validate_rule(rule: AccessRule, where: str) -> None:
     Raises:
         ConfigError: naming the setting at fault.
     """
-    if not rule.identity or rule.identity != rule.identity.strip():
-        raise ConfigError(f"{where}.identity: must be a non-empty identity without spaces")
+    _check_rule_identity(rule.identity, where)
     if not rule.operations:
         raise ConfigError(f"{where}.operations: at least one of {', '.join(OPERATIONS)}")
     unknown = sorted(rule.operations - set(OPERATIONS))
@@ -103,6 +161,22 @@ def validate_rule(rule: AccessRule, where: str) -> None:
             raise ConfigError(f"{where}.{name}: must be at least 1")
     if rule.rate is not None and rule.rate <= 0:
         raise ConfigError(f"{where}.rate: must be positive")
+
+
+def _check_rule_identity(identity: str, where: str) -> None:
+    if identity == ANONYMOUS:
+        return
+    if not identity_type(identity):
+        typed = ("uri:" if "://" in identity else "dns:") + identity
+        raise ConfigError(
+            f"{where}.identity: {shown(identity)} does not say its type; identities are "
+            f"typed by the certificate field they come from (uri:, dns: or cn:), "
+            f"e.g. {typed!r}"
+        )
+    try:
+        check_identity(identity)
+    except UnauthenticatedError as e:
+        raise ConfigError(f"{where}.identity: {e.reason}") from None
 
 
 def authorize(policy: AccessPolicy, identity: str, operation: str) -> AccessRule:

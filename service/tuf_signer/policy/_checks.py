@@ -18,7 +18,13 @@ from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 from tuf_signer.errors import PayloadError, PermissionError_, PolicyError, RequestError, shown
-from tuf_signer.model import RoleRule
+from tuf_signer.model import BinsDelegation, RoleRule
+from tuf_signer.policy._bins import (
+    bins_pattern,
+    check_bin_payload,
+    check_bins_delegation,
+    check_rules_fit_bins,
+)
 from tuf_signer.policy._canonical import parse_canonical
 
 DAY = 86400  # seconds
@@ -26,15 +32,27 @@ DAY = 86400  # seconds
 # PEP 458: timestamp, snapshot and bin-n metadata expire after 1 day.
 DEFAULT_MAX_VALIDITY = DAY
 
-# A key policy for a PEP 458 repository's online roles, each valid for 1 day.
-# The hashed bins are python-tuf succinct hash bins with prefix "bins", as RSTUF
-# names them ("bins-0000" ... "bins-3fff"); the pattern does not match "bins"
-# itself, an offline role.
-PEP458_ONLINE_RULES: tuple[RoleRule, ...] = (
-    RoleRule("timestamp", DEFAULT_MAX_VALIDITY),
-    RoleRule("snapshot", DEFAULT_MAX_VALIDITY),
-    RoleRule("bins-*", DEFAULT_MAX_VALIDITY),
-)
+# PEP 458's hashed bins as RSTUF names them: python-tuf succinct hash bins with
+# prefix "bins" and 16,384 bins ("bins-0000" ... "bins-3fff").
+PEP458_BINS = BinsDelegation("bins", 14)
+
+
+def pep458_online_rules(bins: BinsDelegation = PEP458_BINS) -> tuple[RoleRule, ...]:
+    """A key policy for a PEP 458 repository's online roles, each valid for 1 day.
+
+    Timestamp, snapshot, and exactly the declared bins (``bins_pattern``), which
+    never match "bins" itself, an offline role.
+    """
+    return (
+        RoleRule("timestamp", DEFAULT_MAX_VALIDITY),
+        RoleRule("snapshot", DEFAULT_MAX_VALIDITY),
+        RoleRule(bins_pattern(bins), DEFAULT_MAX_VALIDITY),
+    )
+
+
+# The rules for a key that declares PEP458_BINS:
+# timestamp, snapshot, "bins-[0-3][0-9a-f][0-9a-f][0-9a-f]".
+PEP458_ONLINE_RULES: tuple[RoleRule, ...] = pep458_online_rules()
 
 # The longest max_validity a rule may set: 10 years, leap days included.
 MAX_RULE_VALIDITY = 3653 * DAY
@@ -247,17 +265,22 @@ def check_expiry(expires: datetime, now: datetime, max_validity: int) -> None:
         )
 
 
-def validate_rules(rules: Sequence[RoleRule]) -> None:
-    """Check a key's role rules before the key is created.
+def validate_rules(rules: Sequence[RoleRule], bins: BinsDelegation | None = None) -> None:
+    """Check a key's role rules (and its bins declaration) before the key is created.
 
     Args:
         rules: the rules asked for.
+        bins: the hash-bin delegation the key declares, if any.
 
     Raises:
         RequestError: there is no rule; a pattern is empty, not an acceptable
             role name (glob characters ``*?[]`` allowed), matches "root", or
-            appears twice; or a max_validity is not in 1 s .. 10 years.
+            appears twice; a max_validity is not in 1 s .. 10 years; the bins
+            declaration is malformed; or a glob pattern could match a name that
+            is not one of the declared bins (every glob, when none are declared).
     """
+    if bins is not None:
+        check_bins_delegation(bins)
     if not rules:
         raise RequestError("a key needs at least one role rule")
     seen: set[str] = set()
@@ -283,6 +306,7 @@ def validate_rules(rules: Sequence[RoleRule]) -> None:
                 f"max_validity {_show(repr(validity))} of role rule {_show(pattern)} "
                 f"must be a whole number of seconds in 1..{MAX_RULE_VALIDITY} (10 years)"
             )
+    check_rules_fit_bins(rules, bins)
 
 
 def check_sign_request(
@@ -293,11 +317,15 @@ def check_sign_request(
     now: datetime,
     max_payload_bytes: int,
     payload_sha256: str | None = None,
+    *,
+    exact: bool = True,
+    bins: BinsDelegation | None = None,
 ) -> tuple[str, SignedInfo, RoleRule]:
     """Apply every stateless P3 check to one Sign request, in a fixed order.
 
     Order: size, canonical JSON, required fields, role name, ``_type`` fits
-    role, role allowed for the key, ``spec_version``, ``expires``. The rollback
+    role, role allowed for the key, hash bin (``check_bin_payload``, targets
+    only), ``spec_version``, ``expires``. The rollback
     check (version above the last one signed) is the caller's, with the role
     state.
 
@@ -309,27 +337,37 @@ def check_sign_request(
         now: the current time (aware).
         max_payload_bytes: the largest payload accepted.
         payload_sha256: the payload's SHA-256 (hex), when the caller has it.
+        exact: False to raise ``NeedsExactCheck`` rather than run the slow
+            exact canonical check (see ``parse_canonical``).
+        bins: the hash-bin delegation the key declares, if any.
 
     Returns:
         The resolved role, the payload's fields and the rule that allowed it.
 
     Raises:
+        NeedsExactCheck: ``exact`` is False and the payload needs the exact check.
         PayloadError: too large, not canonical JSON, a required field missing or
             malformed, or ``_type`` does not fit the role (INVALID_ARGUMENT).
         RequestError: the role name is missing or unacceptable (INVALID_ARGUMENT).
         PermissionError_: the key may not sign this role (PERMISSION_DENIED).
         PolicyError: unsupported ``spec_version`` major, or ``expires`` in the
-            past or beyond the rule's maximum (FAILED_PRECONDITION).
+            past or beyond the rule's maximum, or a glob rule allowed a bin but
+            the key declares no bins (FAILED_PRECONDITION).
+        RequestError, PayloadError: a bin name that is not one of the declared
+            bins, a target path outside the bin, or a bin with delegations
+            (INVALID_ARGUMENT).
     """
     if len(payload) > max_payload_bytes:
         raise PayloadError(
             f"payload is {len(payload)} bytes, more than the limit of {max_payload_bytes}"
         )
-    obj = parse_canonical(payload)
+    obj = parse_canonical(payload, exact=exact)
     info = inspect_signed(obj, payload, payload_sha256)
     resolved = resolve_role(role, info.type)
     check_type_fits_role(resolved, info.type)
     rule = check_role_allowed(resolved, rules, key_name)
+    if info.type == "targets":
+        check_bin_payload(resolved, obj, rule, bins, key_name)
     check_spec_version(info.spec_version)
     check_expiry(info.expires, now, rule.max_validity)
     return resolved, info, rule

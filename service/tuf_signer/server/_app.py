@@ -28,6 +28,7 @@ from tuf_signer.config import (
 )
 from tuf_signer.errors import ConfigError, TufSignerError
 from tuf_signer.keys import GcpKmsBackend, KeyBackend, Pkcs11Backend, kms_transport
+from tuf_signer.server._checker import PayloadChecker
 from tuf_signer.server._grpc import (
     AuditLogServicer,
     ErrorInterceptor,
@@ -36,6 +37,8 @@ from tuf_signer.server._grpc import (
 )
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._harden import harden_process
+from tuf_signer.server._identity import Authenticator, IdentitySettings
+from tuf_signer.server._revocation import load_revocation
 from tuf_signer.server._service import Clock, SigningService, utc_now
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
@@ -118,9 +121,11 @@ class SignerServer:
         )
         self._clock = clock
         self.guard = Guard(config.authz, config.limits)
+        self.authenticator = Authenticator(identity_settings(config.server.tls))
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
+        self._summary_task: asyncio.Task[None] | None = None
         self._backends: dict[str, KeyBackend] = {}
         self._store: AuditStore | None = None
         self.service: SigningService | None = None
@@ -138,9 +143,12 @@ class SignerServer:
         check_listen(cfg)
         check_secrets(self.config)
         credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
+        revocation = load_revocation(cfg.tls)
+        self.authenticator.update(identity_settings(cfg.tls), revocation)
         self._store = open_audit_store(self.config.audit)
         try:
             self._backends = await start_backends(self.config)
+            checker = PayloadChecker(cfg.check_processes, timeout=cfg.check_timeout)
             self.service = SigningService(
                 self._store,
                 self._backends,
@@ -151,9 +159,19 @@ class SignerServer:
                 # Leave room within the call deadline to record the refusal.
                 hsm_timeout=cfg.call_deadline * 0.8,
                 max_batch=cfg.max_batch_items,
+                checker=checker,
+                max_version_step=self.config.policy.max_version_step,
             )
+            await checker.start()  # now, not on the first large payload
             server = grpc.aio.server(
-                interceptors=[ErrorInterceptor(cfg.call_deadline, self.service.refuse)],
+                interceptors=[
+                    ErrorInterceptor(
+                        cfg.call_deadline,
+                        self.service.refuse,
+                        message_limits(cfg),
+                        authenticator=self.authenticator,
+                    )
+                ],
                 options=[
                     # Room for a SignBatch of max_batch_bytes plus the envelope;
                     # each payload's own limit is checked (and recorded) per item.
@@ -161,9 +179,10 @@ class SignerServer:
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ],
             )
-            pb_grpc.add_SignerServicer_to_server(SignerServicer(self.service), server)
-            pb_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(self.service), server)
-            pb_grpc.add_AuditLogServicer_to_server(AuditLogServicer(self.service), server)
+            identity = self.authenticator.identity_of
+            pb_grpc.add_SignerServicer_to_server(SignerServicer(self.service, identity), server)
+            pb_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(self.service, identity), server)
+            pb_grpc.add_AuditLogServicer_to_server(AuditLogServicer(self.service, identity), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -182,6 +201,9 @@ class SignerServer:
             raise
         await self._set_health(serving=True)
         self._health_task = asyncio.create_task(self._watch_health(cfg.health_interval))
+        self._summary_task = asyncio.create_task(
+            self._write_summaries(self.config.limits.summary_seconds)
+        )
         log.info(
             "tuf-signer listening on %s (port %d, %s)",
             cfg.listen,
@@ -191,26 +213,38 @@ class SignerServer:
         return self.port
 
     def reload(self) -> bool:
-        """Re-read the config file and put its access policy and limits in force.
+        """Re-read the config file; put its access policy, limits, identity
+        settings and revocation lists (``[server.tls]`` crl, deny_list) in force.
 
-        A config that does not validate leaves the policy in force unchanged
-        and says why in the log. Other settings need a restart.
+        A config that does not validate leaves everything in force unchanged
+        and says why in the log. A CRL or deny list that cannot be read or
+        does not verify leaves the previous lists in force (the log names the
+        setting) while the rest of the new config applies. Other settings
+        need a restart.
 
         Returns:
-            True when the new policy is in force.
+            True when everything new is in force.
         """
         try:
             fresh = load_config(self.config.path)
         except TufSignerError as e:
             log.error("reload: keeping the previous access policy: %s", e.reason)
             return False
+        ok = True
+        try:
+            revocation = load_revocation(fresh.server.tls)
+        except TufSignerError as e:
+            log.error("reload: keeping the previous revocation lists: %s", e.reason)
+            revocation, ok = self.authenticator.revocation, False
         self.guard.update(fresh.authz, fresh.limits)
+        self.authenticator.update(identity_settings(fresh.server.tls), revocation)
         log.info(
-            "reload: access policy with %d rules and limits %s in force",
+            "reload: access policy with %d rules, limits %s and %d revoked certificates in force",
             len(fresh.authz.rules),
             fresh.limits,
+            len(revocation),
         )
-        return True
+        return ok
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -237,6 +271,14 @@ class SignerServer:
                 await self._set_health(serving=now)
                 healthy = now
 
+    async def _write_summaries(self, interval: float) -> None:
+        """Write the counted refusals' summary records every ``interval`` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            assert self.service is not None
+            with contextlib.suppress(TufSignerError):  # logged by flush_refusals
+                await self.service.flush_refusals()
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new calls, let in-flight ones finish and commit, then close.
 
@@ -247,10 +289,11 @@ class SignerServer:
             return
         grace = self._server_cfg.drain_seconds if grace is None else grace
         await self._health.enter_graceful_shutdown()
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._summary_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.stop(grace)
         await self._release()
@@ -283,6 +326,30 @@ async def serve(config: Config, listen: str | None = None) -> None:
         loop.add_signal_handler(sig, functools.partial(_on_signal, server, sig))
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.wait()
+
+
+def message_limits(cfg: ServerConfig) -> dict[str, int]:
+    """The largest request message each method takes, in bytes (by method name).
+
+    gRPC's own limit is one number for the whole server, sized for SignBatch;
+    a Sign carries one payload, and the other calls a few names. Checked
+    before the message is decoded.
+    """
+    envelope = 64 * 1024
+    return {
+        "Sign": cfg.max_payload_bytes + envelope,
+        "SignBatch": cfg.max_batch_bytes + envelope,
+        "*": envelope,
+    }
+
+
+def identity_settings(tls: TlsConfig | None) -> IdentitySettings:
+    """How client certificates name their holders under ``[server.tls]``."""
+    if tls is None:
+        return IdentitySettings()
+    return IdentitySettings(
+        allow_cn_identity=tls.allow_cn_identity, require_single_uri=tls.require_single_uri
+    )
 
 
 def _server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:

@@ -6,16 +6,23 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from tuf_signer.audit import event_to_dict
-from tuf_signer.errors import RequestError, TufSignerError
-from tuf_signer.model import Algorithm, KeyState, KeyVersion, RoleRule
-from tuf_signer.server._identity import identity_of
+from tuf_signer.errors import LimitError, RequestError, TufSignerError
+from tuf_signer.model import (
+    Algorithm,
+    BinsDelegation,
+    KeyState,
+    KeyVersion,
+    RoleRule,
+    RoleState,
+)
+from tuf_signer.server._identity import Authenticator, identity_of
 from tuf_signer.server._service import (
     KeyView,
     SigningService,
@@ -27,6 +34,9 @@ from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+# The caller's typed identity ("" when refused): ``Authenticator.identity_of``.
+IdentityOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
 
 _ALGORITHMS: dict[int, Algorithm] = {
     pb.ALGORITHM_UNSPECIFIED: Algorithm.ED25519,
@@ -44,6 +54,19 @@ _STATE_TO_PB = {
     KeyState.ACTIVE: pb.ACTIVE,
     KeyState.RETIRED: pb.RETIRED,
 }
+
+
+def _role_state_pb(s: RoleState) -> pb.RoleStateInfo:
+    return pb.RoleStateInfo(
+        key=s.key_name,
+        role=s.role,
+        version=s.version,
+        payload_sha256=s.payload_sha256,
+        keyid=s.keyid,
+        key_version=s.key_version,
+        expires=s.expires,
+        audit_seq=s.audit_seq,
+    )
 
 
 def _sign_response(result: SignResult) -> pb.SignResponse:
@@ -81,7 +104,21 @@ def _key_pb(view: KeyView) -> pb.KeyInfo:
         ],
         versions=[_version_pb(v) for v in view.versions],
         created_at=view.key.created_at,
+        bins=_bins_pb(view.key.bins),
     )
+
+
+def _bins_pb(bins: BinsDelegation | None) -> pb.BinsDelegation | None:
+    if bins is None:
+        return None
+    return pb.BinsDelegation(prefix=bins.prefix, bit_length=bins.bit_length)
+
+
+def _bins(request: pb.CreateKeyRequest) -> BinsDelegation | None:
+    """The request's declaration; the service checks its values."""
+    if not request.HasField("bins"):
+        return None
+    return BinsDelegation(request.bins.prefix, request.bins.bit_length)
 
 
 def _algorithm(value: int) -> Algorithm:
@@ -94,14 +131,15 @@ def _algorithm(value: int) -> Algorithm:
 class SignerServicer(pb_grpc.SignerServicer):
     """``tuf_signer.v1.Signer``."""
 
-    def __init__(self, service: SigningService) -> None:
+    def __init__(self, service: SigningService, identity: IdentityOf = identity_of) -> None:
         self._service = service
+        self._identity_of = identity
 
     async def Sign(
         self, request: pb.SignRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SignResponse:
         result = await self._service.sign(
-            identity_of(context),
+            self._identity_of(context),
             request.key,
             request.role or None,
             request.payload,
@@ -113,7 +151,7 @@ class SignerServicer(pb_grpc.SignerServicer):
         self, request: pb.SignBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SignBatchResponse:
         outcomes = await self._service.sign_batch(
-            identity_of(context),
+            self._identity_of(context),
             [
                 SignItem(r.key, r.role or None, r.payload, r.expected_keyid)
                 for r in request.requests
@@ -133,40 +171,29 @@ class SignerServicer(pb_grpc.SignerServicer):
     async def GetPublicKeys(
         self, request: pb.GetPublicKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetPublicKeysResponse:
-        views = await self._service.public_keys(identity_of(context), request.key)
+        views = await self._service.public_keys(self._identity_of(context), request.key)
         return pb.GetPublicKeysResponse(keys=[_key_pb(v) for v in views])
 
     async def GetRoleState(
         self, request: pb.GetRoleStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetRoleStateResponse:
-        states = await self._service.role_states(identity_of(context), request.key, request.role)
-        return pb.GetRoleStateResponse(
-            states=[
-                pb.RoleStateInfo(
-                    key=s.key_name,
-                    role=s.role,
-                    version=s.version,
-                    payload_sha256=s.payload_sha256,
-                    keyid=s.keyid,
-                    key_version=s.key_version,
-                    expires=s.expires,
-                    audit_seq=s.audit_seq,
-                )
-                for s in states
-            ]
+        states = await self._service.role_states(
+            self._identity_of(context), request.key, request.role
         )
+        return pb.GetRoleStateResponse(states=[_role_state_pb(s) for s in states])
 
 
 class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     """``tuf_signer.v1.KeyAdmin``."""
 
-    def __init__(self, service: SigningService) -> None:
+    def __init__(self, service: SigningService, identity: IdentityOf = identity_of) -> None:
         self._service = service
+        self._identity_of = identity
 
     async def CreateKey(
         self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateKeyResponse:
-        identity = identity_of(context)
+        identity = self._identity_of(context)
         try:
             algorithm = _algorithm(request.algorithm)
         except RequestError as e:
@@ -178,19 +205,20 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
             [RoleRule(r.pattern, r.max_validity_seconds) for r in request.roles],
             request.backend,
             request.activate,
+            _bins(request),
         )
         return pb.CreateKeyResponse(key=_key_pb(view), audit_seq=seq)
 
     async def RotateKey(
         self, request: pb.RotateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
-        version, seq = await self._service.rotate_key(identity_of(context), request.key)
+        version, seq = await self._service.rotate_key(self._identity_of(context), request.key)
         return pb.KeyVersionResponse(version=_version_pb(version), audit_seq=seq)
 
     async def ActivateKeyVersion(
         self, request: pb.ActivateKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
-        identity = identity_of(context)
+        identity = self._identity_of(context)
         number = await self._version_number(identity, "activate-key-version", request)
         version, seq = await self._service.set_version_state(
             identity, request.key, number, KeyState.ACTIVE, request.expected_keyid
@@ -200,7 +228,7 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     async def RetireKeyVersion(
         self, request: pb.RetireKeyVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeyVersionResponse:
-        identity = identity_of(context)
+        identity = self._identity_of(context)
         number = await self._version_number(identity, "retire-key-version", request)
         version, seq = await self._service.set_version_state(
             identity, request.key, number, KeyState.RETIRED
@@ -225,22 +253,31 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     async def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListKeysResponse:
-        views = await self._service.admin_keys(identity_of(context))
+        views = await self._service.admin_keys(self._identity_of(context))
         return pb.ListKeysResponse(keys=[_key_pb(v) for v in views])
+
+    async def ResetRoleState(
+        self, request: pb.ResetRoleStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResetRoleStateResponse:
+        state, seq = await self._service.reset_role_state(
+            self._identity_of(context), request.key, request.role, request.version, request.reason
+        )
+        return pb.ResetRoleStateResponse(state=_role_state_pb(state), audit_seq=seq)
 
 
 class AuditLogServicer(pb_grpc.AuditLogServicer):
     """``tuf_signer.v1.AuditLog``."""
 
-    def __init__(self, service: SigningService) -> None:
+    def __init__(self, service: SigningService, identity: IdentityOf = identity_of) -> None:
         self._service = service
+        self._identity_of = identity
 
     async def ListRecords(
         self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListRecordsResponse:
         limit = min(request.limit or 100, 1000)
         records, (head_seq, head_hash) = await self._service.audit_records(
-            identity_of(context), request.start_seq, limit
+            self._identity_of(context), request.start_seq, limit
         )
         return pb.ListRecordsResponse(
             records=[
@@ -262,9 +299,9 @@ Refuse = Callable[..., Awaitable[None]]
 
 @dataclass(frozen=True)
 class _Undecodable:
-    """Stands in for a request message that failed to decode."""
+    """Stands in for a request message that failed to decode, or was too large."""
 
-    reason: str
+    error: TufSignerError
 
 
 def _operation_of(method: str) -> str:
@@ -284,14 +321,30 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     say) is refused with INVALID_ARGUMENT through ``refuse``, which records it,
     instead of surfacing as gRPC's UNKNOWN.
 
+    A request message larger than its method's limit is refused before it is
+    decoded (RESOURCE_EXHAUSTED, counted like any limit).
+
     Args:
         deadline: the longest a call may run, in seconds.
         refuse: records a refusal and raises it (``SigningService.refuse``).
+        authenticator: the identity step, run first on every call: a caller
+            it refuses (an unfit or revoked certificate, no identity) gets
+            UNAUTHENTICATED with the reason, through ``refuse``.
+        message_limits: the largest request message per method name, in
+            bytes; ``"*"`` for every other method. No limit when omitted.
     """
 
-    def __init__(self, deadline: float, refuse: Refuse) -> None:
+    def __init__(
+        self,
+        deadline: float,
+        refuse: Refuse,
+        message_limits: Mapping[str, int] | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self._deadline = deadline
         self._refuse = refuse
+        self._authenticator = authenticator or Authenticator()
+        self._limits = dict(message_limits or {})
         # The wrapped handler of each method, built on its first call: the
         # server's handlers never change, and a Sign should not pay for
         # building closures and a handler again.
@@ -322,22 +375,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         inner: Any = handler.unary_unary
         decode = handler.request_deserializer
         operation = _operation_of(method)
+        name = method.rsplit("/", 1)[-1]
+        limit = self._limits.get(name, self._limits.get("*"))
 
         def safe_decode(data: bytes) -> Any:
+            if limit is not None and len(data) > limit:
+                return _Undecodable(
+                    LimitError(
+                        f"the {name} request is {len(data)} bytes, more than its limit of {limit}"
+                    )
+                )
             try:
                 return decode(data) if decode is not None else data
             except Exception as e:
                 what = "a string field is not valid UTF-8" if "UTF-8" in str(e) else "malformed"
-                return _Undecodable(what)
+                return _Undecodable(RequestError(f"the request message does not decode: {what}"))
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
+                caller = self._authenticator.caller_of(context)
+                if caller.refusal is not None:
+                    await self._refuse(caller.identity, operation, caller.refusal)
                 if isinstance(request, _Undecodable):
-                    await self._refuse(
-                        identity_of(context),
-                        operation,
-                        RequestError(f"the request message does not decode: {request.reason}"),
-                    )
+                    await self._refuse(caller.identity, operation, request.error)
                 async with asyncio.timeout(self._deadline):
                     return await inner(request, context)
             except TimeoutError:

@@ -1,9 +1,15 @@
 """Admission: authorisation (P2) and per-identity abuse limits, before any HSM work.
 
-Each call is admitted under its caller's identity and operation: the access
-policy must allow it, the identity must have a free concurrency slot, and its
-token bucket must hold a token. A compromised backend can then spend at most
-its own share of the HSM, while other identities keep working.
+Each call is admitted under its caller's identity and operation: the identity
+must have an access rule, a free concurrency slot, a call token and enough byte
+tokens for what it sent, and then the rule must allow the operation. A
+compromised backend can then spend at most its own share of the HSM, the
+payload checker and the audit store, while other identities keep working.
+
+Refusals of callers that have no identity, no rule, or are over a limit are
+raised as ``UnauthenticatedError``, ``UnknownIdentityError`` or ``LimitError``:
+the service counts those instead of recording each one (``RefusalTally``), so
+that a flood costs one record per identity per interval, not one fsync per call.
 """
 
 from __future__ import annotations
@@ -14,14 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tuf_signer.config import LimitsConfig
-from tuf_signer.errors import ResourceExhaustedError
+from tuf_signer.errors import LimitError, PermissionError_, UnknownIdentityError, shown
 from tuf_signer.policy import UNRESTRICTED, AccessPolicy, AccessRule, authorize
 
 
 @dataclass
 class _Bucket:
-    tokens: float
+    tokens: float  # calls
     stamp: float
+    bytes: float  # request bytes
+    check_seconds: float  # CPU seconds of off-loop payload checks
+    rate: float  # the call rate and burst in force when last admitted
+    burst: int
     in_flight: int = 0
 
 
@@ -63,45 +73,118 @@ class Guard:
         self._policy = policy
         self._limits = limits
 
+    def knows(self, identity: str) -> bool:
+        """Whether ``identity`` has an access rule (or admission is unrestricted)."""
+        return self._unrestricted or (bool(identity) and identity in self._policy.rules)
+
     @contextmanager
-    def admit(self, identity: str, operation: str, cost: int = 1) -> Iterator[AccessRule]:
+    def admit(
+        self, identity: str, operation: str, cost: int = 1, nbytes: int = 0
+    ) -> Iterator[AccessRule]:
         """Admit one call for its duration; yields the rule that allows it.
 
-        ``cost`` is the number of rate tokens the call takes (one per item of
-        a SignBatch); a call costlier than the burst may still go when the
-        bucket is full.
+        ``cost`` is the number of call tokens the call takes (one per item of
+        a SignBatch) and ``nbytes`` the byte tokens (its payloads); a call
+        costlier than the burst may still go when the bucket is full.
 
         Raises:
             UnauthenticatedError: no identity.
-            PermissionError_: the policy does not allow the call.
-            ResourceExhaustedError: the identity is over its concurrency or rate limit.
+            UnknownIdentityError: the identity has no access rule.
+            LimitError: the identity is over its concurrency, call or byte limit.
+            PermissionError_: the identity's rule does not allow the operation.
         """
         if self._unrestricted:
             yield UNRESTRICTED
             return
-        rule = authorize(self._policy, identity, operation)
-        max_concurrent = rule.max_concurrent or self._limits.max_concurrent
-        rate = rule.rate or self._limits.rate
-        burst = rule.burst or self._limits.burst
-        now = self._clock()
-        bucket = self._buckets.get(identity)
-        if bucket is None:
-            bucket = self._buckets[identity] = _Bucket(tokens=float(burst), stamp=now)
-        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
-        bucket.stamp = now
+        rule = self._policy.rules.get(identity)
+        if rule is None:
+            try:
+                authorize(self._policy, identity, operation)
+            except PermissionError_ as e:  # UnauthenticatedError passes as it is
+                raise UnknownIdentityError(e.reason) from None
+            raise UnknownIdentityError(f"identity {shown(identity)} has no access rule")
+        bucket = self._refill(identity, rule)
+        limits = self._limits
+        max_concurrent = rule.max_concurrent or limits.max_concurrent
+        rate = rule.rate or limits.rate
+        burst = rule.burst or limits.burst
         if bucket.in_flight >= max_concurrent:
-            raise ResourceExhaustedError(
-                f"identity {identity!r} already has {bucket.in_flight} calls in flight "
+            raise LimitError(
+                f"identity {shown(identity)} already has {bucket.in_flight} calls in flight "
                 f"(limit {max_concurrent})"
             )
         need = min(float(cost), float(burst))
         if bucket.tokens < need:
-            raise ResourceExhaustedError(
-                f"identity {identity!r} is over its rate limit ({rate:g} calls/s, burst {burst})"
+            raise LimitError(
+                f"identity {shown(identity)} is over its rate limit "
+                f"({rate:g} calls/s, burst {burst})"
             )
+        need_bytes = min(float(nbytes), float(limits.bytes_burst))
+        if bucket.bytes < need_bytes:
+            raise LimitError(
+                f"identity {shown(identity)} is over its byte rate limit "
+                f"({limits.bytes_rate:g} bytes/s, burst {limits.bytes_burst})"
+            )
+        # Limits before the operation check: a known identity that floods a
+        # method it may not call is throttled (and counted) like any other.
+        rule = authorize(self._policy, identity, operation)
         bucket.tokens -= need
+        bucket.bytes -= need_bytes
         bucket.in_flight += 1
         try:
             yield rule
         finally:
             bucket.in_flight -= 1
+
+    def check_budget(self, identity: str) -> None:
+        """Refuse an off-loop payload check when the identity has spent its CPU budget.
+
+        Raises:
+            LimitError: the identity's check budget is spent.
+        """
+        if self._unrestricted:
+            return
+        bucket = self._buckets.get(identity)
+        if bucket is None:
+            return
+        self._refill(identity, None)
+        if bucket.check_seconds <= 0:
+            limits = self._limits
+            raise LimitError(
+                f"identity {shown(identity)} spent its payload-check budget "
+                f"({limits.check_cpu_rate:g} CPU s/s, burst {limits.check_cpu_burst:g} s)"
+            )
+
+    def charge_check(self, identity: str, seconds: float) -> None:
+        """Charge CPU seconds that an off-loop payload check used to ``identity``."""
+        bucket = self._buckets.get(identity)
+        if bucket is not None and not self._unrestricted:
+            bucket.check_seconds -= seconds
+
+    def _refill(self, identity: str, rule: AccessRule | None) -> _Bucket:
+        """The identity's bucket, refilled up to now (under ``rule``'s rates if given)."""
+        limits = self._limits
+        now = self._clock()
+        bucket = self._buckets.get(identity)
+        if bucket is None:
+            bucket = self._buckets[identity] = _Bucket(
+                tokens=0.0,
+                stamp=now,
+                bytes=float(limits.bytes_burst),
+                check_seconds=limits.check_cpu_burst,
+                rate=limits.rate,
+                burst=limits.burst,
+            )
+            rule_burst = (rule.burst if rule is not None else None) or limits.burst
+            bucket.tokens = float(rule_burst)
+        if rule is not None:
+            bucket.rate = rule.rate or limits.rate
+            bucket.burst = rule.burst or limits.burst
+        elapsed = now - bucket.stamp
+        bucket.stamp = now
+        bucket.tokens = min(float(bucket.burst), bucket.tokens + elapsed * bucket.rate)
+        bucket.bytes = min(float(limits.bytes_burst), bucket.bytes + elapsed * limits.bytes_rate)
+        bucket.check_seconds = min(
+            limits.check_cpu_burst, bucket.check_seconds + elapsed * limits.check_cpu_rate
+        )
+        return bucket

@@ -24,7 +24,9 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,33 +41,44 @@ from tuf_signer.audit import (
     Committed,
     CreateKey,
     Entry,
+    ResetRole,
     SetVersionState,
     advance_decision,
 )
+from tuf_signer.config import PolicyConfig
 from tuf_signer.errors import (
     AlreadyExistsError,
     BackendError,
     DeadlineError,
     KeyStateError,
+    LimitError,
     NotFoundError,
     RequestError,
+    RollbackError,
     StoreError,
     TufSignerError,
+    UnauthenticatedError,
+    UnknownIdentityError,
+    VersionStepError,
     shown,
 )
-from tuf_signer.keys import KeyBackend
+from tuf_signer.keys import KeyBackend, SignatureVerifier
 from tuf_signer.model import (
     Algorithm,
     AuditEvent,
+    BinsDelegation,
     KeyRecord,
     KeyState,
     KeyVersion,
     Outcome,
     RoleRule,
     RoleState,
+    recordable,
 )
 from tuf_signer.policy import AccessRule
+from tuf_signer.server._checker import CheckJob, CheckResult, PayloadChecker
 from tuf_signer.server._guard import Guard
+from tuf_signer.server._tally import RefusalTally
 from tuf_signer.server._writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -74,6 +87,10 @@ Clock = Callable[[], datetime]
 T = TypeVar("T")
 
 _KEY_NAME_MAX = 128
+_KEYID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+# Refusals that reached no key are counted, not recorded one by one (_tally.py).
+_COUNTED = (UnauthenticatedError, UnknownIdentityError, LimitError)
 
 
 def utc_now() -> datetime:
@@ -143,6 +160,12 @@ class SigningService:
         hsm_timeout: seconds a backend call may take before the request is
             refused with DEADLINE_EXCEEDED (keep it under the call deadline).
         max_batch: most requests in one SignBatch.
+        checker: runs payload checks too costly for the event loop; a
+            one-process checker when omitted.
+        max_version_step: the largest version step above a role's mark, by
+            role class ("timestamp", "snapshot", "targets"); a class not
+            named is unbounded; None for the documented defaults
+            (``config.PolicyConfig``).
     """
 
     def __init__(
@@ -156,6 +179,8 @@ class SigningService:
         writer: AuditWriter | None = None,
         hsm_timeout: float = 25.0,
         max_batch: int = 4096,
+        checker: PayloadChecker | None = None,
+        max_version_step: Mapping[str, int] | None = None,
     ) -> None:
         self._store = store
         self._guard = guard
@@ -166,12 +191,22 @@ class SigningService:
         self._max_payload = max_payload_bytes
         self._clock = clock
         self._writer = writer or AuditWriter(store)
+        self._checker = checker or PayloadChecker()
+        self._tally = RefusalTally()
+        steps = PolicyConfig().max_version_step if max_version_step is None else max_version_step
+        self._max_step = dict(steps)
+        # Every signature is checked against the registered public key (issue 10).
+        self._verifier = SignatureVerifier()
         # Caches. The store is authoritative; these only save reads. The role
-        # state cache is a lower bound on the stored high-water marks, so a
-        # refusal based on it is always right, and a stale entry only costs
-        # an HSM call that the transaction then refuses.
+        # state cache is a lower bound on the stored high-water marks (except
+        # after an admin reset made elsewhere lowered one), so a refusal based
+        # on it is checked against the store once (_role_decision), and a
+        # stale entry only costs an HSM call that the transaction then refuses.
         self._keys: dict[str, KeyView] = {}
         self._roles: dict[tuple[str, str], RoleState] = {}
+        # (key, role) -> (audit_seq, monotonic time) of the last re-read that
+        # found the stored mark (see _role_decision).
+        self._confirmed: dict[tuple[str, str], tuple[int, float]] = {}
         self._admin_lock = asyncio.Lock()
         self.reload()
 
@@ -237,10 +272,18 @@ class SigningService:
         raise KeyStateError(f"key {view.key.name!r} has no ACTIVE version")
 
     def _now_event(self, identity: str, operation: str, at: str = "", **fields: Any) -> AuditEvent:
-        """A granted event stamped now (or ``at``, an RFC 3339 time already formatted)."""
+        """A granted event stamped now (or ``at``, an RFC 3339 time already formatted).
+
+        The caller's strings (``key_name``, ``role``) are stored escaped and
+        bounded (``recordable``): they are validated later, and a refusal
+        must be recordable whatever they hold.
+        """
+        for name in ("key_name", "role"):
+            if name in fields:
+                fields[name] = recordable(fields[name])
         return AuditEvent(
             time=at or rfc3339(self._clock()),
-            identity=identity,
+            identity=recordable(identity, 1024),
             operation=operation,
             outcome=Outcome.GRANTED,
             status="OK",
@@ -269,6 +312,8 @@ class SigningService:
     async def _commit_checked(self, known: _Known, entry: Entry) -> Committed:
         """Commit, turning a refusal by the store into its (already recorded) error."""
         committed = await self._record(known, entry)
+        if committed.current is not None:
+            self._remember(committed.current)
         if committed.status != "OK":
             raise _Recorded(_error_for(committed.status, committed.reason))
         return committed
@@ -283,27 +328,64 @@ class SigningService:
         operation: str,
         body: Callable[[AccessRule], Awaitable[T]],
         cost: int = 1,
+        nbytes: int = 0,
     ) -> T:
-        """Admit, run ``body``, and put every refusal on the record exactly once."""
-        try:
-            with self._guard.admit(known.event.identity, operation, cost) as rule:
+        """Admit, run ``body``, and put every refusal on the record exactly once.
+
+        A refusal at admission for want of an identity, a rule or a limit is
+        counted for the next summary record instead (``RefusalTally``).
+        """
+        identity = known.event.identity
+        with contextlib.ExitStack() as admitted:
+            try:
+                rule = admitted.enter_context(self._guard.admit(identity, operation, cost, nbytes))
+            except _COUNTED as e:
+                self._tally.add(identity, known.event.operation, e, known.event.time)
+                raise
+            except TufSignerError as e:
+                await self._refuse(known, e)
+                raise
+            try:
                 return await body(rule)
-        except _Recorded as r:
-            raise r.error from None
+            except _Recorded as r:
+                raise r.error from None
+            except StoreError:
+                raise
+            except LimitError as e:
+                self._tally.add(identity, known.event.operation, e, known.event.time)
+                raise
+            except TufSignerError as e:
+                await self._refuse(known, e)
+                raise
+            except asyncio.CancelledError:
+                if not known.recorded:
+                    with contextlib.suppress(TufSignerError):
+                        await self._refuse(known, _CANCELLED)
+                raise
+            except Exception as e:
+                log.exception("unexpected error in %s", known.event.operation)
+                await self._refuse(known, TufSignerError("internal error"))
+                raise TufSignerError("internal error") from e
+
+    async def flush_refusals(self) -> int:
+        """Write the summary records of the refusals counted since the last flush.
+
+        Returns:
+            How many summary records were written.
+
+        Raises:
+            StoreError: they could not be written (the counts are then lost,
+                and the error says so in the log).
+        """
+        events = self._tally.drain()
+        if not events:
+            return 0
+        try:
+            await self._writer.submit([Entry(e) for e in events])
         except StoreError:
+            log.error("lost the summary of %d groups of refused calls", len(events))
             raise
-        except TufSignerError as e:
-            await self._refuse(known, e)
-            raise
-        except asyncio.CancelledError:
-            if not known.recorded:
-                with contextlib.suppress(TufSignerError):
-                    await self._refuse(known, _CANCELLED)
-            raise
-        except Exception as e:
-            log.exception("unexpected error in %s", known.event.operation)
-            await self._refuse(known, TufSignerError("internal error"))
-            raise TufSignerError("internal error") from e
+        return len(events)
 
     async def refuse(
         self, identity: str, operation: str, error: TufSignerError, **fields: Any
@@ -311,12 +393,18 @@ class SigningService:
         """Record a request refused before it reached the service proper, then raise.
 
         Used by the transport layer for requests it cannot even decode (an
-        unknown algorithm number, version 0), so that they are on the record too.
+        unknown algorithm number, version 0, an oversized message), so that
+        they are on the record too: counted like any unadmitted call when the
+        caller has no identity or no rule, else recorded.
 
         Raises:
             TufSignerError: ``error``, once recorded (``StoreError`` if it cannot be).
         """
-        await self._refuse(_Known(self._now_event(identity, operation, **fields)), error)
+        known = _Known(self._now_event(identity, operation, **fields))
+        if isinstance(error, LimitError | UnauthenticatedError) or not self._guard.knows(identity):
+            self._tally.add(known.event.identity, operation, error, known.event.time)
+            raise error
+        await self._refuse(known, error)
         raise error
 
     # --- Sign ----------------------------------------------------------------
@@ -346,7 +434,7 @@ class SigningService:
         async def body(rule: AccessRule) -> SignResult:
             return await self._sign(known, rule, key_name, role, payload, expected_keyid)
 
-        return await self._guarded(known, policy.SIGN, body)
+        return await self._guarded(known, policy.SIGN, body, nbytes=len(payload))
 
     async def _sign(
         self,
@@ -358,7 +446,7 @@ class SigningService:
         expected_keyid: str,
     ) -> SignResult:
         for attempt in (1, 2):
-            prep = self._prepare(known, rule, key_name, role, payload, expected_keyid)
+            prep = await self._prepare(known, rule, key_name, role, payload, expected_keyid)
             if prep.replay is not None:
                 committed = await self._commit_checked(known, prep.entry(prep.replay.signature))
                 return prep.result(committed.current or prep.replay, committed, replayed=True)
@@ -382,7 +470,7 @@ class SigningService:
                 known.recorded = False
         raise AssertionError("unreachable")
 
-    def _prepare(
+    async def _prepare(
         self,
         known: _Known,
         rule: AccessRule,
@@ -396,18 +484,27 @@ class SigningService:
         Raises:
             TufSignerError: the refusal (not yet recorded).
         """
+        validate_key_name(key_name)
+        if expected_keyid and _KEYID_RE.fullmatch(expected_keyid) is None:
+            raise RequestError(
+                f"expected_keyid {shown(expected_keyid)} is not a keyid "
+                "(at most 128 printable ASCII characters)"
+            )
         # Authorisation first: a caller learns nothing about keys it may not use.
         policy.authorize_key(rule, key_name)
         view = self._view(key_name)
-        now = self._clock()
-        resolved, info, _rule = policy.check_sign_request(
-            payload,
-            role,
-            key_name,
-            view.key.rules,
-            now,
-            self._max_payload,
-            known.event.payload_sha256,
+        job = CheckJob(
+            payload=payload,
+            role=role,
+            key_name=key_name,
+            rules=view.key.rules,
+            now=self._clock(),
+            max_payload_bytes=self._max_payload,
+            payload_sha256=known.event.payload_sha256,
+            extra=(("bins", view.key.bins),) if view.key.bins is not None else (),
+        )
+        resolved, info, _rule = self._checker.inline(job) or await self._offload(
+            known.event.identity, job
         )
         expires = info.expires.strftime(policy.TUF_EXPIRES_FORMAT)
         try:
@@ -438,9 +535,9 @@ class SigningService:
             expires=known.event.expires,
             audit_seq=0,
         )
-        cached = self._roles.get((key_name, resolved))
-        # Raises RollbackError before any HSM work; "replay" for an identical retry.
-        replay = cached if advance_decision(cached, state) == "replay" else None
+        max_step = self._max_step.get(info.type)
+        # Raises before any HSM work; the stored state for an identical retry.
+        replay = await self._role_decision(state, max_step)
         return _Prepared(
             known=known,
             state=state,
@@ -449,7 +546,61 @@ class SigningService:
             algorithm=view.key.algorithm,
             payload=payload,
             replay=replay,
+            version=active,
+            max_step=max_step,
         )
+
+    async def _role_decision(self, state: RoleState, max_step: int | None) -> RoleState | None:
+        """The high-water check (P3, version step) against this process's cache.
+
+        The cache is a lower bound on the stored mark, but an admin reset made
+        by another worker may have lowered the stored one, and a step judged
+        against a lower bound may be too long: a refusal re-reads the stored
+        state once (off the event loop) and stands only if the store agrees.
+
+        Returns:
+            The stored state when ``state`` repeats it exactly (a replay), else None.
+
+        Raises:
+            RollbackError, VersionStepError: the store's mark refuses ``state``.
+            StoreError: the store cannot be read.
+        """
+        key = (state.key_name, state.role)
+        cached = self._roles.get(key)
+        try:
+            decision = advance_decision(cached, state, max_step)
+        except (RollbackError, VersionStepError):
+            # At most one re-read per role and second while the store keeps
+            # agreeing: a flood of stale versions must not become a flood of reads.
+            seq = cached.audit_seq if cached else 0
+            confirmed_seq, confirmed_at = self._confirmed.get(key, (-1, 0.0))
+            if confirmed_seq == seq and time.monotonic() - confirmed_at < 1.0:
+                raise
+            loop = asyncio.get_running_loop()
+            stored = await loop.run_in_executor(None, self._store.get_role_state, *key)
+            if stored is None:
+                self._roles.pop(key, None)
+            else:
+                self._remember(stored)
+            cached = self._roles.get(key)
+            self._confirmed[key] = (cached.audit_seq if cached else 0, time.monotonic())
+            decision = advance_decision(cached, state, max_step)
+        return cached if decision == "replay" else None
+
+    async def _offload(self, identity: str, job: CheckJob) -> CheckResult:
+        """Check a payload in a checker process, charged to ``identity``'s CPU budget.
+
+        Raises:
+            LimitError: the identity's check budget is spent.
+            TufSignerError: the payload's refusal, or RESOURCE_EXHAUSTED when
+                the check ran past its time budget.
+        """
+        self._guard.check_budget(identity)
+        verdict, seconds = await self._checker.offload(job)
+        self._guard.charge_check(identity, seconds)
+        if isinstance(verdict, TufSignerError):
+            raise verdict
+        return verdict
 
     async def _backend_sign(
         self, backend: KeyBackend, preps: Sequence[_Prepared]
@@ -466,7 +617,31 @@ class SigningService:
                 f"backend {backend.name!r} did not sign within {self._hsm_timeout:g} s"
             )
             return [error] * len(preps)
-        return list(results)
+        return [self._verified(backend, p, r) for p, r in zip(preps, results, strict=True)]
+
+    def _verified(
+        self, backend: KeyBackend, prep: _Prepared, result: bytes | TufSignerError
+    ) -> bytes | TufSignerError:
+        """The signature if it verifies against the registered public key, else the error.
+
+        Every backend's signature passes here before it is recorded or
+        returned (issue 10, finding 10): a mismatch is UNAVAILABLE, recorded
+        as a refusal, logged at ERROR, and the role state does not move.
+        """
+        if isinstance(result, TufSignerError):
+            return result
+        try:
+            self._verifier.verify(
+                backend.name,
+                prep.version,
+                prep.algorithm,
+                result,
+                prep.payload,
+                bytes.fromhex(prep.state.payload_sha256),
+            )
+        except TufSignerError as e:
+            return e
+        return result
 
     def _active_moved(self, prep: _Prepared) -> bool:
         """Re-read the key: is another version than ``prep``'s ACTIVE now?"""
@@ -516,7 +691,8 @@ class SigningService:
                 )
             return await self._sign_batch(identity, rule, requests, batch)
 
-        return await self._guarded(batch, policy.SIGN, body, cost=len(requests))
+        nbytes = sum(len(r.payload) for r in requests)
+        return await self._guarded(batch, policy.SIGN, body, cost=len(requests), nbytes=nbytes)
 
     async def _sign_batch(
         self, identity: str, rule: AccessRule, requests: Sequence[SignItem], batch: _Known
@@ -551,7 +727,7 @@ class SigningService:
                 )
             )
             try:
-                prep = self._prepare(
+                prep = await self._prepare(
                     known, rule, item.key, item.role, item.payload, item.expected_keyid
                 )
             except TufSignerError as e:
@@ -593,6 +769,8 @@ class SigningService:
                 outcomes[i] = error or TufSignerError("internal error")
             elif owner.replay is not None:
                 if done.status != "OK":
+                    if done.current is not None:
+                        self._remember(done.current)
                     outcomes[i] = _error_for(done.status, done.reason)
                 else:
                     outcomes[i] = owner.result(done.current or owner.replay, done, replayed=True)
@@ -604,9 +782,11 @@ class SigningService:
         return [o for o in outcomes if o is not None]
 
     def _remember(self, state: RoleState) -> None:
+        # The state its later record set is the newer one: record numbers only
+        # grow, while versions may go down (an admin reset).
         key = (state.key_name, state.role)
         cur = self._roles.get(key)
-        if cur is None or (state.version, state.audit_seq) >= (cur.version, cur.audit_seq):
+        if cur is None or state.audit_seq >= cur.audit_seq:
             self._roles[key] = state
 
     # --- reads ---------------------------------------------------------------
@@ -689,8 +869,12 @@ class SigningService:
         rules: Sequence[RoleRule],
         backend: str = "",
         activate: bool = False,
+        bins: BinsDelegation | None = None,
     ) -> tuple[KeyView, int]:
         """Create a key (version 1) in a backend; ACTIVE at once if ``activate``.
+
+        ``bins`` declares the succinct hash-bin delegation the key serves (finding
+        1 of issue 10): its glob rules must match only those bins.
 
         Returns:
             The new key and the audit sequence number of its record.
@@ -703,15 +887,16 @@ class SigningService:
             known.event,
             detail={
                 "algorithm": algorithm.value,
-                "backend": backend or self._default_backend,
-                "roles": [[r.pattern, r.max_validity] for r in rules],
+                "backend": recordable(backend or self._default_backend),
+                "roles": [[recordable(str(r.pattern)), r.max_validity] for r in rules[:64]],
                 "activate": activate,
+                "bins": recordable(str(bins)) if bins is not None else "",
             },
         )
 
         async def body(rule: AccessRule) -> tuple[KeyView, int]:
             validate_key_name(name)
-            policy.validate_rules(rules)
+            policy.validate_rules(rules, bins)
             backend_name = backend or self._default_backend
             if backend_name not in self._backends:
                 raise NotFoundError(f"unknown backend {backend_name!r}")
@@ -720,7 +905,7 @@ class SigningService:
                     raise AlreadyExistsError(f"key {name!r} already exists")
                 now = rfc3339(self._clock())
                 new = await self._backends[backend_name].create(algorithm, self._label(name, 1))
-                key = KeyRecord(name, algorithm, backend_name, tuple(rules), now)
+                key = KeyRecord(name, algorithm, backend_name, tuple(rules), now, bins)
                 first = self._version(name, 1, new.handle, new.public_key, now, activate)
                 known.event = replace(known.event, keyid=first.keyid)
                 committed = await self._commit_checked(
@@ -808,8 +993,80 @@ class SigningService:
                         except BackendError:
                             # Retirement is our own state and already recorded;
                             # the backend flag is defence in depth.
-                            log.warning("could not disable %s v%d in its backend", name, v.version)
+                            log.warning(
+                                "could not disable %s v%d in its backend", shown(name), v.version
+                            )
                 return next(v for v in view.versions if v.version == version), committed.seq
+
+        return await self._guarded(known, policy.KEY_ADMIN, body)
+
+    async def reset_role_state(
+        self, identity: str, key_name: str, role: str, version: int, reason: str
+    ) -> tuple[RoleState, int]:
+        """Move the (key, role) high-water mark to ``version`` (issue 10, finding 8).
+
+        The recovery from a fast-forward (a version near 2**63 - 1 granted), and
+        the first step of a repository that starts, or moves on, at a version
+        beyond ``max_version_step``. ``version`` 0 forgets the role: its next
+        signature may be version 1. The mark keeps no payload or signature, so
+        the next signature must be above it. Recorded with ``reason``.
+
+        Raises:
+            TufSignerError: the refusal (recorded): INVALID_ARGUMENT for a
+                missing or unprintable reason, a bad role or version;
+                NOT_FOUND for an unknown key; FAILED_PRECONDITION for a role
+                the key's policy does not allow.
+        """
+        known = _Known(
+            self._now_event(
+                identity,
+                _RESET,
+                key_name=key_name,
+                role=role,
+                detail={"reason": recordable(reason, _REASON_MAX)},
+            )
+        )
+
+        async def body(rule: AccessRule) -> tuple[RoleState, int]:
+            validate_key_name(key_name)
+            if not role:
+                raise RequestError("role is required")
+            if not 0 <= version <= _MAX_VERSION:
+                raise RequestError(f"version must be between 0 and 2**63-1, got {version}")
+            known.event = replace(known.event, metadata_version=version)
+            _check_reason(reason)
+            async with self._admin_lock:
+                view = self._refresh_key(key_name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {shown(key_name)}")
+                policy.check_role_allowed(role, view.key.rules, key_name)
+                # Any version of the key will do (the mark is per key name); name
+                # the ACTIVE one, else the newest.
+                active = [v for v in view.versions if v.state is KeyState.ACTIVE]
+                kv = active[0] if active else max(view.versions, key=lambda v: v.version)
+                known.event = replace(known.event, keyid=kv.keyid, key_version=kv.version)
+                mark = RoleState(
+                    key_name=key_name,
+                    role=role,
+                    version=version,
+                    payload_sha256="",
+                    keyid=kv.keyid,
+                    key_version=kv.version,
+                    signature="",
+                    expires="",
+                    audit_seq=0,
+                )
+                committed = await self._commit_checked(known, Entry(known.event, ResetRole(mark)))
+                state = committed.current or replace(mark, audit_seq=committed.seq)
+                log.warning(
+                    "%s reset the mark of role %s of key %s to version %d (record %d)",
+                    shown(identity),
+                    shown(role),
+                    shown(key_name),
+                    version,
+                    committed.seq,
+                )
+                return state, committed.seq
 
         return await self._guarded(known, policy.KEY_ADMIN, body)
 
@@ -846,9 +1103,36 @@ class SigningService:
         await asyncio.get_running_loop().run_in_executor(None, self._store.head)
 
     def close(self) -> None:
-        """Commit what is queued and stop the writer (the store stays open)."""
+        """Commit what is queued and the last refusal summaries, stop the writer
+        and the payload checker (the store stays open)."""
         self._writer.close()
+        self._checker.close()
+        events = self._tally.drain()
+        if events:
+            try:
+                self._store.append([Entry(e) for e in events])
+            except StoreError as e:
+                log.error("lost the summary of %d groups of refused calls: %s", len(events), e)
 
+
+def _check_reason(reason: str) -> None:
+    """An admin's reason is required, printable and bounded (it goes on the record).
+
+    Raises:
+        RequestError: empty, too long, or with control or format characters.
+    """
+    if not reason.strip():
+        raise RequestError("a reason is required (it goes on the audit record)")
+    if len(reason) > _REASON_MAX:
+        raise RequestError(f"the reason is longer than {_REASON_MAX} characters")
+    if not reason.isprintable():
+        raise RequestError("the reason may only hold printable characters (no newlines)")
+
+
+# The operation of an admin reset record (audit._chain.RESET), and its reason's bound.
+_RESET = "reset-role-state"
+_REASON_MAX = 1024
+_MAX_VERSION = 2**63 - 1
 
 # SignBatch items checked before they go to the HSM together.
 _PIPELINE_CHUNK = 64
@@ -878,13 +1162,16 @@ class _Prepared:
     algorithm: Algorithm
     payload: bytes
     replay: RoleState | None  # the stored state, when this is an identical retry
+    version: KeyVersion  # the key version signing: its public key checks the signature
+    max_step: int | None  # max_version_step of the role's class (None: unbounded)
 
     def entry(self, signature: str) -> Entry:
         """The record: a grant advancing the role state, or a replay that does not."""
         event = replace(self.known.event, signature=signature)
         if self.replay is not None:
             return Entry(event)
-        return Entry(event, AdvanceRole(replace(self.state, signature=signature)))
+        state = replace(self.state, signature=signature)
+        return Entry(event, AdvanceRole(state, max_step=self.max_step))
 
     def result(self, state: RoleState, committed: Committed, replayed: bool) -> SignResult:
         return SignResult(

@@ -11,7 +11,12 @@ the database serialises (P3); each worker's caches are only lower bounds.
 
 This module is the supervisor: it holds no key material, never loads PKCS#11
 or gRPC, forwards SIGTERM, SIGINT and SIGHUP to the workers, and restarts a
-worker that dies unexpectedly (a bounded number of times).
+worker that dies unexpectedly (a bounded number of times). It does hold the
+secrets the workers read from environment variables (``pin_env``,
+``audit.dsn_env``), so it is hardened like a worker before it spawns anything
+(no core dumps, not dumpable) and keeps those variables out of its own
+environment, passing them only in each worker's ``env`` (see
+``take_secret_env`` for what that can and cannot hide).
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuf_signer.server._harden import harden_process, take_secret_env
+
+if TYPE_CHECKING:
+    from tuf_signer.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +43,49 @@ _RESTARTS_PER_MINUTE = 5
 _POLL = 0.2  # seconds
 
 
-def _spawn(config: Path, index: int, listen: str | None) -> subprocess.Popen[bytes]:
+def secret_env_names(config: Config) -> list[str]:
+    """The environment variables holding secrets the workers read (PINs, the DSN)."""
+    names = [
+        pin.env
+        for backend in config.backends.values()
+        if (pin := getattr(backend, "pin", None)) is not None and pin.env is not None
+    ]
+    if config.audit.dsn_env is not None:
+        names.append(config.audit.dsn_env)
+    return names
+
+
+def _spawn(
+    config: Path, index: int, listen: str | None, secrets: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "tuf_signer.cli", "serve", "--config", str(config)]
     if listen:
         argv += ["--listen", listen]
-    env = {**os.environ, WORKER_ENV: str(index)}
+    env = {**os.environ, **secrets, WORKER_ENV: str(index)}
     return subprocess.Popen(argv, env=env)
 
 
-def supervise(config: Path, workers: int, listen: str | None, drain_seconds: float) -> int:
+def supervise(
+    config: Path,
+    workers: int,
+    listen: str | None,
+    drain_seconds: float,
+    secret_env: Iterable[str] = (),
+) -> int:
     """Run ``workers`` server processes until SIGTERM/SIGINT; returns the exit status.
+
+    Args:
+        secret_env: variables holding secrets (``secret_env_names``): taken out
+            of this process's environment and given to the workers only.
 
     Returns:
         0 when every worker drained and exited cleanly; 1 otherwise (a worker
         failed at start, or kept dying).
     """
+    # Before anything is spawned or read: a core dump of the supervisor would
+    # hold the PIN variables it passes on (finding 9 of issue 10).
+    harden_process()
+    secrets = take_secret_env(secret_env)
     stopping = False
     received: list[int] = []
 
@@ -55,7 +95,7 @@ def supervise(config: Path, workers: int, listen: str | None, drain_seconds: flo
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
-    procs = {i: _spawn(config, i, listen) for i in range(workers)}
+    procs = {i: _spawn(config, i, listen, secrets) for i in range(workers)}
     log.info("supervising %d workers: pids %s", workers, [p.pid for p in procs.values()])
     restarts: list[float] = []
     status = 0
@@ -87,7 +127,7 @@ def supervise(config: Path, workers: int, listen: str | None, drain_seconds: flo
                     other.send_signal(signal.SIGTERM)
                 continue
             log.error("worker %d exited with %d; restarting it", i, code)
-            procs[i] = _spawn(config, i, listen)
+            procs[i] = _spawn(config, i, listen, secrets)
         if stopping and procs and time.monotonic() > deadline:
             for p in procs.values():
                 p.kill()

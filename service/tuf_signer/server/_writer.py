@@ -108,10 +108,17 @@ class AuditWriter:
         try:
             results = self._store.append(entries)
         except Exception as e:
-            if not isinstance(e, StoreError):
-                log.exception("audit store append failed")
-                e = StoreError("audit store unavailable")
-            resolve_threadsafe((job.future, e) for job in jobs)
+            if len(jobs) > 1:
+                # One request's entries may be what the store cannot take: it
+                # must fail only itself, never the requests it was grouped
+                # with (whose signatures would otherwise be dropped).
+                log.warning(
+                    "audit group commit of %d requests failed; committing each alone", len(jobs)
+                )
+                for job in jobs:
+                    self._commit([job])
+                return
+            resolve_threadsafe([(jobs[0].future, _as_store_error(e))])
             return
         start = 0
         outcomes = []
@@ -120,3 +127,10 @@ class AuditWriter:
             outcomes.append((job.future, results[start:end]))
             start = end
         resolve_threadsafe(outcomes)
+
+
+def _as_store_error(e: Exception) -> StoreError:
+    if isinstance(e, StoreError):
+        return e
+    log.error("audit store append failed", exc_info=e)
+    return StoreError("audit store unavailable")

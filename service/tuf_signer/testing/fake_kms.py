@@ -338,6 +338,30 @@ class FakeKms:
         with self._lock:
             self._faults.denied.discard(permission)
 
+    def swap_key(self, name: str) -> None:
+        """Serve another key pair under the key version ``name`` from now on.
+
+        GetPublicKey and AsymmetricSign both use the new pair, as a KMS that
+        mixed up its keys would: the answers are self-consistent, so only a
+        check against the public key registered earlier can tell.
+
+        Raises:
+            KeyError: no such version.
+        """
+        with self._lock:
+            algorithm = self._versions[name].algorithm
+        private = _generate(algorithm)
+        pem = (
+            private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+        with self._lock:
+            version = self._versions[name]
+            version.private, version.pem = private, pem
+
     def reset_faults(self) -> None:
         """Clear every fault switch."""
         with self._lock:

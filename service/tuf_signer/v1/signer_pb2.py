@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atuf_signer/v1/signer.proto\x12\rtuf_signer.v1\"Q\n\x0bSignRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x16\n\x0e\x65xpected_keyid\x18\x04 \x01(\t\"*\n\x0cTufSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\t\"\xa0\x01\n\x0cSignResponse\x12.\n\tsignature\x18\x01 \x01(\x0b\x32\x1b.tuf_signer.v1.TufSignature\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x11\n\taudit_seq\x18\x03 \x01(\x04\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x18\n\x10metadata_version\x18\x05 \x01(\x04\x12\x10\n\x08replayed\x18\x06 \x01(\x08\"@\n\x10SignBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.tuf_signer.v1.SignRequest\"n\n\x0fSignBatchResult\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x1b.tuf_signer.v1.SignResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"D\n\x11SignBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.tuf_signer.v1.SignBatchResult\"9\n\x08RoleRule\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x1c\n\x14max_validity_seconds\x18\x02 \x01(\r\"\xbc\x01\n\x0eKeyVersionInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.tuf_signer.v1.KeyState\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x14\n\x0c\x61\x63tivated_at\x18\x07 \x01(\t\x12\x12\n\nretired_at\x18\x08 \x01(\t\"\xc2\x01\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.tuf_signer.v1.Algorithm\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12&\n\x05roles\x18\x04 \x03(\x0b\x32\x17.tuf_signer.v1.RoleRule\x12/\n\x08versions\x18\x05 \x03(\x0b\x32\x1d.tuf_signer.v1.KeyVersionInfo\x12\x12\n\ncreated_at\x18\x06 \x01(\t\"#\n\x14GetPublicKeysRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"=\n\x15GetPublicKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.tuf_signer.v1.KeyInfo\"0\n\x13GetRoleStateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"\x9b\x01\n\rRoleStateInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x04 \x01(\t\x12\r\n\x05keyid\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\x12\x0f\n\x07\x65xpires\x18\x07 \x01(\t\x12\x11\n\taudit_seq\x18\x08 \x01(\x04\"D\n\x14GetRoleStateResponse\x12,\n\x06states\x18\x01 \x03(\x0b\x32\x1c.tuf_signer.v1.RoleStateInfo\"\x98\x01\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.tuf_signer.v1.Algorithm\x12&\n\x05roles\x18\x03 \x03(\x0b\x32\x17.tuf_signer.v1.RoleRule\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tivate\x18\x05 \x01(\x08\"K\n\x11\x43reateKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.tuf_signer.v1.KeyInfo\x12\x11\n\taudit_seq\x18\x02 \x01(\x04\"\x1f\n\x10RotateKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"Q\n\x19\x41\x63tivateKeyVersionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0e\x65xpected_keyid\x18\x03 \x01(\t\"7\n\x17RetireKeyVersionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"W\n\x12KeyVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.tuf_signer.v1.KeyVersionInfo\x12\x11\n\taudit_seq\x18\x02 \x01(\x04\"\x11\n\x0fListKeysRequest\"8\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.tuf_signer.v1.KeyInfo\"6\n\x12ListRecordsRequest\x12\x11\n\tstart_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"S\n\x0f\x41uditRecordInfo\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tprev_hash\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x12\n\nevent_json\x18\x04 \x01(\t\"k\n\x13ListRecordsResponse\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.tuf_signer.v1.AuditRecordInfo\x12\x10\n\x08head_seq\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\t*U\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45\x44\x32\x35\x35\x31\x39\x10\x01\x12\x0e\n\nECDSA_P256\x10\x02\x12\x10\n\x0cRSA_3072_PSS\x10\x03*K\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\x0b\n\x07RETIRED\x10\x03\x32\xce\x02\n\x06Signer\x12?\n\x04Sign\x12\x1a.tuf_signer.v1.SignRequest\x1a\x1b.tuf_signer.v1.SignResponse\x12N\n\tSignBatch\x12\x1f.tuf_signer.v1.SignBatchRequest\x1a .tuf_signer.v1.SignBatchResponse\x12Z\n\rGetPublicKeys\x12#.tuf_signer.v1.GetPublicKeysRequest\x1a$.tuf_signer.v1.GetPublicKeysResponse\x12W\n\x0cGetRoleState\x12\".tuf_signer.v1.GetRoleStateRequest\x1a#.tuf_signer.v1.GetRoleStateResponse2\xba\x03\n\x08KeyAdmin\x12N\n\tCreateKey\x12\x1f.tuf_signer.v1.CreateKeyRequest\x1a .tuf_signer.v1.CreateKeyResponse\x12O\n\tRotateKey\x12\x1f.tuf_signer.v1.RotateKeyRequest\x1a!.tuf_signer.v1.KeyVersionResponse\x12\x61\n\x12\x41\x63tivateKeyVersion\x12(.tuf_signer.v1.ActivateKeyVersionRequest\x1a!.tuf_signer.v1.KeyVersionResponse\x12]\n\x10RetireKeyVersion\x12&.tuf_signer.v1.RetireKeyVersionRequest\x1a!.tuf_signer.v1.KeyVersionResponse\x12K\n\x08ListKeys\x12\x1e.tuf_signer.v1.ListKeysRequest\x1a\x1f.tuf_signer.v1.ListKeysResponse2`\n\x08\x41uditLog\x12T\n\x0bListRecords\x12!.tuf_signer.v1.ListRecordsRequest\x1a\".tuf_signer.v1.ListRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atuf_signer/v1/signer.proto\x12\rtuf_signer.v1\"Q\n\x0bSignRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x16\n\x0e\x65xpected_keyid\x18\x04 \x01(\t\"*\n\x0cTufSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\t\"\xa0\x01\n\x0cSignResponse\x12.\n\tsignature\x18\x01 \x01(\x0b\x32\x1b.tuf_signer.v1.TufSignature\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x11\n\taudit_seq\x18\x03 \x01(\x04\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x18\n\x10metadata_version\x18\x05 \x01(\x04\x12\x10\n\x08replayed\x18\x06 \x01(\x08\"@\n\x10SignBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.tuf_signer.v1.SignRequest\"n\n\x0fSignBatchResult\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x1b.tuf_signer.v1.SignResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"D\n\x11SignBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.tuf_signer.v1.SignBatchResult\"9\n\x08RoleRule\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x1c\n\x14max_validity_seconds\x18\x02 \x01(\r\"4\n\x0e\x42insDelegation\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x12\n\nbit_length\x18\x02 \x01(\r\"\xbc\x01\n\x0eKeyVersionInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.tuf_signer.v1.KeyState\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x14\n\x0c\x61\x63tivated_at\x18\x07 \x01(\t\x12\x12\n\nretired_at\x18\x08 \x01(\t\"\xef\x01\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.tuf_signer.v1.Algorithm\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12&\n\x05roles\x18\x04 \x03(\x0b\x32\x17.tuf_signer.v1.RoleRule\x12/\n\x08versions\x18\x05 \x03(\x0b\x32\x1d.tuf_signer.v1.KeyVersionInfo\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12+\n\x04\x62ins\x18\x07 \x01(\x0b\x32\x1d.tuf_signer.v1.BinsDelegation\"#\n\x14GetPublicKeysRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"=\n\x15GetPublicKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.tuf_signer.v1.KeyInfo\"0\n\x13GetRoleStateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"\x9b\x01\n\rRoleStateInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x04 \x01(\t\x12\r\n\x05keyid\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\x12\x0f\n\x07\x65xpires\x18\x07 \x01(\t\x12\x11\n\taudit_seq\x18\x08 \x01(\x04\"D\n\x14GetRoleStateResponse\x12,\n\x06states\x18\x01 \x03(\x0b\x32\x1c.tuf_signer.v1.RoleStateInfo\"\xc5\x01\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.tuf_signer.v1.Algorithm\x12&\n\x05roles\x18\x03 \x03(\x0b\x32\x17.tuf_signer.v1.RoleRule\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tivate\x18\x05 \x01(\x08\x12+\n\x04\x62ins\x18\x06 \x01(\x0b\x32\x1d.tuf_signer.v1.BinsDelegation\"K\n\x11\x43reateKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.tuf_signer.v1.KeyInfo\x12\x11\n\taudit_seq\x18\x02 \x01(\x04\"\x1f\n\x10RotateKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"Q\n\x19\x41\x63tivateKeyVersionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0e\x65xpected_keyid\x18\x03 \x01(\t\"7\n\x17RetireKeyVersionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"W\n\x12KeyVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.tuf_signer.v1.KeyVersionInfo\x12\x11\n\taudit_seq\x18\x02 \x01(\x04\"\x11\n\x0fListKeysRequest\"8\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.tuf_signer.v1.KeyInfo\"6\n\x12ListRecordsRequest\x12\x11\n\tstart_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"S\n\x0f\x41uditRecordInfo\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tprev_hash\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x12\n\nevent_json\x18\x04 \x01(\t\"k\n\x13ListRecordsResponse\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.tuf_signer.v1.AuditRecordInfo\x12\x10\n\x08head_seq\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\t\"S\n\x15ResetRoleStateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"X\n\x16ResetRoleStateResponse\x12+\n\x05state\x18\x01 \x01(\x0b\x32\x1c.tuf_signer.v1.RoleStateInfo\x12\x11\n\taudit_seq\x18\x02 \x01(\x04*U\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45\x44\x32\x35\x35\x31\x39\x10\x01\x12\x0e\n\nECDSA_P256\x10\x02\x12\x10\n\x0cRSA_3072_PSS\x10\x03*K\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\x0b\n\x07RETIRED\x10\x03\x32\xce\x02\n\x06Signer\x12?\n\x04Sign\x12\x1a.tuf_signer.v1.SignRequest\x1a\x1b.tuf_signer.v1.SignResponse\x12N\n\tSignBatch\x12\x1f.tuf_signer.v1.SignBatchRequest\x1a .tuf_signer.v1.SignBatchResponse\x12Z\n\rGetPublicKeys\x12#.tuf_signer.v1.GetPublicKeysRequest\x1a$.tuf_signer.v1.GetPublicKeysResponse\x12W\n\x0cGetRoleState\x12\".tuf_signer.v1.GetRoleStateRequest\x1a#.tuf_signer.v1.GetRoleStateResponse2\x99\x04\n\x08KeyAdmin\x12N\n\tCreateKey\x12\x1f.tuf_signer.v1.CreateKeyRequest\x1a .tuf_signer.v1.CreateKeyResponse\x12O\n\tRotateKey\x12\x1f.tuf_signer.v1.RotateKeyRequest\x1a!.tuf_signer.v1.KeyVersionResponse\x12\x61\n\x12\x41\x63tivateKeyVersion\x12(.tuf_signer.v1.ActivateKeyVersionRequest\x1a!.tuf_signer.v1.KeyVersionResponse\x12]\n\x10RetireKeyVersion\x12&.tuf_signer.v1.RetireKeyVersionRequest\x1a!.tuf_signer.v1.KeyVersionResponse\x12K\n\x08ListKeys\x12\x1e.tuf_signer.v1.ListKeysRequest\x1a\x1f.tuf_signer.v1.ListKeysResponse\x12]\n\x0eResetRoleState\x12$.tuf_signer.v1.ResetRoleStateRequest\x1a%.tuf_signer.v1.ResetRoleStateResponse2`\n\x08\x41uditLog\x12T\n\x0bListRecords\x12!.tuf_signer.v1.ListRecordsRequest\x1a\".tuf_signer.v1.ListRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuf_signer.v1.signer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ALGORITHM']._serialized_start=2229
-  _globals['_ALGORITHM']._serialized_end=2314
-  _globals['_KEYSTATE']._serialized_start=2316
-  _globals['_KEYSTATE']._serialized_end=2391
+  _globals['_ALGORITHM']._serialized_start=2548
+  _globals['_ALGORITHM']._serialized_end=2633
+  _globals['_KEYSTATE']._serialized_start=2635
+  _globals['_KEYSTATE']._serialized_end=2710
   _globals['_SIGNREQUEST']._serialized_start=45
   _globals['_SIGNREQUEST']._serialized_end=126
   _globals['_TUFSIGNATURE']._serialized_start=128
@@ -49,46 +49,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNBATCHRESPONSE']._serialized_end=581
   _globals['_ROLERULE']._serialized_start=583
   _globals['_ROLERULE']._serialized_end=640
-  _globals['_KEYVERSIONINFO']._serialized_start=643
-  _globals['_KEYVERSIONINFO']._serialized_end=831
-  _globals['_KEYINFO']._serialized_start=834
-  _globals['_KEYINFO']._serialized_end=1028
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=1030
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=1065
-  _globals['_GETPUBLICKEYSRESPONSE']._serialized_start=1067
-  _globals['_GETPUBLICKEYSRESPONSE']._serialized_end=1128
-  _globals['_GETROLESTATEREQUEST']._serialized_start=1130
-  _globals['_GETROLESTATEREQUEST']._serialized_end=1178
-  _globals['_ROLESTATEINFO']._serialized_start=1181
-  _globals['_ROLESTATEINFO']._serialized_end=1336
-  _globals['_GETROLESTATERESPONSE']._serialized_start=1338
-  _globals['_GETROLESTATERESPONSE']._serialized_end=1406
-  _globals['_CREATEKEYREQUEST']._serialized_start=1409
-  _globals['_CREATEKEYREQUEST']._serialized_end=1561
-  _globals['_CREATEKEYRESPONSE']._serialized_start=1563
-  _globals['_CREATEKEYRESPONSE']._serialized_end=1638
-  _globals['_ROTATEKEYREQUEST']._serialized_start=1640
-  _globals['_ROTATEKEYREQUEST']._serialized_end=1671
-  _globals['_ACTIVATEKEYVERSIONREQUEST']._serialized_start=1673
-  _globals['_ACTIVATEKEYVERSIONREQUEST']._serialized_end=1754
-  _globals['_RETIREKEYVERSIONREQUEST']._serialized_start=1756
-  _globals['_RETIREKEYVERSIONREQUEST']._serialized_end=1811
-  _globals['_KEYVERSIONRESPONSE']._serialized_start=1813
-  _globals['_KEYVERSIONRESPONSE']._serialized_end=1900
-  _globals['_LISTKEYSREQUEST']._serialized_start=1902
-  _globals['_LISTKEYSREQUEST']._serialized_end=1919
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1921
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1977
-  _globals['_LISTRECORDSREQUEST']._serialized_start=1979
-  _globals['_LISTRECORDSREQUEST']._serialized_end=2033
-  _globals['_AUDITRECORDINFO']._serialized_start=2035
-  _globals['_AUDITRECORDINFO']._serialized_end=2118
-  _globals['_LISTRECORDSRESPONSE']._serialized_start=2120
-  _globals['_LISTRECORDSRESPONSE']._serialized_end=2227
-  _globals['_SIGNER']._serialized_start=2394
-  _globals['_SIGNER']._serialized_end=2728
-  _globals['_KEYADMIN']._serialized_start=2731
-  _globals['_KEYADMIN']._serialized_end=3173
-  _globals['_AUDITLOG']._serialized_start=3175
-  _globals['_AUDITLOG']._serialized_end=3271
+  _globals['_BINSDELEGATION']._serialized_start=642
+  _globals['_BINSDELEGATION']._serialized_end=694
+  _globals['_KEYVERSIONINFO']._serialized_start=697
+  _globals['_KEYVERSIONINFO']._serialized_end=885
+  _globals['_KEYINFO']._serialized_start=888
+  _globals['_KEYINFO']._serialized_end=1127
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=1129
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=1164
+  _globals['_GETPUBLICKEYSRESPONSE']._serialized_start=1166
+  _globals['_GETPUBLICKEYSRESPONSE']._serialized_end=1227
+  _globals['_GETROLESTATEREQUEST']._serialized_start=1229
+  _globals['_GETROLESTATEREQUEST']._serialized_end=1277
+  _globals['_ROLESTATEINFO']._serialized_start=1280
+  _globals['_ROLESTATEINFO']._serialized_end=1435
+  _globals['_GETROLESTATERESPONSE']._serialized_start=1437
+  _globals['_GETROLESTATERESPONSE']._serialized_end=1505
+  _globals['_CREATEKEYREQUEST']._serialized_start=1508
+  _globals['_CREATEKEYREQUEST']._serialized_end=1705
+  _globals['_CREATEKEYRESPONSE']._serialized_start=1707
+  _globals['_CREATEKEYRESPONSE']._serialized_end=1782
+  _globals['_ROTATEKEYREQUEST']._serialized_start=1784
+  _globals['_ROTATEKEYREQUEST']._serialized_end=1815
+  _globals['_ACTIVATEKEYVERSIONREQUEST']._serialized_start=1817
+  _globals['_ACTIVATEKEYVERSIONREQUEST']._serialized_end=1898
+  _globals['_RETIREKEYVERSIONREQUEST']._serialized_start=1900
+  _globals['_RETIREKEYVERSIONREQUEST']._serialized_end=1955
+  _globals['_KEYVERSIONRESPONSE']._serialized_start=1957
+  _globals['_KEYVERSIONRESPONSE']._serialized_end=2044
+  _globals['_LISTKEYSREQUEST']._serialized_start=2046
+  _globals['_LISTKEYSREQUEST']._serialized_end=2063
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2065
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2121
+  _globals['_LISTRECORDSREQUEST']._serialized_start=2123
+  _globals['_LISTRECORDSREQUEST']._serialized_end=2177
+  _globals['_AUDITRECORDINFO']._serialized_start=2179
+  _globals['_AUDITRECORDINFO']._serialized_end=2262
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=2264
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=2371
+  _globals['_RESETROLESTATEREQUEST']._serialized_start=2373
+  _globals['_RESETROLESTATEREQUEST']._serialized_end=2456
+  _globals['_RESETROLESTATERESPONSE']._serialized_start=2458
+  _globals['_RESETROLESTATERESPONSE']._serialized_end=2546
+  _globals['_SIGNER']._serialized_start=2713
+  _globals['_SIGNER']._serialized_end=3047
+  _globals['_KEYADMIN']._serialized_start=3050
+  _globals['_KEYADMIN']._serialized_end=3587
+  _globals['_AUDITLOG']._serialized_start=3589
+  _globals['_AUDITLOG']._serialized_end=3685
 # @@protoc_insertion_point(module_scope)

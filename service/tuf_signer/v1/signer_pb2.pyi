@@ -258,7 +258,9 @@ class RoleRule(_message.Message):
     PATTERN_FIELD_NUMBER: _builtins.int
     MAX_VALIDITY_SECONDS_FIELD_NUMBER: _builtins.int
     pattern: _builtins.str
-    """role name or glob, e.g. "bins-*" """
+    """A role name, or a glob that matches only the key's declared bins,
+    e.g. "bins-[0-3][0-9a-f][0-9a-f][0-9a-f]" for bins:14.
+    """
     max_validity_seconds: _builtins.int
     """longest allowed `expires - now`"""
     def __init__(
@@ -274,6 +276,36 @@ class RoleRule(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoleRule: _TypeAlias = RoleRule  # noqa: Y015
+
+@_typing.final
+class BinsDelegation(_message.Message):
+    """The succinct hash-bin delegation (TAP 15) a key serves, with python-tuf's
+    SuccinctRoles meaning: 2^bit_length bins named PREFIX-<hex>, e.g.
+    "bins-0000".."bins-3fff" for PEP 458's prefix "bins", bit_length 14. A Sign
+    of a role under PREFIX- must name exactly one of the bins, and every target
+    path must hash into that bin.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    BIT_LENGTH_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    bit_length: _builtins.int
+    """1..32"""
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        bit_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bit_length", b"bit_length", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BinsDelegation: _TypeAlias = BinsDelegation  # noqa: Y015
 
 @_typing.final
 class KeyVersionInfo(_message.Message):
@@ -329,6 +361,7 @@ class KeyInfo(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    BINS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     algorithm: Global___Algorithm.ValueType
     backend: _builtins.str
@@ -337,6 +370,10 @@ class KeyInfo(_message.Message):
     def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleRule]: ...
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyVersionInfo]: ...
+    @_builtins.property
+    def bins(self) -> Global___BinsDelegation:
+        """unset: the key serves no hash bins"""
+
     def __init__(
         self,
         *,
@@ -346,10 +383,11 @@ class KeyInfo(_message.Message):
         roles: _abc.Iterable[Global___RoleRule] | None = ...,
         versions: _abc.Iterable[Global___KeyVersionInfo] | None = ...,
         created_at: _builtins.str = ...,
+        bins: Global___BinsDelegation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bins", b"bins"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "backend", b"backend", "created_at", b"created_at", "name", b"name", "roles", b"roles", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "backend", b"backend", "bins", b"bins", "created_at", b"created_at", "name", b"name", "roles", b"roles", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -488,6 +526,7 @@ class CreateKeyRequest(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     ACTIVATE_FIELD_NUMBER: _builtins.int
+    BINS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     algorithm: Global___Algorithm.ValueType
     backend: _builtins.str
@@ -496,6 +535,10 @@ class CreateKeyRequest(_message.Message):
     """make version 1 ACTIVE at once (else PENDING)"""
     @_builtins.property
     def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleRule]: ...
+    @_builtins.property
+    def bins(self) -> Global___BinsDelegation:
+        """optional: the hash bins this key signs"""
+
     def __init__(
         self,
         *,
@@ -504,10 +547,11 @@ class CreateKeyRequest(_message.Message):
         roles: _abc.Iterable[Global___RoleRule] | None = ...,
         backend: _builtins.str = ...,
         activate: _builtins.bool = ...,
+        bins: Global___BinsDelegation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bins", b"bins"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "algorithm", b"algorithm", "backend", b"backend", "name", b"name", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "algorithm", b"algorithm", "backend", b"backend", "bins", b"bins", "name", b"name", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -737,3 +781,60 @@ class ListRecordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRecordsResponse: _TypeAlias = ListRecordsResponse  # noqa: Y015
+
+@_typing.final
+class ResetRoleStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    role: _builtins.str
+    version: _builtins.int
+    """The new mark: the next signature of the role must be above it. 0 forgets
+    the role (its next signature may be version 1). At most 2^63-1.
+    """
+    reason: _builtins.str
+    """Why (required; printable, at most 1024 characters): it goes on the record."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        role: _builtins.str = ...,
+        version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "reason", b"reason", "role", b"role", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetRoleStateRequest: _TypeAlias = ResetRoleStateRequest  # noqa: Y015
+
+@_typing.final
+class ResetRoleStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    audit_seq: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___RoleStateInfo:
+        """payload_sha256 and expires empty: no signature behind it"""
+
+    def __init__(
+        self,
+        *,
+        state: Global___RoleStateInfo | None = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetRoleStateResponse: _TypeAlias = ResetRoleStateResponse  # noqa: Y015

@@ -270,6 +270,11 @@ class KeyAdminStub:
                 request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ListKeysRequest.SerializeToString,
                 response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
+        self.ResetRoleState = channel.unary_unary(
+                '/tuf_signer.v1.KeyAdmin/ResetRoleState',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateResponse.FromString,
+                _registered_method=True)
 
 
 class KeyAdminServicer:
@@ -310,6 +315,15 @@ class KeyAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetRoleState(self, request, context):
+        """Moves the high-water mark of a (key, role) to `version`, on the record
+        with a reason: the recovery from a version fast-forward, and the first
+        step of a repository that starts beyond the server's max_version_step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -337,6 +351,11 @@ def add_KeyAdminServicer_to_server(servicer, server):
                     servicer.ListKeys,
                     request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ListKeysRequest.FromString,
                     response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'ResetRoleState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetRoleState,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +493,33 @@ class KeyAdmin:
             '/tuf_signer.v1.KeyAdmin/ListKeys',
             tuf__signer_dot_v1_dot_signer__pb2.ListKeysRequest.SerializeToString,
             tuf__signer_dot_v1_dot_signer__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetRoleState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.KeyAdmin/ResetRoleState',
+            tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

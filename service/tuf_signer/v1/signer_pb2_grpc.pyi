@@ -133,6 +133,11 @@ class KeyAdminStub:
     """Retires a PENDING or ACTIVE version for good."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ListKeysRequest, _signer_pb2.ListKeysResponse]
     """Every key with its policy, backend and versions."""
+    ResetRoleState: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ResetRoleStateRequest, _signer_pb2.ResetRoleStateResponse]
+    """Moves the high-water mark of a (key, role) to `version`, on the record
+    with a reason: the recovery from a version fast-forward, and the first
+    step of a repository that starts beyond the server's max_version_step.
+    """
 
 @_typing.type_check_only
 class KeyAdminAsyncStub(KeyAdminStub):
@@ -147,6 +152,11 @@ class KeyAdminAsyncStub(KeyAdminStub):
     """Retires a PENDING or ACTIVE version for good."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_signer_pb2.ListKeysRequest, _signer_pb2.ListKeysResponse]  # type: ignore[assignment]
     """Every key with its policy, backend and versions."""
+    ResetRoleState: _aio.UnaryUnaryMultiCallable[_signer_pb2.ResetRoleStateRequest, _signer_pb2.ResetRoleStateResponse]  # type: ignore[assignment]
+    """Moves the high-water mark of a (key, role) to `version`, on the record
+    with a reason: the recovery from a version fast-forward, and the first
+    step of a repository that starts beyond the server's max_version_step.
+    """
 
 class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -188,6 +198,17 @@ class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_signer_pb2.ListKeysResponse, _abc.Awaitable[_signer_pb2.ListKeysResponse]]:
         """Every key with its policy, backend and versions."""
+
+    @_abc_1.abstractmethod
+    def ResetRoleState(
+        self,
+        request: _signer_pb2.ResetRoleStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ResetRoleStateResponse, _abc.Awaitable[_signer_pb2.ResetRoleStateResponse]]:
+        """Moves the high-water mark of a (key, role) to `version`, on the record
+        with a reason: the recovery from a version fast-forward, and the first
+        step of a repository that starts beyond the server's max_version_step.
+        """
 
 def add_KeyAdminServicer_to_server(servicer: KeyAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -382,3 +382,63 @@ def test_summary_survives_shutdown(tmp_path: Path, softhsm: Any, clock: Clock) -
         ("refused-calls", "UNAUTHENTICATED", 5)
     ]
     assert datetime.fromisoformat(events[0].time.replace("Z", "+00:00")) <= datetime.now(UTC)
+
+
+def _padded_timestamp(clock: Clock, version: int, pad: int) -> bytes:
+    expires = (clock.now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    signed = {
+        "_type": "timestamp",
+        "expires": expires,
+        "meta": {"snapshot.json": {"version": 1}},
+        "spec_version": "1.0.31",
+        "version": version,
+        "x-pad": "a" * pad,
+    }
+    return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "tls_harness",
+    [{"extra": "[limits]\nbytes_rate = 1\nbytes_burst = 100000\n"}],
+    indirect=True,
+)
+async def test_byte_budget_per_identity(tls_harness: TlsHarness) -> None:
+    """f4/f5: rate tokens are charged by bytes as well as by calls."""
+    h = tls_harness
+    backend = h.signer("backend")
+    first = _padded_timestamp(h.clock, 1, 60_000)
+    await backend.Sign(pb.SignRequest(key="k", payload=first))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await backend.Sign(pb.SignRequest(key="k", payload=_padded_timestamp(h.clock, 2, 60_000)))
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "byte rate limit" in (refused.value.details() or "")
+    # Small calls still fit what is left of the byte budget.
+    await backend.Sign(pb.SignRequest(key="k", payload=h.payloads.timestamp(3)))
+
+
+async def test_no_rule_caller_is_refused_before_its_message_is_decoded(
+    tls_harness: TlsHarness,
+) -> None:
+    """f4: a certificate without a rule never gets its message parsed."""
+    h = tls_harness
+    # A SignBatch whose string field is not UTF-8: decoding it would say INVALID_ARGUMENT.
+    garbage = bytes([0x0A, 0x05, 0x0A, 0x03, 0xFF, 0xFE, 0xFD])
+    call = h.channel("nobody").unary_unary(
+        "/tuf_signer.v1.Signer/SignBatch",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.SignBatchResponse.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(garbage)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "has no access rule" in (refused.value.details() or "")
+    # The same bytes from an identity with a rule are decoded, and refused for what they are.
+    call = h.channel("backend").unary_unary(
+        "/tuf_signer.v1.Signer/SignBatch",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.SignBatchResponse.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(garbage)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not decode" in (refused.value.details() or "")

@@ -856,6 +856,22 @@ class SqlAuditStore(AuditStore):
             return self._decide_add(cur, change)
         return self._decide_set_state(cur, change)
 
+    def _role_and_version(
+        self, cur: Cursor, new: RoleState, versions: _VersionCache, roles: _RoleCache
+    ) -> tuple[RoleState | None, KeyVersion | None]:
+        """The stored state of ``new``'s role and the key version it names.
+
+        Each is read once per transaction: later entries of the batch see what
+        earlier ones left in ``roles``, and a batch signs with few key versions.
+        """
+        role_key = (new.key_name, new.role)
+        if role_key not in roles:
+            roles[role_key] = self._fetch_role(cur, *role_key)
+        version_key = (new.key_name, new.key_version)
+        if version_key not in versions:
+            versions[version_key] = self._fetch_version(cur, *version_key)
+        return roles[role_key], versions[version_key]
+
     def _decide_advance(
         self,
         cur: Cursor,
@@ -865,15 +881,7 @@ class SqlAuditStore(AuditStore):
         roles: _RoleCache,
     ) -> _Decision:
         new = dataclasses.replace(change.state, audit_seq=seq)
-        role_key = (new.key_name, new.role)
-        if role_key not in roles:
-            roles[role_key] = self._fetch_role(cur, *role_key)
-        stored = roles[role_key]
-        # A batch signs with few key versions: read each once per transaction.
-        version_key = (new.key_name, new.key_version)
-        if version_key not in versions:
-            versions[version_key] = self._fetch_version(cur, *version_key)
-        kv = versions[version_key]
+        stored, kv = self._role_and_version(cur, new, versions, roles)
         what = f"key version {new.key_version} of {new.key_name!r}"
         if kv is None:
             return _refuse(KeyStateError.code, f"{what} does not exist", stored)
@@ -902,7 +910,7 @@ class SqlAuditStore(AuditStore):
                 "was stale (an admin reset?): send the request again",
                 stored,
             )
-        roles[role_key] = new  # what later entries of this batch compare with
+        roles[(new.key_name, new.role)] = new  # what later entries of this batch compare with
         return _Decision(current=new, advance=new, insert=stored is None)
 
     def _decide_reset(
@@ -914,14 +922,7 @@ class SqlAuditStore(AuditStore):
         roles: _RoleCache,
     ) -> _Decision:
         new = dataclasses.replace(change.state, audit_seq=seq)
-        role_key = (new.key_name, new.role)
-        if role_key not in roles:
-            roles[role_key] = self._fetch_role(cur, *role_key)
-        stored = roles[role_key]
-        version_key = (new.key_name, new.key_version)
-        if version_key not in versions:
-            versions[version_key] = self._fetch_version(cur, *version_key)
-        kv = versions[version_key]
+        stored, kv = self._role_and_version(cur, new, versions, roles)
         what = f"key version {new.key_version} of {new.key_name!r}"
         if kv is None:
             return _refuse(NotFoundError.code, f"{what} does not exist", stored)
@@ -929,7 +930,7 @@ class SqlAuditStore(AuditStore):
             return _refuse(
                 KeyStateError.code, f"keyid {new.keyid} is not the keyid of {what}", stored
             )
-        roles[role_key] = new
+        roles[(new.key_name, new.role)] = new
         return _Decision(current=new, advance=new, insert=stored is None)
 
     def _decide_create(self, cur: Cursor, change: CreateKey) -> _Decision:

@@ -10,7 +10,6 @@ Certificates are read once, when a channel is opened.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from tuf_signer.config import is_loopback
 from tuf_signer.errors import ConfigError, RequestError
 
 SERVER_ENV = "TUF_SIGNER_SERVER"
@@ -212,12 +212,7 @@ def _is_loopback_target(server: str) -> bool:
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:
         host = host.partition(":")[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host)
 
 
 def _read_pem(path: Path, setting: str, env: str) -> bytes:

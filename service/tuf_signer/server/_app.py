@@ -170,6 +170,7 @@ class SignerServer:
                         self.service.refuse,
                         message_limits(cfg),
                         authenticator=self.authenticator,
+                        check_caller=self.guard.check_known,
                     )
                 ],
                 options=[

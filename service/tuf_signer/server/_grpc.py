@@ -332,6 +332,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             UNAUTHENTICATED with the reason, through ``refuse``.
         message_limits: the largest request message per method name, in
             bytes; ``"*"`` for every other method. No limit when omitted.
+        authenticator: the identity step (see above).
+        check_caller: refuses an identity without any access rule
+            (``Guard.check_known``) before its message is decoded.
     """
 
     def __init__(
@@ -340,10 +343,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         refuse: Refuse,
         message_limits: Mapping[str, int] | None = None,
         authenticator: Authenticator | None = None,
+        check_caller: Callable[[str, str], None] | None = None,
     ) -> None:
         self._deadline = deadline
         self._refuse = refuse
         self._authenticator = authenticator or Authenticator()
+        self._check_caller = check_caller
         self._limits = dict(message_limits or {})
         # The wrapped handler of each method, built on its first call: the
         # server's handlers never change, and a Sign should not pay for
@@ -378,24 +383,37 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         name = method.rsplit("/", 1)[-1]
         limit = self._limits.get(name, self._limits.get("*"))
 
-        def safe_decode(data: bytes) -> Any:
+        def check_size(data: bytes) -> bytes | _Undecodable:
+            # Decoding waits for the identity step: a caller without a rule
+            # never gets its (up to max_batch_bytes) message parsed.
             if limit is not None and len(data) > limit:
                 return _Undecodable(
                     LimitError(
                         f"the {name} request is {len(data)} bytes, more than its limit of {limit}"
                     )
                 )
+            return data
+
+        def safe_decode(data: bytes) -> Any:
             try:
                 return decode(data) if decode is not None else data
             except Exception as e:
                 what = "a string field is not valid UTF-8" if "UTF-8" in str(e) else "malformed"
                 return _Undecodable(RequestError(f"the request message does not decode: {what}"))
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def guarded(
+            raw: bytes | _Undecodable, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
             try:
                 caller = self._authenticator.caller_of(context)
                 if caller.refusal is not None:
                     await self._refuse(caller.identity, operation, caller.refusal)
+                if self._check_caller is not None:
+                    try:
+                        self._check_caller(caller.identity, operation)
+                    except TufSignerError as e:
+                        await self._refuse(caller.identity, operation, e)
+                request = raw if isinstance(raw, _Undecodable) else safe_decode(raw)
                 if isinstance(request, _Undecodable):
                     await self._refuse(caller.identity, operation, request.error)
                 async with asyncio.timeout(self._deadline):
@@ -419,6 +437,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         behaviour: Any = guarded  # grpc's stubs type only the sync context
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=safe_decode,
+            request_deserializer=check_size,
             response_serializer=handler.response_serializer,
         )

@@ -77,6 +77,21 @@ class Guard:
         """Whether ``identity`` has an access rule (or admission is unrestricted)."""
         return self._unrestricted or (bool(identity) and identity in self._policy.rules)
 
+    def check_known(self, identity: str, operation: str = "") -> None:
+        """Refuse a caller that has no identity or no access rule at all.
+
+        Raises:
+            UnauthenticatedError: no identity.
+            UnknownIdentityError: the identity has no access rule.
+        """
+        if self._unrestricted or (identity and identity in self._policy.rules):
+            return
+        try:
+            authorize(self._policy, identity, operation)
+        except PermissionError_ as e:  # UnauthenticatedError passes as it is
+            raise UnknownIdentityError(e.reason) from None
+        raise UnknownIdentityError(f"identity {shown(identity)} has no access rule")
+
     @contextmanager
     def admit(
         self, identity: str, operation: str, cost: int = 1, nbytes: int = 0
@@ -96,13 +111,8 @@ class Guard:
         if self._unrestricted:
             yield UNRESTRICTED
             return
-        rule = self._policy.rules.get(identity)
-        if rule is None:
-            try:
-                authorize(self._policy, identity, operation)
-            except PermissionError_ as e:  # UnauthenticatedError passes as it is
-                raise UnknownIdentityError(e.reason) from None
-            raise UnknownIdentityError(f"identity {shown(identity)} has no access rule")
+        self.check_known(identity, operation)
+        rule = self._policy.rules[identity]
         bucket = self._refill(identity, rule)
         limits = self._limits
         max_concurrent = rule.max_concurrent or limits.max_concurrent

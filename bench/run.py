@@ -784,10 +784,12 @@ class Bench:
         ts_version = snap_version = base
         j = 0  # bins signed so far: bin j % n_bins, at version base + j // n_bins
 
-        def next_bin() -> tuple[str, int]:
+        def next_bin() -> tuple[int, str, int]:
+            """The next bin's number, name and version (its payload's paths hash into it)."""
             nonlocal j
             j += 1
-            return f"bins-{(j - 1) % n_bins:04x}", base + (j - 1) // n_bins
+            index = (j - 1) % n_bins
+            return index, f"bins-{index:04x}", base + (j - 1) // n_bins
 
         empty = pb.GetPublicKeysRequest(key="ed").SerializeToString()
         for i in range(total):
@@ -804,16 +806,16 @@ class Bench:
             elif i % 20 == 7 and self.batch_api:
                 items = []
                 for _ in range(8):
-                    role, version = next_bin()
-                    small = _payloads.small_bin(j, version, exp)
+                    index, role, version = next_bin()
+                    small = _payloads.small_bin(index, version, exp)
                     items.append(_sign("ed", keyid, role, small))
                 yield 2, pb.SignBatchRequest(requests=items).SerializeToString()
             else:
-                role, version = next_bin()
+                index, role, version = next_bin()
                 if i % 20 == 11:
-                    payload = _payloads.bin_payload(j, version, exp)
+                    payload = _payloads.bin_payload(index, version, exp)
                 else:
-                    payload = _payloads.small_bin(j, version, exp)
+                    payload = _payloads.small_bin(index, version, exp)
                 yield 0, _sign("ed", keyid, role, payload).SerializeToString()
 
     def w6(self) -> None:

@@ -442,3 +442,150 @@ async def test_no_rule_caller_is_refused_before_its_message_is_decoded(
         await call(garbage)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "does not decode" in (refused.value.details() or "")
+
+
+# --- second look: every way in is throttled, nothing hangs --------------------------------
+
+_STRICT = {"extra": "[limits]\nrate = 0.001\nburst = 3\n"}
+
+
+@pytest.mark.parametrize("tls_harness", [_STRICT], indirect=True, ids=["burst-3"])
+async def test_known_identity_flooding_a_method_it_may_not_call_is_throttled(
+    tls_harness: TlsHarness,
+) -> None:
+    """f4: refusals of a known identity spend its tokens; once spent, they are counted."""
+    h = tls_harness  # the admin spent one of its 3 tokens creating the key
+    admin = h.signer("admin")  # may not sign
+    before = len(h.records())
+    codes = []
+    for v in range(1, 7):
+        codes += await _codes(
+            [admin.Sign(pb.SignRequest(key="k", payload=h.payloads.timestamp(v)))]
+        )
+    assert codes == ["PERMISSION_DENIED"] * 2 + ["RESOURCE_EXHAUSTED"] * 4
+    assert len(h.records()) == before + 2
+    await h.server.service.flush_refusals()
+    assert h.records()[-1].event.detail["count"] == 4
+
+
+@pytest.mark.parametrize("tls_harness", [_STRICT], indirect=True, ids=["burst-3"])
+async def test_known_identity_sending_garbage_is_throttled(tls_harness: TlsHarness) -> None:
+    """f4: messages that do not decode spend call tokens too."""
+    h = tls_harness
+    call = h.channel("backend").unary_unary(
+        "/tuf_signer.v1.Signer/Sign",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.SignResponse.FromString,
+    )
+    before = len(h.records())
+    codes = []
+    for _ in range(6):
+        try:
+            await call(bytes([0x0A, 0x02, 0xFF, 0xFE]))  # key: invalid UTF-8
+        except grpc.aio.AioRpcError as e:
+            codes.append(e.code().name)
+    assert codes == ["INVALID_ARGUMENT"] * 3 + ["RESOURCE_EXHAUSTED"] * 3
+    assert len(h.records()) == before + 3  # the other three were counted
+    await h.server.service.flush_refusals()
+    summary = h.records()[-1].event
+    assert (summary.status, summary.detail["count"]) == ("RESOURCE_EXHAUSTED", 3)
+
+
+@pytest.mark.parametrize(
+    ("request_", "call"),
+    [
+        pytest.param(pb.GetPublicKeysRequest(key="x\0y"), "GetPublicKeys", id="f3-read-keys-nul"),
+        pytest.param(pb.GetRoleStateRequest(key="x\0y"), "GetRoleState", id="f3-role-state-nul"),
+        pytest.param(pb.GetRoleStateRequest(role="r\x1b[2K"), "GetRoleState", id="f3-role-esc"),
+    ],
+)
+async def test_reads_validate_names_before_the_store(
+    harness: Harness, request_: Any, call: str
+) -> None:
+    """f3: a NUL or escape in a read's filter is INVALID_ARGUMENT and recorded, on every store."""
+    before = len(harness.records())
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(harness.signer, call)(request_)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    (record,) = harness.records()[before:]
+    assert record.event.status == "INVALID_ARGUMENT"
+    assert "\0" not in record.event.key_name and "\x1b" not in record.event.role
+
+
+async def test_health_needs_no_access_rule(tmp_path: Path, softhsm: Any, clock: Clock) -> None:
+    """A probe with no rule (here: anonymous, plaintext) still learns SERVING, and only that."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    path = write_config(tmp_path / "signer", softhsm)
+    path.write_text(path.read_text().split("# Plaintext callers")[0])
+    server = SignerServer(load_config(path), clock=clock)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            answer = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.SignerStub(ch).GetPublicKeys(pb.GetPublicKeysRequest())
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(grace=1)
+
+
+async def test_concurrent_checks_cannot_overrun_the_budget(
+    tmp_path: Path, softhsm: Any, clock: Clock
+) -> None:
+    """f5: the worst case (the time budget) is reserved per check before it is queued."""
+    path = _config(
+        tmp_path / "signer",
+        softhsm,
+        max_payload=9 * 1024 * 1024,
+        extra="check_timeout_seconds = 5\n",
+    )
+    path.write_text(path.read_text() + "\n[limits]\ncheck_cpu_rate = 0.001\ncheck_cpu_burst = 12\n")
+    h = await start_harness(path, clock)
+    try:
+        await h.create_key("k", roles=ROLES)
+        payloads = [_slow_path_payload(clock, 2 * 1024 * 1024, version=v) for v in range(1, 5)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(h.sign("k", p) for p in payloads), return_exceptions=True), 60
+        )
+    finally:
+        await stop_harness(h)
+    over = [
+        r
+        for r in results
+        if isinstance(r, grpc.aio.AioRpcError) and "payload-check budget" in (r.details() or "")
+    ]
+    assert len(over) == 1  # 12 s of budget holds three reservations of 5 s, not four
+
+
+async def test_checker_recovers_when_a_replacement_cannot_start(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    """f5: a checker that cannot be replaced answers UNAVAILABLE, never hangs, and heals."""
+    from tuf_signer.model import RoleRule
+    from tuf_signer.server import _checker
+    from tuf_signer.server._checker import CheckJob, PayloadChecker
+
+    checker = PayloadChecker(processes=1, timeout=0.3)
+
+    def job(size: int) -> CheckJob:
+        payload = _slow_path_payload(clock, size)
+        return CheckJob(payload, None, "k", (RoleRule("timestamp", 86400),), clock(), 10**8, "0")
+
+    try:
+        verdict, _ = await checker.offload(job(8 * 1024 * 1024))  # past its budget: killed
+        assert verdict.code == "RESOURCE_EXHAUSTED"
+        real = _checker._Process
+
+        def broken(ctx: Any) -> Any:
+            raise OSError("no more processes")
+
+        monkeypatch.setattr(_checker, "_Process", broken)
+        verdict, _ = await asyncio.wait_for(checker.offload(job(1000)), 30)
+        assert verdict.code == "UNAVAILABLE"
+        monkeypatch.setattr(_checker, "_Process", real)
+        verdict, _ = await asyncio.wait_for(checker.offload(job(1000)), 60)
+        assert not isinstance(verdict, Exception)
+    finally:
+        checker.close()

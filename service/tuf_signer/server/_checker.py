@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -96,18 +97,38 @@ def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the checker 
         conn.send((*result, time.process_time() - start))
 
 
+def _slot_after(done: asyncio.Future[Any]) -> _Process | None:
+    """The slot a finished round trip gives back (None if the round trip itself failed)."""
+    if done.cancelled() or done.exception() is not None:
+        return None
+    slot: _Process | None = done.result()[1]
+    return slot
+
+
 class _Process:
     """One checker process and the parent's end of its pipe."""
 
     def __init__(self, ctx: Any) -> None:
+        """Start the process and wait until it is ready.
+
+        Raises:
+            OSError: it could not start, or died before it was ready.
+        """
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child,), name="tuf-check", daemon=True)
-        self.proc.start()
-        child.close()
-        # Start-up (a fresh interpreter importing the policy) is not a job's time.
-        if not self.conn.poll(_START_TIMEOUT) or self.conn.recv() != "ready":
-            self.stop(kill=True)
-            raise OSError("the payload checker process did not start")
+        try:
+            self.proc.start()
+            child.close()
+            # Start-up (a fresh interpreter importing the policy) is not a job's time.
+            if not self.conn.poll(_START_TIMEOUT) or self.conn.recv() != "ready":
+                raise OSError("the payload checker process did not become ready")
+        except Exception as e:
+            child.close()
+            if self.proc.pid is not None:
+                self.stop(kill=True)
+            else:
+                self.conn.close()
+            raise OSError(f"the payload checker process did not start ({type(e).__name__})") from e
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -144,7 +165,9 @@ class PayloadChecker:
         self._inline_bytes = inline_bytes
         self._timeout = timeout
         self._ctx = multiprocessing.get_context("spawn")  # no fork: PKCS#11 is threaded
-        self._idle: asyncio.Queue[_Process] | None = None
+        # Idle slots: a ready process, or None for one to (re)start on next use.
+        self._idle: asyncio.Queue[_Process | None] | None = None
+        self._lock = threading.Lock()  # guards _all (helper threads replace processes)
         self._starting = asyncio.Lock()
         self._all: list[_Process] = []
         self._threads = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="tuf-check")
@@ -183,16 +206,21 @@ class PayloadChecker:
             raise TufSignerError(
                 f"the payload checker cannot start ({type(e).__name__})", code="UNAVAILABLE"
             ) from e
-        proc = await idle.get()
+        slot = await idle.get()
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._threads, self._roundtrip, proc, job)
-        # The process goes back to the pool when the round trip ends, also
-        # when this caller was cancelled meanwhile.
-        done.add_done_callback(lambda f: idle.put_nowait(f.result()[1]))
+        done = loop.run_in_executor(self._threads, self._roundtrip, slot, job)
+        # The slot goes back to the pool when the round trip ends, also when
+        # this caller was cancelled meanwhile; a failed one comes back empty.
+        done.add_done_callback(lambda f: idle.put_nowait(_slot_after(f)))
         outcome, _ = await asyncio.shield(done)
         return outcome
 
-    async def start(self) -> asyncio.Queue[_Process]:
+    @property
+    def timeout(self) -> float:
+        """Seconds one off-loop check may take."""
+        return self._timeout
+
+    async def start(self) -> asyncio.Queue[_Process | None]:
         """Start the checker processes (once), off the event loop; the idle pool.
 
         Raises:
@@ -201,39 +229,55 @@ class PayloadChecker:
         async with self._starting:
             if self._idle is None:
                 loop = asyncio.get_running_loop()
-                idle: asyncio.Queue[_Process] = asyncio.Queue()
+                idle: asyncio.Queue[_Process | None] = asyncio.Queue()
                 for _ in range(self._size):
-                    proc = await loop.run_in_executor(self._threads, _Process, self._ctx)
-                    self._all.append(proc)
-                    idle.put_nowait(proc)
+                    idle.put_nowait(await loop.run_in_executor(self._threads, self._spawn))
                 self._idle = idle
         return self._idle
 
+    def _spawn(self) -> _Process:
+        proc = _Process(self._ctx)
+        with self._lock:
+            self._all.append(proc)
+        return proc
+
+    def _retire(self, proc: _Process) -> None:
+        with self._lock:
+            self._all = [p for p in self._all if p is not proc]
+        proc.stop(kill=True)
+
     def _roundtrip(
-        self, proc: _Process, job: CheckJob
-    ) -> tuple[tuple[CheckResult | TufSignerError, float], _Process]:
-        """On a helper thread: send the job, wait within the budget, read the verdict."""
+        self, slot: _Process | None, job: CheckJob
+    ) -> tuple[tuple[CheckResult | TufSignerError, float], _Process | None]:
+        """On a helper thread: send the job, wait within the budget, read the verdict.
+
+        Returns the verdict and the slot to give back: the process, or None
+        when it had to go (it is started afresh on the slot's next use).
+        """
+        if slot is None:
+            try:
+                slot = self._spawn()
+            except OSError as e:
+                log.error("the payload checker cannot start: %s", e)
+                error = TufSignerError(
+                    "the payload checker cannot start; nothing was signed", code="UNAVAILABLE"
+                )
+                return (error, 0.0), None
         started = time.monotonic()
         try:
-            proc.conn.send(job)
-            if proc.conn.poll(self._timeout):
-                reply = proc.conn.recv()
-                return self._verdict(reply), proc
+            slot.conn.send(job)
+            if slot.conn.poll(self._timeout):
+                reply = slot.conn.recv()
+                return self._verdict(reply), slot
             reason = (
                 f"checking the payload took longer than its budget of {self._timeout:g} s; "
                 "nothing was signed"
             )
         except Exception as e:  # a dead process (EOFError, OSError) or a bug
             reason = f"the payload checker failed ({type(e).__name__}); nothing was signed"
-        log.warning("replacing the payload checker process: %s", reason)
-        fresh = self._replace(proc)
-        return (ResourceExhaustedError(reason), time.monotonic() - started), fresh
-
-    def _replace(self, proc: _Process) -> _Process:
-        proc.stop(kill=True)
-        fresh = _Process(self._ctx)
-        self._all = [fresh if p is proc else p for p in self._all]
-        return fresh
+        log.warning("stopping the payload checker process: %s", reason)
+        self._retire(slot)
+        return (ResourceExhaustedError(reason), time.monotonic() - started), None
 
     @staticmethod
     def _verdict(reply: Sequence[Any]) -> tuple[CheckResult | TufSignerError, float]:
@@ -248,7 +292,8 @@ class PayloadChecker:
         if self._closed:
             return
         self._closed = True
-        for proc in self._all:
+        with self._lock:
+            procs, self._all = self._all, []
+        for proc in procs:
             proc.stop()
-        self._all = []
         self._threads.shutdown(wait=False)

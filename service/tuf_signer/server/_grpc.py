@@ -296,6 +296,9 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
 
 Refuse = Callable[..., Awaitable[None]]
 
+# Methods outside the identity step and the access policy.
+_OPEN_METHODS = ("/grpc.health.v1.Health/",)
+
 
 @dataclass(frozen=True)
 class _Undecodable:
@@ -382,6 +385,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         operation = _operation_of(method)
         name = method.rsplit("/", 1)[-1]
         limit = self._limits.get(name, self._limits.get("*"))
+        # Health answers anyone who completed the TLS handshake (a probe may
+        # have a certificate without any rule): it tells only SERVING or not.
+        identify = not method.startswith(_OPEN_METHODS)
 
         def check_size(data: bytes) -> bytes | _Undecodable:
             # Decoding waits for the identity step: a caller without a rule
@@ -405,6 +411,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             raw: bytes | _Undecodable, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
             try:
+                if not identify:
+                    request = raw if isinstance(raw, _Undecodable) else safe_decode(raw)
+                    if isinstance(request, _Undecodable):
+                        raise request.error
+                    async with asyncio.timeout(self._deadline):
+                        return await inner(request, context)
                 caller = self._authenticator.caller_of(context)
                 if caller.refusal is not None:
                     await self._refuse(caller.identity, operation, caller.refusal)

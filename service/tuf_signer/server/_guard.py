@@ -135,41 +135,61 @@ class Guard:
                 f"identity {shown(identity)} is over its byte rate limit "
                 f"({limits.bytes_rate:g} bytes/s, burst {limits.bytes_burst})"
             )
-        # Limits before the operation check: a known identity that floods a
-        # method it may not call is throttled (and counted) like any other.
-        rule = authorize(self._policy, identity, operation)
+        # Tokens are spent before the operation check: a known identity that
+        # floods a method it may not call runs out of them, and is then
+        # throttled (and counted) like any other.
         bucket.tokens -= need
         bucket.bytes -= need_bytes
+        rule = authorize(self._policy, identity, operation)
         bucket.in_flight += 1
         try:
             yield rule
         finally:
             bucket.in_flight -= 1
 
-    def check_budget(self, identity: str) -> None:
-        """Refuse an off-loop payload check when the identity has spent its CPU budget.
+    def charge_call(self, identity: str) -> None:
+        """Take one call token from a known identity for a call refused before admission
+        (a message that does not decode): such calls are throttled too.
+
+        Raises:
+            LimitError: the identity is over its rate limit.
+        """
+        rule = self._policy.rules.get(identity)
+        if self._unrestricted or rule is None:
+            return
+        bucket = self._refill(identity, rule)
+        if bucket.tokens < 1:
+            raise LimitError(
+                f"identity {shown(identity)} is over its rate limit "
+                f"({bucket.rate:g} calls/s, burst {bucket.burst})"
+            )
+        bucket.tokens -= 1
+
+    def reserve_check(self, identity: str, seconds: float) -> None:
+        """Reserve ``seconds`` (the check's time budget) of the identity's CPU budget
+        for one off-loop payload check, before it is queued; ``settle_check``
+        refunds what it did not use. Reserving the worst case up front keeps
+        concurrent checks of one identity within its budget.
 
         Raises:
             LimitError: the identity's check budget is spent.
         """
         if self._unrestricted:
             return
-        bucket = self._buckets.get(identity)
-        if bucket is None:
-            return
-        self._refill(identity, None)
+        bucket = self._refill(identity, None)
         if bucket.check_seconds <= 0:
             limits = self._limits
             raise LimitError(
                 f"identity {shown(identity)} spent its payload-check budget "
                 f"({limits.check_cpu_rate:g} CPU s/s, burst {limits.check_cpu_burst:g} s)"
             )
+        bucket.check_seconds -= seconds
 
-    def charge_check(self, identity: str, seconds: float) -> None:
-        """Charge CPU seconds that an off-loop payload check used to ``identity``."""
+    def settle_check(self, identity: str, reserved: float, used: float) -> None:
+        """Refund the part of a reservation that a check did not use."""
         bucket = self._buckets.get(identity)
         if bucket is not None and not self._unrestricted:
-            bucket.check_seconds -= seconds
+            bucket.check_seconds += max(0.0, reserved - used)
 
     def _refill(self, identity: str, rule: AccessRule | None) -> _Bucket:
         """The identity's bucket, refilled up to now (under ``rule``'s rates if given)."""

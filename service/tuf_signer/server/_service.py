@@ -374,8 +374,8 @@ class SigningService:
             How many summary records were written.
 
         Raises:
-            StoreError: they could not be written (the counts are then lost,
-                and the error says so in the log).
+            StoreError: they could not be written; the counts are kept for
+                the next flush.
         """
         events = self._tally.drain()
         if not events:
@@ -383,7 +383,10 @@ class SigningService:
         try:
             await self._writer.submit([Entry(e) for e in events])
         except StoreError:
-            log.error("lost the summary of %d groups of refused calls", len(events))
+            # Counted again with what comes next: the store's outage must not
+            # erase the calls refused during it.
+            self._tally.restore(events)
+            log.error("could not write the summary of %d groups of refused calls", len(events))
             raise
         return len(events)
 
@@ -401,10 +404,15 @@ class SigningService:
             TufSignerError: ``error``, once recorded (``StoreError`` if it cannot be).
         """
         known = _Known(self._now_event(identity, operation, **fields))
-        if isinstance(error, LimitError | UnauthenticatedError) or not self._guard.knows(identity):
-            self._tally.add(known.event.identity, operation, error, known.event.time)
+        if not isinstance(error, LimitError | UnauthenticatedError) and self._guard.knows(identity):
+            try:
+                self._guard.charge_call(identity)  # bad messages are throttled too
+            except LimitError as e:
+                self._tally.add(known.event.identity, operation, e, known.event.time)
+                raise
+            await self._refuse(known, error)
             raise error
-        await self._refuse(known, error)
+        self._tally.add(known.event.identity, operation, error, known.event.time)
         raise error
 
     # --- Sign ----------------------------------------------------------------
@@ -595,9 +603,13 @@ class SigningService:
             TufSignerError: the payload's refusal, or RESOURCE_EXHAUSTED when
                 the check ran past its time budget.
         """
-        self._guard.check_budget(identity)
-        verdict, seconds = await self._checker.offload(job)
-        self._guard.charge_check(identity, seconds)
+        reserved = self._checker.timeout
+        self._guard.reserve_check(identity, reserved)
+        seconds = reserved  # a cancelled or failed check keeps its reservation
+        try:
+            verdict, seconds = await self._checker.offload(job)
+        finally:
+            self._guard.settle_check(identity, reserved, seconds)
         if isinstance(verdict, TufSignerError):
             raise verdict
         return verdict
@@ -829,6 +841,12 @@ class SigningService:
         """
 
         def read() -> list[RoleState]:
+            if key_name:
+                validate_key_name(key_name)
+            if role and recordable(role) != role:
+                raise RequestError(
+                    f"role {shown(role)} has control characters or more than 255 characters"
+                )
             states = self._store.list_role_states(key_name or None)
             return [s for s in states if not role or s.role == role]
 
@@ -852,6 +870,7 @@ class SigningService:
 
     def _list_keys(self, name: str = "") -> list[KeyView]:
         if name:
+            validate_key_name(name)
             view = self._refresh_key(name)
             if view is None:
                 raise NotFoundError(f"unknown key {shown(name)}")
@@ -926,6 +945,7 @@ class SigningService:
         known = _Known(self._now_event(identity, "rotate-key", key_name=name))
 
         async def body(rule: AccessRule) -> tuple[KeyVersion, int]:
+            validate_key_name(name)
             async with self._admin_lock:
                 view = self._refresh_key(name)
                 if view is None:
@@ -961,6 +981,7 @@ class SigningService:
         known = _Known(self._now_event(identity, operation, key_name=name, key_version=version))
 
         async def body(rule: AccessRule) -> tuple[KeyVersion, int]:
+            validate_key_name(name)
             async with self._admin_lock:
                 view = self._refresh_key(name)
                 if view is None:

@@ -4,8 +4,9 @@ Every refused call is on the record (P4), but a refusal that reached no key
 (a caller with no identity or no access rule, or one over its limits) does not
 get a record and an fsync of its own: any certificate the client CA issued
 could then fill the disk and starve the backends' commits. Such refusals are
-counted per (identity, operation, status) and written as one summary record
-per interval, with the count, the first and last time, and one reason.
+counted per (identity, status) and written as one summary record per interval,
+with the count, the first and last time, the methods called (with their own
+counts) and one reason.
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ class RefusalTally:
         group.last = at
         if len(group.methods) < 16 or operation in group.methods:
             group.methods[operation] = group.methods.get(operation, 0) + 1
+
+    def restore(self, events: list[AuditEvent]) -> None:
+        """Count again the summaries ``drain`` gave, when they could not be written."""
+        for event in events:
+            key = (event.identity, event.status)
+            detail = event.detail
+            group = self._groups.get(key)
+            if group is None:
+                reason = event.reason.partition(": ")[2] or event.reason
+                group = self._groups[key] = _Group(0, detail["first"], detail["last"], reason)
+            group.count += int(detail["count"])
+            group.first = min(group.first, detail["first"])
+            group.last = max(group.last, detail["last"])
+            for operation, count in detail["operations"].items():
+                group.methods[operation] = group.methods.get(operation, 0) + int(count)
 
     def drain(self) -> list[AuditEvent]:
         """One summary event per group counted since the last drain; resets the counts."""

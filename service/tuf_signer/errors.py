@@ -119,6 +119,20 @@ class KeyStateError(PolicyError):
     """The key version asked for cannot be used (not ACTIVE, stale keyid pin...)."""
 
 
+class StaleKeyVersionError(KeyStateError):
+    """The key version a signature was made with was retired before it was recorded.
+
+    Another worker activated a newer version meanwhile: the signature is
+    dropped, and an unpinned request may be signed again with the new version.
+    """
+
+
+class StaleReplayError(TufSignerError):
+    """A retry answered from a stale cache does not repeat the stored mark; send it again."""
+
+    code = "ABORTED"
+
+
 # --- backend: the HSM or KMS -----------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from tuf_signer.audit import (
     verify_store,
 )
 from tuf_signer.audit._chain import chain
-from tuf_signer.errors import StoreError
+from tuf_signer.errors import RollbackError, StaleKeyVersionError, StoreError
 from tuf_signer.model import KeyState, Outcome
 
 if TYPE_CHECKING:
@@ -244,6 +244,10 @@ def test_advance_role(store: AuditStore, make: AuditFactory, case: AdvanceCase) 
 
     assert c.status == case.status
     assert c.replayed is case.replayed
+    # The verdict is the error itself, typed: the service decides by its class.
+    assert (c.error is None) == (case.status == "OK")
+    assert isinstance(c.error, StaleKeyVersionError) == ("no longer ACTIVE" in case.reason)
+    assert isinstance(c.error, RollbackError) == case.reason.startswith(("^rollback", "^equivoc"))
     if case.reason:
         assert re.search(case.reason, c.reason), c.reason
     else:

@@ -62,7 +62,10 @@ from tuf_signer.errors import (
     KeyStateError,
     NotFoundError,
     RollbackError,
+    StaleKeyVersionError,
+    StaleReplayError,
     StoreError,
+    TufSignerError,
     VersionStepError,
 )
 from tuf_signer.model import (
@@ -91,10 +94,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 _PAGE = 1000
 
 REPLAY_REASON = "replay of an identical request"
-
-# The status of a replay answered from a stale cache (see AdvanceRole.replay_only):
-# gRPC's "retry at a higher level".
-STALE_REPLAY_CODE = "ABORTED"
 
 
 # --- the DB-API surface we use ---------------------------------------------------
@@ -445,8 +444,7 @@ def check_entry(entry: Entry, index: int = 0) -> None:
 class _Decision(NamedTuple):
     """What one entry's change comes to, decided inside the write transaction."""
 
-    status: str = "OK"
-    reason: str = ""
+    error: TufSignerError | None = None  # the refusal, None when the change applies
     current: RoleState | None = None
     replayed: bool = False
     # Writes a key change; called after every earlier write of the batch. None
@@ -506,8 +504,8 @@ class _Writes:
                 rows.clear()
 
 
-def _refuse(status: str, reason: str, current: RoleState | None = None) -> _Decision:
-    return _Decision(status=status, reason=reason, current=current)
+def _refuse(error: TufSignerError, current: RoleState | None = None) -> _Decision:
+    return _Decision(error=error, current=current)
 
 
 # Key versions read during one append, by (key name, version); None: no such version.
@@ -739,15 +737,15 @@ class SqlAuditStore(AuditStore):
                 seq += 1
                 decision = self._decide(cur, entry, seq, versions, roles)
                 event = entry.event
-                if decision.status != "OK":
+                if decision.error is not None:
                     event = dataclasses.replace(
                         event,
                         outcome=Outcome.REFUSED,
-                        status=decision.status,
-                        reason=decision.reason,
+                        status=decision.error.code,
+                        reason=decision.error.reason,
                         signature="",
                     )
-                    logger.info("record %d: %s refused: %s", seq, event.operation, decision.reason)
+                    logger.info("record %d: %s refused: %s", seq, event.operation, event.reason)
                 elif decision.replayed and decision.current is not None:
                     event = dataclasses.replace(
                         event, signature=decision.current.signature, reason=REPLAY_REASON
@@ -763,8 +761,7 @@ class SqlAuditStore(AuditStore):
                 out.append(
                     Committed(
                         seq=seq,
-                        status=decision.status,
-                        reason=decision.reason,
+                        error=decision.error,
                         current=decision.current,
                         replayed=decision.replayed,
                     )
@@ -884,19 +881,17 @@ class SqlAuditStore(AuditStore):
         stored, kv = self._role_and_version(cur, new, versions, roles)
         what = f"key version {new.key_version} of {new.key_name!r}"
         if kv is None:
-            return _refuse(KeyStateError.code, f"{what} does not exist", stored)
+            return _refuse(KeyStateError(f"{what} does not exist"), stored)
         if kv.state is KeyState.PENDING:
-            return _refuse(KeyStateError.code, f"{what} is not ACTIVE yet", stored)
+            return _refuse(KeyStateError(f"{what} is not ACTIVE yet"), stored)
         if kv.state is KeyState.RETIRED:
-            return _refuse(KeyStateError.code, f"{what} is no longer ACTIVE", stored)
+            return _refuse(StaleKeyVersionError(f"{what} is no longer ACTIVE"), stored)
         if kv.keyid != new.keyid:
-            return _refuse(
-                KeyStateError.code, f"keyid {new.keyid} is not the keyid of {what}", stored
-            )
+            return _refuse(KeyStateError(f"keyid {new.keyid} is not the keyid of {what}"), stored)
         try:
             decision = advance_decision(stored, new, change.max_step)
         except (RollbackError, VersionStepError) as e:
-            return _refuse(e.code, e.reason, stored)
+            return _refuse(e, stored)
         if decision == "replay":
             return _Decision(current=stored, replayed=True)
         if change.replay_only:
@@ -904,10 +899,11 @@ class SqlAuditStore(AuditStore):
                 "none" if stored is None else f"version {stored.version}, record {stored.audit_seq}"
             )
             return _refuse(
-                STALE_REPLAY_CODE,
-                f"stale replay: version {new.version} of role {new.role!r} with key "
-                f"{new.key_name!r} is not the stored mark ({mark}); the cached role state "
-                "was stale (an admin reset?): send the request again",
+                StaleReplayError(
+                    f"stale replay: version {new.version} of role {new.role!r} with key "
+                    f"{new.key_name!r} is not the stored mark ({mark}); the cached role state "
+                    "was stale (an admin reset?): send the request again"
+                ),
                 stored,
             )
         roles[(new.key_name, new.role)] = new  # what later entries of this batch compare with
@@ -925,18 +921,16 @@ class SqlAuditStore(AuditStore):
         stored, kv = self._role_and_version(cur, new, versions, roles)
         what = f"key version {new.key_version} of {new.key_name!r}"
         if kv is None:
-            return _refuse(NotFoundError.code, f"{what} does not exist", stored)
+            return _refuse(NotFoundError(f"{what} does not exist"), stored)
         if kv.keyid != new.keyid:
-            return _refuse(
-                KeyStateError.code, f"keyid {new.keyid} is not the keyid of {what}", stored
-            )
+            return _refuse(KeyStateError(f"keyid {new.keyid} is not the keyid of {what}"), stored)
         roles[(new.key_name, new.role)] = new
         return _Decision(current=new, advance=new, insert=stored is None)
 
     def _decide_create(self, cur: Cursor, change: CreateKey) -> _Decision:
         self._exec(cur, _GET_KEY, (change.key.name,))
         if cur.fetchone() is not None:
-            return _refuse(AlreadyExistsError.code, f"key {change.key.name!r} already exists")
+            return _refuse(AlreadyExistsError(f"key {change.key.name!r} already exists"))
 
         def apply(c: Cursor) -> None:
             self._exec(c, _INSERT_KEY, _key_params(change.key))
@@ -948,10 +942,10 @@ class SqlAuditStore(AuditStore):
         v = change.version
         self._exec(cur, _GET_KEY, (v.key_name,))
         if cur.fetchone() is None:
-            return _refuse(NotFoundError.code, f"key {v.key_name!r} does not exist")
+            return _refuse(NotFoundError(f"key {v.key_name!r} does not exist"))
         if self._fetch_version(cur, v.key_name, v.version) is not None:
             return _refuse(
-                AlreadyExistsError.code, f"version {v.version} of key {v.key_name!r} already exists"
+                AlreadyExistsError(f"version {v.version} of key {v.key_name!r} already exists")
             )
         return _Decision(apply=lambda c: self._exec(c, _INSERT_VERSION, _version_params(v)))
 
@@ -960,16 +954,15 @@ class SqlAuditStore(AuditStore):
         kv = self._fetch_version(cur, name, number)
         what = f"version {number} of {name!r}"
         if kv is None:
-            return _refuse(NotFoundError.code, f"{what} does not exist")
+            return _refuse(NotFoundError(f"{what} does not exist"))
         if kv.state is KeyState.RETIRED:
-            return _refuse(KeyStateError.code, f"{what} is RETIRED; retired versions never return")
+            return _refuse(KeyStateError(f"{what} is RETIRED; retired versions never return"))
         if target is KeyState.PENDING:
             return _refuse(
-                KeyStateError.code,
-                f"{what} is {kv.state.value}; versions never return to PENDING",
+                KeyStateError(f"{what} is {kv.state.value}; versions never return to PENDING")
             )
         if target is kv.state:
-            return _refuse(KeyStateError.code, f"{what} is already {target.value}")
+            return _refuse(KeyStateError(f"{what} is already {target.value}"))
         if target is KeyState.ACTIVE:  # from PENDING
 
             def activate(c: Cursor) -> None:

@@ -10,6 +10,7 @@ import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from tuf_signer.errors import TufSignerError
 from tuf_signer.model import AuditEvent, KeyRecord, KeyState, KeyVersion, RoleState
 
 GENESIS_HASH = "0" * 64
@@ -117,9 +118,9 @@ class Committed:
 
     Attributes:
         seq: the sequence number of the record written for it.
-        status: "OK" when the change (if any) applied; otherwise the gRPC status
-            name of the refusal, and the record was written as refused.
-        reason: why it was refused ("" when OK).
+        error: None when the change (if any) applied; otherwise the refusal
+            itself (e.g. ``RollbackError``, ``StaleKeyVersionError``), and the
+            record was written as refused with its status and reason.
         current: for ``AdvanceRole``, the role state after the transaction.
         replayed: the entry repeated the stored state exactly (same version,
             payload and keyid); nothing changed and the record was written as a
@@ -127,10 +128,19 @@ class Committed:
     """
 
     seq: int
-    status: str = "OK"
-    reason: str = ""
+    error: TufSignerError | None = None
     current: RoleState | None = None
     replayed: bool = False
+
+    @property
+    def status(self) -> str:
+        """The gRPC status name of the outcome: "OK", or the refusal's."""
+        return "OK" if self.error is None else self.error.code
+
+    @property
+    def reason(self) -> str:
+        """Why it was refused ("" when OK)."""
+        return "" if self.error is None else self.error.reason
 
 
 class AuditStore(abc.ABC):

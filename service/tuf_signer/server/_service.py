@@ -55,6 +55,7 @@ from tuf_signer.errors import (
     NotFoundError,
     RequestError,
     RollbackError,
+    StaleKeyVersionError,
     StoreError,
     TufSignerError,
     UnauthenticatedError,
@@ -101,14 +102,6 @@ def utc_now() -> datetime:
 def rfc3339(t: datetime) -> str:
     """UTC time with microseconds, e.g. ``2026-11-24T22:16:48.123456Z``."""
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _error_for(status: str, reason: str) -> TufSignerError:
-    """Rebuild the error a store refusal stands for, by its status name."""
-    for cls in (NotFoundError, AlreadyExistsError, KeyStateError):
-        if cls.code == status:
-            return cls(reason)
-    return TufSignerError(reason, code=status)
 
 
 @dataclass(frozen=True)
@@ -314,8 +307,8 @@ class SigningService:
         committed = await self._record(known, entry)
         if committed.current is not None:
             self._remember(committed.current)
-        if committed.status != "OK":
-            raise _Recorded(_error_for(committed.status, committed.reason))
+        if committed.error is not None:
+            raise _Recorded(committed.error)
         return committed
 
     async def _refuse(self, known: _Known, error: TufSignerError) -> None:
@@ -473,7 +466,7 @@ class SigningService:
                 # Another process activated a new version after our cache last
                 # looked: that attempt is refused on the record; sign again with
                 # the version now ACTIVE (unless the caller pinned the old one).
-                if attempt == 2 or _STALE_ACTIVE not in r.error.reason or expected_keyid:
+                if attempt == 2 or not isinstance(r.error, StaleKeyVersionError) or expected_keyid:
                     raise
                 known.recorded = False
         raise AssertionError("unreachable")
@@ -667,12 +660,12 @@ class SigningService:
         """The reply for a committed grant, or the store's (recorded) refusal."""
         if committed.current is not None:
             self._remember(committed.current)
-        if committed.status != "OK":
+        if committed.error is not None:
             # Lost a race (another process or request advanced the role first,
             # or the version was retired meanwhile): the signature is dropped.
-            if _STALE_ACTIVE in committed.reason:
+            if isinstance(committed.error, StaleKeyVersionError):
                 self._refresh_key(prep.state.key_name)
-            raise _Recorded(_error_for(committed.status, committed.reason))
+            raise _Recorded(committed.error)
         final = committed.current or prep.state
         return prep.result(final, committed, committed.replayed)
 
@@ -780,10 +773,10 @@ class SigningService:
             if error is not None or owner is None:
                 outcomes[i] = error or TufSignerError("internal error")
             elif owner.replay is not None:
-                if done.status != "OK":
+                if done.error is not None:
                     if done.current is not None:
                         self._remember(done.current)
-                    outcomes[i] = _error_for(done.status, done.reason)
+                    outcomes[i] = done.error
                 else:
                     outcomes[i] = owner.result(done.current or owner.replay, done, replayed=True)
             else:
@@ -1157,9 +1150,6 @@ _MAX_VERSION = 2**63 - 1
 
 # SignBatch items checked before they go to the HSM together.
 _PIPELINE_CHUNK = 64
-
-# The store's reason when the key version signed with was retired meanwhile.
-_STALE_ACTIVE = "no longer ACTIVE"
 
 
 @dataclass(frozen=True)

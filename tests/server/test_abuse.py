@@ -416,6 +416,15 @@ async def test_byte_budget_per_identity(tls_harness: TlsHarness) -> None:
     await backend.Sign(pb.SignRequest(key="k", payload=h.payloads.timestamp(3)))
 
 
+def _raw(h: TlsHarness, client: str, method: str) -> Any:
+    """A Signer method called with raw bytes as the request, as ``client``."""
+    return h.channel(client).unary_unary(
+        f"/tuf_signer.v1.Signer/{method}",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+
+
 async def test_no_rule_caller_is_refused_before_its_message_is_decoded(
     tls_harness: TlsHarness,
 ) -> None:
@@ -423,23 +432,13 @@ async def test_no_rule_caller_is_refused_before_its_message_is_decoded(
     h = tls_harness
     # A SignBatch whose string field is not UTF-8: decoding it would say INVALID_ARGUMENT.
     garbage = bytes([0x0A, 0x05, 0x0A, 0x03, 0xFF, 0xFE, 0xFD])
-    call = h.channel("nobody").unary_unary(
-        "/tuf_signer.v1.Signer/SignBatch",
-        request_serializer=lambda b: b,
-        response_deserializer=pb.SignBatchResponse.FromString,
-    )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call(garbage)
+        await _raw(h, "nobody", "SignBatch")(garbage)
     assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "has no access rule" in (refused.value.details() or "")
     # The same bytes from an identity with a rule are decoded, and refused for what they are.
-    call = h.channel("backend").unary_unary(
-        "/tuf_signer.v1.Signer/SignBatch",
-        request_serializer=lambda b: b,
-        response_deserializer=pb.SignBatchResponse.FromString,
-    )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call(garbage)
+        await _raw(h, "backend", "SignBatch")(garbage)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "does not decode" in (refused.value.details() or "")
 
@@ -472,11 +471,7 @@ async def test_known_identity_flooding_a_method_it_may_not_call_is_throttled(
 async def test_known_identity_sending_garbage_is_throttled(tls_harness: TlsHarness) -> None:
     """f4: messages that do not decode spend call tokens too."""
     h = tls_harness
-    call = h.channel("backend").unary_unary(
-        "/tuf_signer.v1.Signer/Sign",
-        request_serializer=lambda b: b,
-        response_deserializer=pb.SignResponse.FromString,
-    )
+    call = _raw(h, "backend", "Sign")
     before = len(h.records())
     codes = []
     for _ in range(6):

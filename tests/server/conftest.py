@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,6 +90,24 @@ keys = ["*"]
 roles = ["timestamp", "snapshot", "targets", "bins-*"]
 """
     )
+    return path
+
+
+def write_kms_config(directory: Path, hsm: Any, kms_address: str, call_timeout: float) -> Path:
+    """``write_config``'s server (SoftHSM) plus a fake-KMS backend in a key ring of its own."""
+    path = write_config(directory, hsm)
+    with path.open("a") as config:
+        config.write(
+            f"""
+[backends.kms]
+type = "gcpkms"
+project = "test-project"
+location = "global"
+key_ring = "ring-{secrets.token_hex(4)}"
+endpoint = "{kms_address}"
+call_timeout = {call_timeout}
+"""
+        )
     return path
 
 

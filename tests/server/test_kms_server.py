@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from tuf_signer.model import Outcome
 from tuf_signer.testing.fake_kms import Corruption, FakeKms
 from tuf_signer.v1 import signer_pb2 as pb
 
-from .conftest import TEST_BINS, TEST_ROLES, Harness, bin_role, write_config
+from .conftest import TEST_BINS, TEST_ROLES, Harness, bin_role, write_config, write_kms_config
 
 CALL_TIMEOUT = 2.0  # seconds: backends.kms.call_timeout in these tests
 ROLES = TEST_ROLES  # timestamp, snapshot and the declared TEST_BINS
@@ -48,20 +47,7 @@ def kms(fake: FakeKms) -> Iterator[FakeKms]:
 @pytest.fixture
 def config_path(tmp_path: Path, softhsm: Any, kms: FakeKms) -> Path:
     """conftest's server config (SoftHSM) plus a KMS backend in a key ring of its own."""
-    path = write_config(tmp_path / "signer", softhsm)
-    with path.open("a") as config:
-        config.write(
-            f"""
-[backends.kms]
-type = "gcpkms"
-project = "test-project"
-location = "global"
-key_ring = "ring-{secrets.token_hex(4)}"
-endpoint = "{kms.address}"
-call_timeout = {CALL_TIMEOUT}
-"""
-        )
-    return path
+    return write_kms_config(tmp_path / "signer", softhsm, kms.address, CALL_TIMEOUT)
 
 
 async def create_key(

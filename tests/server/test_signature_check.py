@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,7 +29,7 @@ from tuf_signer.server import _app
 from tuf_signer.testing.fake_kms import FakeKms
 from tuf_signer.v1 import signer_pb2 as pb
 
-from .conftest import Clock, Harness, start_harness, stop_harness, write_config
+from .conftest import Clock, Harness, start_harness, stop_harness, write_kms_config
 
 ROLES = [("timestamp", 86400), ("snapshot", 86400)]
 MISMATCH = (
@@ -216,20 +215,7 @@ def kms() -> Iterator[FakeKms]:
 
 @pytest.fixture
 def kms_config_path(tmp_path: Path, softhsm: Any, kms: FakeKms) -> Path:
-    path = write_config(tmp_path / "signer", softhsm)
-    with path.open("a") as config:
-        config.write(
-            f"""
-[backends.kms]
-type = "gcpkms"
-project = "test-project"
-location = "global"
-key_ring = "ring-{secrets.token_hex(4)}"
-endpoint = "{kms.address}"
-call_timeout = 2.0
-"""
-        )
-    return path
+    return write_kms_config(tmp_path / "signer", softhsm, kms.address, 2.0)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from tuf_signer.server._grpc import (
     ErrorInterceptor,
     KeyAdminServicer,
     SignerServicer,
+    admitted_identity,
 )
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._harden import harden_process
@@ -180,7 +181,7 @@ class SignerServer:
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ],
             )
-            identity = self.authenticator.identity_of
+            identity = admitted_identity(self.authenticator.identity_of)
             pb_grpc.add_SignerServicer_to_server(SignerServicer(self.service, identity), server)
             pb_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(self.service, identity), server)
             pb_grpc.add_AuditLogServicer_to_server(AuditLogServicer(self.service, identity), server)

@@ -27,7 +27,7 @@ from typing import Any
 
 from tuf_signer import policy
 from tuf_signer.errors import ResourceExhaustedError, TufSignerError
-from tuf_signer.model import RoleRule
+from tuf_signer.model import BinsDelegation, RoleRule
 from tuf_signer.policy import SignedInfo
 from tuf_signer.server._harden import harden_process
 
@@ -52,7 +52,7 @@ class CheckJob:
     now: datetime
     max_payload_bytes: int
     payload_sha256: str
-    extra: tuple[tuple[str, Any], ...] = ()  # further keyword arguments
+    bins: BinsDelegation | None = None
 
     def run(self, *, exact: bool) -> CheckResult:
         """Apply the check here, in this process.
@@ -70,7 +70,7 @@ class CheckJob:
             self.max_payload_bytes,
             self.payload_sha256,
             exact=exact,
-            **dict(self.extra),
+            bins=self.bins,
         )
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,20 @@ log = logging.getLogger(__name__)
 
 # The caller's typed identity ("" when refused): ``Authenticator.identity_of``.
 IdentityOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
+
+# The identity the interceptor's identity step admitted for the call in this task.
+_ADMITTED: ContextVar[str | None] = ContextVar("tuf_signer_admitted_identity", default=None)
+
+
+def admitted_identity(fallback: IdentityOf) -> IdentityOf:
+    """The identity ``ErrorInterceptor`` admitted for the current call, else ``fallback``'s."""
+
+    def identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        admitted = _ADMITTED.get()
+        return admitted if admitted is not None else fallback(context)
+
+    return identity
+
 
 _ALGORITHMS: dict[int, Algorithm] = {
     pb.ALGORITHM_UNSPECIFIED: Algorithm.ED25519,
@@ -411,25 +426,30 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             raw: bytes | _Undecodable, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
             try:
-                if not identify:
-                    request = raw if isinstance(raw, _Undecodable) else safe_decode(raw)
-                    if isinstance(request, _Undecodable):
-                        raise request.error
-                    async with asyncio.timeout(self._deadline):
-                        return await inner(request, context)
-                caller = self._authenticator.caller_of(context)
-                if caller.refusal is not None:
-                    await self._refuse(caller.identity, operation, caller.refusal)
-                if self._check_caller is not None:
-                    try:
-                        self._check_caller(caller.identity, operation)
-                    except TufSignerError as e:
-                        await self._refuse(caller.identity, operation, e)
+                identity = None
+                if identify:
+                    caller = self._authenticator.caller_of(context)
+                    identity = caller.identity
+                    if caller.refusal is not None:
+                        await self._refuse(identity, operation, caller.refusal)
+                    if self._check_caller is not None:
+                        try:
+                            self._check_caller(identity, operation)
+                        except TufSignerError as e:
+                            await self._refuse(identity, operation, e)
                 request = raw if isinstance(raw, _Undecodable) else safe_decode(raw)
                 if isinstance(request, _Undecodable):
-                    await self._refuse(caller.identity, operation, request.error)
-                async with asyncio.timeout(self._deadline):
-                    return await inner(request, context)
+                    if identity is None:
+                        raise request.error
+                    await self._refuse(identity, operation, request.error)
+                # The servicer reads the identity judged here (``admitted_identity``)
+                # instead of judging the certificate a second time.
+                token = _ADMITTED.set(identity)
+                try:
+                    async with asyncio.timeout(self._deadline):
+                        return await inner(request, context)
+                finally:
+                    _ADMITTED.reset(token)
             except TimeoutError:
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,

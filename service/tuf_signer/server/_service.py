@@ -502,7 +502,7 @@ class SigningService:
             now=self._clock(),
             max_payload_bytes=self._max_payload,
             payload_sha256=known.event.payload_sha256,
-            extra=(("bins", view.key.bins),) if view.key.bins is not None else (),
+            bins=view.key.bins,
         )
         resolved, info, _rule = self._checker.inline(job) or await self._offload(
             known.event.identity, job

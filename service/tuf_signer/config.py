@@ -28,7 +28,6 @@ Example (what ``tuf-signer dev-init`` writes)::
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import stat
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuf_signer._net import check_plaintext_credentials, is_loopback, split_host_port
 from tuf_signer.errors import ConfigError, TufSignerError
 from tuf_signer.policy import AccessPolicy, AccessRule, identity_type
 
@@ -342,28 +342,6 @@ def _unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
         raise ConfigError(f"{where}{extra[0]}: unknown setting")
 
 
-def split_host_port(listen: str, setting: str = "server.listen") -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6).
-
-    Raises:
-        ConfigError: not of that form.
-    """
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{setting}: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and addresses in 127.0.0.0/8 or ::1."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_listen(server: ServerConfig) -> None:
     """Mutual TLS, or plaintext only when declared and only on loopback.
 
@@ -477,15 +455,10 @@ def _gcpkms_backend(name: str, table: Mapping[str, Any], base: Path) -> GcpKmsCo
     if not _KMS_ID.fullmatch(key_ring):
         raise ConfigError(f"{where}key_ring: {key_ring!r} must match [a-zA-Z0-9_-]{{1,63}}")
     endpoint = _get(table, "endpoint", str, where, None)
-    plaintext = False
     if endpoint is not None:
-        host, _ = split_host_port(endpoint, f"{where}endpoint")
-        plaintext = is_loopback(host)
+        split_host_port(endpoint, f"{where}endpoint")
     credentials = _get(table, "credentials_file", str, where, None)
-    if credentials is not None and plaintext:
-        raise ConfigError(
-            f"{where}credentials_file: not used with the plaintext loopback endpoint {endpoint}"
-        )
+    check_plaintext_credentials(endpoint, credentials, f"{where}credentials_file")
     level = _get(table, "protection_level", str, where, "hsm").upper()
     if level not in ("HSM", "SOFTWARE"):
         raise ConfigError(f"{where}protection_level: expected 'hsm' or 'software'")

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from tuf_signer.config import is_loopback
+from tuf_signer._net import is_loopback_endpoint
 from tuf_signer.errors import ConfigError, RequestError
 
 SERVER_ENV = "TUF_SIGNER_SERVER"
@@ -208,11 +208,7 @@ def _is_loopback_target(server: str) -> bool:
             host = host[len(scheme) :]
     if "," in host:  # ipv4:a:1,b:2 lists several addresses: each must be loopback
         return all(_is_loopback_target(part) for part in host.split(","))
-    if host.startswith("["):
-        host = host[1:].partition("]")[0]
-    elif host.count(":") == 1:
-        host = host.partition(":")[0]
-    return is_loopback(host)
+    return is_loopback_endpoint(host)
 
 
 def _read_pem(path: Path, setting: str, env: str) -> bytes:

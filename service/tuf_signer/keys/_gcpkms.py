@@ -70,6 +70,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from securesystemslib.signer import SSlibKey
 
+from tuf_signer._net import check_plaintext_credentials
 from tuf_signer.errors import (
     BackendError,
     BackendPermissionError,
@@ -191,18 +192,6 @@ def crypto_key_id(label: str) -> str:
     return f"{_KEY_PREFIX}{slug}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
-def _is_loopback_endpoint(endpoint: str) -> bool:
-    host = endpoint.rpartition(":")[0].strip("[]") if ":" in endpoint else endpoint
-    if host == "localhost":
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def kms_transport(
     endpoint: str | None = None, credentials_file: Path | str | None = None
 ) -> TransportFactory:
@@ -226,11 +215,7 @@ def kms_transport(
         (When called) ConfigError: google-cloud-kms is missing, or no
             credentials can be found or loaded.
     """
-    plaintext = endpoint is not None and _is_loopback_endpoint(endpoint)
-    if plaintext and credentials_file is not None:
-        raise ConfigError(
-            f"credentials_file: not used with the plaintext loopback endpoint {endpoint}"
-        )
+    plaintext = check_plaintext_credentials(endpoint, credentials_file, "credentials_file")
 
     async def connect() -> KeyManagementServiceGrpcAsyncIOTransport:
         kms = _import_kms()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuf_signer._net import check_plaintext_credentials, is_loopback, split_host_port
 from tuf_signer.errors import ConfigError, TufSignerError
+from tuf_signer.keys import DEFAULT_CALL_TIMEOUT, DEFAULT_CREATE_TIMEOUT
 from tuf_signer.policy import AccessPolicy, AccessRule, identity_type
 
 if TYPE_CHECKING:
@@ -256,8 +257,8 @@ class GcpKmsConfig:
     credentials_file: Path | None = None
     endpoint: str | None = None
     protection_level: str = "HSM"
-    call_timeout: float = 10.0
-    create_timeout: float = 120.0
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT
 
 
 BackendConfig = Pkcs11Config | GcpKmsConfig
@@ -463,7 +464,10 @@ def _gcpkms_backend(name: str, table: Mapping[str, Any], base: Path) -> GcpKmsCo
     if level not in ("HSM", "SOFTWARE"):
         raise ConfigError(f"{where}protection_level: expected 'hsm' or 'software'")
     timeouts = {}
-    for key, default in (("call_timeout", 10.0), ("create_timeout", 120.0)):
+    for key, default in (
+        ("call_timeout", DEFAULT_CALL_TIMEOUT),
+        ("create_timeout", DEFAULT_CREATE_TIMEOUT),
+    ):
         value = float(_get(table, key, (int, float), where, default))
         if not 0 < value <= 3600:
             raise ConfigError(f"{where}{key}: must be between 0 and 3600 seconds")

@@ -8,12 +8,20 @@ Nor does it need google-cloud-kms (the ``gcp`` extra): ``GcpKmsBackend.start`` i
 from __future__ import annotations
 
 from tuf_signer.keys._backend import KeyBackend, NewKey
-from tuf_signer.keys._gcpkms import GcpKmsBackend, crypto_key_id, kms_transport
+from tuf_signer.keys._gcpkms import (
+    DEFAULT_CALL_TIMEOUT,
+    DEFAULT_CREATE_TIMEOUT,
+    GcpKmsBackend,
+    crypto_key_id,
+    kms_transport,
+)
 from tuf_signer.keys._pkcs11 import Pkcs11Backend
 from tuf_signer.keys._softhsm import init_token, softhsm_module_path, write_softhsm_config
 from tuf_signer.keys._verify import SignatureVerifier, load_public_key
 
 __all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "DEFAULT_CREATE_TIMEOUT",
     "GcpKmsBackend",
     "KeyBackend",
     "NewKey",

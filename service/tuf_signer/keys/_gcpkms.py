@@ -140,6 +140,9 @@ _VERSION_SUFFIX: Final = re.compile(
 _SERVICE_LABEL: Final = re.compile(r"tuf-signer/(?P<name>[^/]+)/[0-9]+/[0-9a-f]+")
 _KEY_PREFIX = "tuf-signer-"
 
+# Budgets of one call and of one key creation, in seconds (config defaults too).
+DEFAULT_CALL_TIMEOUT: Final = 10.0
+DEFAULT_CREATE_TIMEOUT: Final = 120.0  # KMS generates HSM keys asynchronously
 _BACKOFF_FIRST = 0.05  # seconds
 _BACKOFF_MAX = 1.0  # seconds
 _POLL_FIRST = 0.05  # seconds, first wait for key generation
@@ -390,8 +393,8 @@ class GcpKmsBackend(KeyBackend):
         key_ring: str,
         transport: TransportFactory,
         protection_level: str = "HSM",
-        call_timeout: float = 10.0,
-        create_timeout: float = 120.0,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        create_timeout: float = DEFAULT_CREATE_TIMEOUT,
         integrity_attempts: int = 3,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:

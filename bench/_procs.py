@@ -322,7 +322,7 @@ class Hsm:
 
 def make_token(directory: Path) -> Hsm:
     """A fresh SoftHSM token under ``directory``."""
-    from tuf_signer.keys import init_token, softhsm_module_path, write_softhsm_config
+    from tuf_signer.testing.softhsm import init_token, softhsm_module_path, write_softhsm_config
 
     directory.mkdir(parents=True, exist_ok=True)
     conf = write_softhsm_config(directory)

@@ -14,7 +14,7 @@ Modes (results as one JSON object on stdout):
   on every sign; that is its design, not a bench artefact.
 
 Payloads are built before the clock starts. python-pkcs11 is confined to this
-process's main thread (DESIGN.md §4: SoftHSM runs without locking).
+process's main thread (docs/design.md §4: SoftHSM runs without locking).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from bench import _payloads
 _ED25519 = encode_named_curve_parameters("1.3.101.112")
 _P256 = encode_named_curve_parameters("secp256r1")
 HSM_SIGNER_KEYID = 2  # HSMSigner's default key id (PIV slot 9c); CKA_ID b"\x02"
-_OPEN_ATTEMPTS = 10  # processes logging in at once sometimes fail (DESIGN.md §4)
+_OPEN_ATTEMPTS = 10  # processes logging in at once sometimes fail (docs/design.md §4)
 
 
 def _open(module: str, label: str, pin: str) -> Any:

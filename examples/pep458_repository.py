@@ -15,7 +15,7 @@ What it shows, with python-tuf's Metadata API:
 3. **Upload.** New targets go to their bins; each affected bin, then
    snapshot, then timestamp is re-signed, in that order (PEP 458 §"Producing
    consistent snapshots").
-4. **Rotate the online key** without stranding clients (DESIGN P6): RotateKey
+4. **Rotate the online key** without stranding clients (docs/design.md P6): RotateKey
    publishes a PENDING key; root and targets list old and new key (signed
    offline); ActivateKeyVersion; every online role is re-signed with the new
    key; root and targets drop the old key. A client that still trusts the

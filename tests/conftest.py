@@ -14,11 +14,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tuf_signer.keys import Pkcs11Backend, init_token, softhsm_module_path, write_softhsm_config
+from tuf_signer.keys import Pkcs11Backend
+from tuf_signer.testing.softhsm import init_token, softhsm_module_path, write_softhsm_config
+
+if TYPE_CHECKING:
+    from tuf_signer.testing.fake_kms import FakeKms
 
 # =====================================================================================
 # SoftHSM (keys)
@@ -76,9 +80,9 @@ class SoftHsm:
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     """A private SoftHSM configuration with initialised tokens, for the whole session."""
-    from tuf_signer.keys import _pkcs11
+    from tuf_signer.keys.pkcs11 import _session
 
-    if _pkcs11._LIBS:
+    if _session._LIBS:
         pytest.fail("a PKCS#11 module was loaded before the softhsm fixture set SOFTHSM2_CONF")
     conf = write_softhsm_config(tmp_path_factory.mktemp("softhsm"))
     previous = os.environ.get("SOFTHSM2_CONF")
@@ -112,6 +116,33 @@ async def pkcs11_backend(softhsm: SoftHsm) -> AsyncIterator[Pkcs11Backend]:
         yield backend
     finally:
         await backend.close()
+
+
+# =====================================================================================
+# The fake Cloud KMS (keys, testing, server)
+#
+# One FakeKms per test module (``fake_kms``), as a real KMS would be shared by
+# a deployment; tests that inject faults take ``kms``, which clears them before
+# and after. Tests keep out of each other's way with key rings of their own.
+# The fake needs the ``gcp`` extra, imported only by the modules that use it.
+# =====================================================================================
+
+
+@pytest.fixture(scope="module")
+def fake_kms() -> Iterator[FakeKms]:
+    """A fake Cloud KMS on a loopback port, for the whole test module."""
+    from tuf_signer.testing.fake_kms import FakeKms
+
+    with FakeKms() as fake:
+        yield fake
+
+
+@pytest.fixture
+def kms(fake_kms: FakeKms) -> Iterator[FakeKms]:
+    """The module's fake with no fault left over, and none left behind."""
+    fake_kms.reset_faults()
+    yield fake_kms
+    fake_kms.reset_faults()
 
 
 # =====================================================================================

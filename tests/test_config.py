@@ -8,9 +8,11 @@ import pytest
 
 from tuf_signer.config import (
     AuditConfig,
+    LimitsConfig,
+    PolicyConfig,
+    ServerConfig,
     check_listen,
     load_config,
-    open_audit_store,
     parse_config,
 )
 from tuf_signer.errors import ConfigError
@@ -46,6 +48,19 @@ def test_good_config_resolves_paths(tmp_path: Path) -> None:
     assert config.default_backend == "hsm"
     assert config.backends["hsm"].pin.env == "PIN_VAR"
     check_listen(config.server)
+
+
+def test_settings_left_out_take_the_dataclass_defaults(tmp_path: Path) -> None:
+    config = _load(tmp_path, GOOD)
+    assert config.server == ServerConfig(listen="127.0.0.1:50051", insecure=True)
+    assert config.limits == LimitsConfig()
+    assert config.policy == PolicyConfig()
+    assert config.audit.store == AuditConfig().store
+
+
+def test_check_timeout_left_out_is_at_most_half_the_call_deadline(tmp_path: Path) -> None:
+    text = GOOD.replace("insecure = true", "insecure = true\ncall_deadline_seconds = 4")
+    assert _load(tmp_path, text).server.check_timeout == 2.0
 
 
 BAD = [
@@ -304,13 +319,6 @@ def test_postgres_dsn_env_is_read_late_and_never_shown(tmp_path: Path, monkeypat
     monkeypatch.setenv("DB", "host=db user=tuf password=s3cret-pw")
     assert config.audit.read_dsn() == "host=db user=tuf password=s3cret-pw"
     assert "s3cret-pw" not in repr(config)
-
-
-def test_missing_sqlite_file_is_not_created_by_audit_commands(tmp_path: Path) -> None:
-    config = _load(tmp_path, GOOD)
-    with pytest.raises(ConfigError, match=r"audit\.path: .*audit\.db does not exist"):
-        open_audit_store(config.audit, create=False)
-    assert not (tmp_path / "audit.db").exists()
 
 
 # --- finding 6: typed identities in access rules, [server.tls] identity settings -------

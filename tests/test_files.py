@@ -11,7 +11,7 @@ import pytest
 
 from tuf_signer._files import PUBLIC, SECRET, make_private_dir, write_new
 from tuf_signer.errors import ConfigError
-from tuf_signer.keys import write_softhsm_config
+from tuf_signer.testing.softhsm import write_softhsm_config
 
 VICTIM = "the victim's own content\n"
 

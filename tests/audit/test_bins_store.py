@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tuf_signer.audit import AuditStore, CreateKey, Entry, PostgresAuditStore, SqliteAuditStore
-from tuf_signer.audit._sql import SCHEMA_VERSION, schema_statements
+from tuf_signer.audit._schema import SCHEMA_VERSION, schema_statements
 from tuf_signer.audit._sqlite import SQLITE as SQLITE_DIALECT
 from tuf_signer.model import BinsDelegation
 

@@ -82,7 +82,7 @@ def test_seq_continues_across_batches(store: AuditStore, make: AuditFactory) -> 
 
 
 def test_records_stream_past_one_page(store: AuditStore, make: AuditFactory) -> None:
-    # More than one page of _sql._PAGE rows, read back in order from an offset.
+    # More than one page of _rows.PAGE rows, read back in order from an offset.
     store.append([make.note(detail={"i": i}) for i in range(2500)])
     records = list(store.records(start_seq=1499))
     assert [r.seq for r in records] == list(range(1499, 2501))

@@ -22,7 +22,7 @@ from tuf_signer.audit import (
     verify_store,
 )
 from tuf_signer.audit._chain import chain
-from tuf_signer.audit._sql import _record_params
+from tuf_signer.audit._rows import record_params
 from tuf_signer.errors import AuditChainError
 from tuf_signer.model import KeyState, Outcome
 
@@ -330,8 +330,8 @@ def test_a_forged_grant_on_a_rebuilt_chain_breaks_p3(
     last = _records(db)[-1]
     forged = chain(last.hash, 13, make.sign(version, payload, key_version=2).event)
     conn = sqlite3.connect(db)
-    marks = ", ".join("?" * len(_record_params(forged)))
-    conn.execute(f"INSERT INTO audit_log VALUES ({marks})", _record_params(forged))
+    marks = ", ".join("?" * len(record_params(forged)))
+    conn.execute(f"INSERT INTO audit_log VALUES ({marks})", record_params(forged))
     conn.commit()
     conn.close()
     for check in (lambda: verify_records(_records(db)), lambda: _verify_store_at(db)):
@@ -420,8 +420,8 @@ def test_a_forged_grant_at_or_below_a_reset_breaks_p3(
     last = _records(reset_db)[-1]
     forged = chain(last.hash, 16, make.sign(version, "x", role="timestamp", key_version=2).event)
     conn = sqlite3.connect(reset_db)
-    marks = ", ".join("?" * len(_record_params(forged)))
-    conn.execute(f"INSERT INTO audit_log VALUES ({marks})", _record_params(forged))
+    marks = ", ".join("?" * len(record_params(forged)))
+    conn.execute(f"INSERT INTO audit_log VALUES ({marks})", record_params(forged))
     conn.commit()
     conn.close()
     match = (

@@ -76,20 +76,19 @@ class Kind:
         return new
 
 
-def _fake_kind() -> Iterator[Kind]:
+def _fake_kind(fake: FakeKms) -> Kind:
     ring = f"contract-{secrets.token_hex(4)}"
-    with FakeKms() as fake:
-        base = f"projects/test-project/locations/global/keyRings/{ring}"
-        yield Kind(
-            id="gcpkms",
-            make=lambda name: fake.backend(name, key_ring=ring, call_timeout=5),
-            missing_handle=f"{base}/cryptoKeys/tuf-signer-none/cryptoKeyVersions/1",
-            malformed_handle=f"{base}/cryptoKeys/tuf-signer-none",
-        )
+    base = f"projects/test-project/locations/global/keyRings/{ring}"
+    return Kind(
+        id="gcpkms",
+        make=lambda name: fake.backend(name, key_ring=ring, call_timeout=5),
+        missing_handle=f"{base}/cryptoKeys/tuf-signer-none/cryptoKeyVersions/1",
+        malformed_handle=f"{base}/cryptoKeys/tuf-signer-none",
+    )
 
 
 def _real_kind() -> Iterator[Kind]:
-    from tuf_signer.keys._gcpkms import _load_credentials
+    from tuf_signer.keys.gcpkms._transport import load_credentials
 
     ring = os.environ[REAL_KMS_RING]  # the parameter is skipped without it
     match = re.fullmatch(r"projects/([^/]+)/locations/([^/]+)/keyRings/([^/]+)", ring)
@@ -97,7 +96,7 @@ def _real_kind() -> Iterator[Kind]:
         pytest.fail(f"{REAL_KMS_RING}={ring!r} is not projects/P/locations/L/keyRings/R")
     credentials = os.environ.get(REAL_KMS_CREDENTIALS) or None
     try:
-        _load_credentials(credentials)
+        load_credentials(credentials)
     except ConfigError as e:
         pytest.skip(f"real Cloud KMS suite: {e.reason}")
     project, location, ring_id = match.groups()
@@ -158,7 +157,7 @@ def kind(request: pytest.FixtureRequest) -> Iterator[Kind]:
             malformed_handle="not-hex",
         )
     elif request.param == "gcpkms":
-        yield from _fake_kind()
+        yield _fake_kind(request.getfixturevalue("fake_kms"))
     else:
         yield from _real_kind()
 

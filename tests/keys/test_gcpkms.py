@@ -13,7 +13,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,6 @@ from tuf_signer.testing.fake_kms import Corruption, FakeKms
 
 ED = Algorithm.ED25519
 CALL_TIMEOUT = 2.0  # seconds: short, so that "within the budget" is quick to test
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeKms]:
-    with FakeKms() as kms:
-        yield kms
-
-
-@pytest.fixture
-def kms(fake: FakeKms) -> Iterator[FakeKms]:
-    """The module's fake with no fault left over, and none left behind."""
-    fake.reset_faults()
-    yield fake
-    fake.reset_faults()
 
 
 @pytest.fixture

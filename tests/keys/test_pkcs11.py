@@ -1,4 +1,9 @@
-"""Pkcs11Backend against a real SoftHSM token (see tests/conftest.py)."""
+"""Pkcs11Backend against a real SoftHSM token (see tests/conftest.py).
+
+The backend-generic cases (signatures that verify, keys of another algorithm,
+rotation, retirement) are in test_backend_contract.py, which runs them on this
+backend too; these are the ones only PKCS#11 has, or checked more closely.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ from securesystemslib.signer import Signature, SSlibKey
 
 from tests.conftest import SoftHsm
 from tuf_signer.errors import BackendError, BackendUnavailableError, ConfigError
-from tuf_signer.keys import NewKey, Pkcs11Backend, init_token
-from tuf_signer.keys import _pkcs11 as impl
+from tuf_signer.keys import NewKey, Pkcs11Backend
+from tuf_signer.keys.pkcs11 import _algorithms, _session, _thread
 from tuf_signer.model import Algorithm
+from tuf_signer.testing.softhsm import init_token
 
 T = TypeVar("T")
 
@@ -56,7 +62,7 @@ def keys(softhsm: SoftHsm) -> dict[Algorithm, NewKey]:
 
 async def on_pkcs11_thread(fn: Callable[[], T]) -> T:
     """White-box access to PKCS#11 objects, on the one thread allowed to touch them."""
-    return await impl._run(fn)
+    return await _thread.run(fn)
 
 
 def session_of(backend: Pkcs11Backend) -> pkcs11.Session:
@@ -136,25 +142,19 @@ async def test_private_key_is_sensitive_and_not_extractable(
         )
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
             private[SECRET_ATTRIBUTE[algorithm]]
-        return private.get_attributes(list(impl._REQUIRED_PRIVATE_ATTRIBUTES))
+        return private.get_attributes(list(_algorithms.REQUIRED_PRIVATE_ATTRIBUTES))
 
     attrs = await on_pkcs11_thread(inspect)
 
-    assert attrs == impl._REQUIRED_PRIVATE_ATTRIBUTES
+    assert attrs == _algorithms.REQUIRED_PRIVATE_ATTRIBUTES
 
 
 # --- sign -----------------------------------------------------------------------------
 
 
+# Empty and small payloads: test_backend_contract.py; this size is PKCS#11's own case.
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param(b"", id="empty"),
-        pytest.param(b'{"_type":"timestamp","version":1}', id="small"),
-        pytest.param(os.urandom(256 * 1024), id="256KiB"),
-    ],
-)
+@pytest.mark.parametrize("data", [pytest.param(os.urandom(256 * 1024), id="256KiB")])
 async def test_signature_verifies_with_securesystemslib(
     pkcs11_backend: Pkcs11Backend,
     keys: dict[Algorithm, NewKey],
@@ -321,29 +321,6 @@ async def test_unknown_handle_is_a_backend_error(
     assert type(raised.value) is BackendError  # INTERNAL, not UNAVAILABLE
 
 
-@pytest.mark.parametrize(
-    ("key_algorithm", "asked"),
-    [
-        pytest.param(Algorithm.ED25519, Algorithm.ECDSA_P256, id="ed25519-as-ecdsa"),
-        pytest.param(Algorithm.ECDSA_P256, Algorithm.ED25519, id="ecdsa-as-ed25519"),
-        pytest.param(Algorithm.RSA_3072_PSS, Algorithm.ED25519, id="rsa-as-ed25519"),
-    ],
-)
-async def test_key_of_another_algorithm_is_refused(
-    pkcs11_backend: Pkcs11Backend,
-    keys: dict[Algorithm, NewKey],
-    key_algorithm: Algorithm,
-    asked: Algorithm,
-) -> None:
-    handle = keys[key_algorithm].handle
-    message = f"is a {key_algorithm.value} key, not {asked.value}"
-
-    with pytest.raises(BackendError, match=message):
-        await pkcs11_backend.sign(handle, asked, b"x")
-    with pytest.raises(BackendError, match=message):
-        await pkcs11_backend.public_key(handle, asked)
-
-
 # --- disable, health, close -------------------------------------------------------------
 
 
@@ -426,7 +403,7 @@ async def test_two_tokens_in_one_process(
 
 async def test_token_created_after_the_library_was_loaded(softhsm: SoftHsm) -> None:
     """SoftHSM lists slots at C_Initialize; start() re-initialises only when idle."""
-    assert not impl._CONNS, "another test left a Pkcs11Backend open"
+    assert not _session._CONNS, "another test left a Pkcs11Backend open"
     holder = softhsm.backend("holder")
     await holder.start()  # the library is loaded and a session is open
     label = f"late-{os.getpid()}"
@@ -449,7 +426,7 @@ async def test_token_created_after_the_library_was_loaded(softhsm: SoftHsm) -> N
 
 
 def _flipped(attr: Attribute) -> dict[Attribute, Any]:
-    attrs = dict(impl._REQUIRED_PRIVATE_ATTRIBUTES)
+    attrs = dict(_algorithms.REQUIRED_PRIVATE_ATTRIBUTES)
     attrs[attr] = not attrs[attr]
     return attrs
 
@@ -470,7 +447,11 @@ def _flipped(attr: Attribute) -> dict[Attribute, Any]:
         pytest.param(_flipped(Attribute.TOKEN), "CKA_TOKEN=True", id="session-object"),
         pytest.param(_flipped(Attribute.DECRYPT), "CKA_DECRYPT=False", id="can-decrypt"),
         pytest.param(
-            {k: v for k, v in impl._REQUIRED_PRIVATE_ATTRIBUTES.items() if k != Attribute.PRIVATE},
+            {
+                k: v
+                for k, v in _algorithms.REQUIRED_PRIVATE_ATTRIBUTES.items()
+                if k != Attribute.PRIVATE
+            },
             "CKA_PRIVATE=True",
             id="missing",
         ),
@@ -478,16 +459,16 @@ def _flipped(attr: Attribute) -> dict[Attribute, Any]:
 )
 def test_private_key_attribute_check_refuses(attrs: dict[Attribute, Any], message: str) -> None:
     with pytest.raises(BackendError, match=f"did not honour {message}"):
-        impl._check_private_key_attributes(attrs)
+        _algorithms.check_private_key_attributes(attrs)
 
 
 def test_private_key_attribute_check_accepts_the_template() -> None:
-    impl._check_private_key_attributes(dict(impl._REQUIRED_PRIVATE_ATTRIBUTES))
+    _algorithms.check_private_key_attributes(dict(_algorithms.REQUIRED_PRIVATE_ATTRIBUTES))
 
 
 async def test_pkcs11_state_is_guarded_against_other_threads() -> None:
     with pytest.raises(BackendError, match="outside the PKCS#11 thread"):
-        impl._on_pkcs11_thread()
+        _thread.require_pkcs11_thread()
 
 
 async def test_module_loaded_once_under_two_paths(
@@ -501,6 +482,6 @@ async def test_module_loaded_once_under_two_paths(
     try:
         key = keys[Algorithm.ED25519]
         verify(key.public_key, b"x", await other.sign(key.handle, Algorithm.ED25519, b"x"))
-        assert list(impl._LIBS) == [real]
+        assert list(_session._LIBS) == [real]
     finally:
         await other.close()

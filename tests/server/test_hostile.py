@@ -5,7 +5,7 @@ repository backend could send. Each must get its exact status and a short,
 printable reason, return no signature, leave exactly one REFUSED record that
 names the caller, and move no high-water mark.
 
-The checks run in this order (server/_service.py, policy/_checks.py), which
+The checks run in this order (server/_preparing.py, policy/_checks.py), which
 decides the status when a request is wrong in several ways:
 
     identity may sign -> key allowed for identity -> key exists -> size ->
@@ -614,7 +614,7 @@ HOSTILE: dict[str, Hostile] = {
 
 # BUG: the reason echoes the caller's key name unbounded (policy/_authz.py,
 # authorize_key: f"... may not sign with key {key_name!r}"; likewise NotFoundError
-# "unknown key {name!r}" in server/_service.py). A 10,000-character name gives a
+# "unknown key ..." in server/_registry.py). A 10,000-character name gives a
 # 10 KB reason, over gRPC's 8 KiB metadata soft limit (so the client may get
 # RESOURCE_EXHAUSTED at random); from 16 KiB the client always gets
 # RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" while the

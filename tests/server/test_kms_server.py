@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,19 +29,6 @@ from .conftest import TEST_BINS, TEST_ROLES, Harness, bin_role, write_config, wr
 
 CALL_TIMEOUT = 2.0  # seconds: backends.kms.call_timeout in these tests
 ROLES = TEST_ROLES  # timestamp, snapshot and the declared TEST_BINS
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeKms]:
-    with FakeKms() as kms:
-        yield kms
-
-
-@pytest.fixture
-def kms(fake: FakeKms) -> Iterator[FakeKms]:
-    fake.reset_faults()
-    yield fake
-    fake.reset_faults()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from tuf_signer.config import load_config
 from tuf_signer.errors import ConfigError
-from tuf_signer.keys import _pkcs11
+from tuf_signer.keys.pkcs11 import _thread as pkcs11_thread
 from tuf_signer.model import Outcome
 from tuf_signer.server import SignerServer
 from tuf_signer.v1 import signer_pb2 as pb
@@ -177,7 +177,7 @@ async def _hold_hsm(seconds: float) -> asyncio.Future[None]:
     import time
 
     loop = asyncio.get_running_loop()
-    return loop.run_in_executor(_pkcs11._pkcs11_thread(), time.sleep, seconds)
+    return loop.run_in_executor(pkcs11_thread.executor(), time.sleep, seconds)
 
 
 @pytest.mark.parametrize("tls_harness", [TIGHT], indirect=True, ids=["max-concurrent-2"])

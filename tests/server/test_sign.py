@@ -553,14 +553,14 @@ async def test_health_and_reflection(harness: Harness) -> None:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_hsm_unavailable_fails_closed(harness: Harness) -> None:
     """The token drops our session and the PIN no longer logs in: UNAVAILABLE, recorded."""
-    from tuf_signer.keys import _pkcs11
+    from tuf_signer.keys.pkcs11 import _thread as pkcs11_thread
 
     await harness.create_key("k")
     backend = harness.server._backends["softhsm"]
     pin_file = harness.config.path.parent / "hsm.pin"
     good_pin = pin_file.read_text()
     session = backend._conn.session
-    await _pkcs11._run(session.close)
+    await pkcs11_thread.run(session.close)
     pin_file.write_text("000000\n")
     try:
         with pytest.raises(grpc.aio.AioRpcError) as info:

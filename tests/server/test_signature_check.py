@@ -25,7 +25,7 @@ from tuf_signer.audit import AuditRecord, SqliteAuditStore, verify_store
 from tuf_signer.errors import BackendError
 from tuf_signer.keys import Pkcs11Backend, SignatureVerifier
 from tuf_signer.model import Algorithm, KeyState, KeyVersion, Outcome
-from tuf_signer.server import _app
+from tuf_signer.server import _wiring
 from tuf_signer.testing.fake_kms import FakeKms
 from tuf_signer.v1 import signer_pb2 as pb
 
@@ -133,7 +133,7 @@ class FlippingPkcs11Backend(Pkcs11Backend):
 
 @pytest.fixture
 def flipping(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
-    monkeypatch.setattr(_app, "Pkcs11Backend", FlippingPkcs11Backend)
+    monkeypatch.setattr(_wiring, "Pkcs11Backend", FlippingPkcs11Backend)
     FlippingPkcs11Backend.corrupt = set()
     yield FlippingPkcs11Backend.corrupt
     FlippingPkcs11Backend.corrupt = set()
@@ -205,12 +205,6 @@ async def test_f10_pkcs11_corrupted_signature_refused_in_batch(
 
 
 # --- a Cloud KMS that serves another key under the version's name -----------------------
-
-
-@pytest.fixture(scope="module")
-def kms() -> Iterator[FakeKms]:
-    with FakeKms() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tuf_signer.model import Algorithm
 from tuf_signer.testing.fake_kms import Corruption, FakeKms, RemoteFakeKms
 
 LOCATION = "projects/test-project/locations/global"
-TIMEOUT = 5.0  # seconds per call: a failure must not hang (DESIGN §4)
+TIMEOUT = 5.0  # seconds per call: a failure must not hang (docs/design.md §4)
 State = resources.CryptoKeyVersion.CryptoKeyVersionState
 
 ALGORITHMS = [
@@ -44,22 +44,8 @@ def crc(data: bytes) -> int:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeKms]:
-    with FakeKms() as kms:
-        yield kms
-
-
-@pytest.fixture
-def kms(fake: FakeKms) -> Iterator[FakeKms]:
-    """The module's fake, with no fault left over from another test."""
-    fake.reset_faults()
-    yield fake
-    fake.reset_faults()
-
-
-@pytest.fixture(scope="module")
-def client(fake: FakeKms) -> Iterator[kms_v1.KeyManagementServiceClient]:
-    channel = grpc.insecure_channel(fake.address)
+def client(fake_kms: FakeKms) -> Iterator[kms_v1.KeyManagementServiceClient]:
+    channel = grpc.insecure_channel(fake_kms.address)
     yield kms_v1.KeyManagementServiceClient(
         transport=KeyManagementServiceGrpcTransport(channel=channel)
     )

@@ -38,7 +38,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tuf_signer.audit._connections import ThreadConnections
-from tuf_signer.audit._sql import Connection, Dialect, SqlAuditStore, unavailable
+from tuf_signer.audit._schema import Connection, Dialect, unavailable
+from tuf_signer.audit._sql import SqlAuditStore
 from tuf_signer.errors import StoreError
 
 if TYPE_CHECKING:

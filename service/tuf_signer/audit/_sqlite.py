@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuf_signer.audit._connections import ThreadConnections
-from tuf_signer.audit._sql import Connection, Dialect, SqlAuditStore, unavailable
+from tuf_signer.audit._schema import Connection, Dialect, unavailable
+from tuf_signer.audit._sql import SqlAuditStore
 from tuf_signer.errors import StoreError
 
 logger = logging.getLogger(__name__)

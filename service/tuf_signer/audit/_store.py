@@ -1,7 +1,7 @@
 """The audit store interface: the record, the role state and the key registry.
 
 One store holds all three so that a signature's record and the role state it
-advances are committed in one transaction (DESIGN.md §3, step 5).
+advances are committed in one transaction (docs/design.md §3, step 5).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pathlib import Path
 from tuf_signer._files import PUBLIC, SECRET, make_private_dir, write_new
 from tuf_signer.cli._devcerts import DEV_IDENTITY_PREFIX, DevCa
 from tuf_signer.client import CA_ENV, CERT_ENV, KEY_ENV, SERVER_ENV
+from tuf_signer.config import DEFAULT_LISTEN, LimitsConfig, ServerConfig
 from tuf_signer.errors import ConfigError
 
 CONFIG_NAME = "tuf-signer.toml"
@@ -31,9 +32,9 @@ _CONFIG = """\
 
 [server]
 listen = "{listen}"
-max_payload_bytes = 8388608  # bytes; a 16,384-bin snapshot is MB-sized
-drain_seconds = 10           # seconds SIGTERM waits for in-flight calls
-call_deadline_seconds = 30   # the longest any call may run
+max_payload_bytes = {server.max_payload_bytes}  # bytes; a 16,384-bin snapshot is MB-sized
+drain_seconds = {server.drain_seconds:g}           # seconds SIGTERM waits for in-flight calls
+call_deadline_seconds = {server.call_deadline:g}   # the longest any call may run
 
 [server.tls]                 # mutual TLS: clients need a certificate from client_ca
 cert = "tls/server.crt"
@@ -45,9 +46,9 @@ client_ca = "tls/ca.crt"
 # deny_list = "tls/deny.txt" # revoked clients: serials or SHA-256 fingerprints (hex)
 
 [limits]                     # per client identity
-max_concurrent = 256         # calls in flight
-rate = 5000                  # calls per second, sustained
-burst = 10000                # calls at once above the rate
+max_concurrent = {limits.max_concurrent}         # calls in flight
+rate = {limits.rate:g}                  # calls per second, sustained
+burst = {limits.burst}                # calls at once above the rate
 
 # Deny by default: each client identity gets a rule. Identities are typed by the
 # certificate field they come from: uri: (SAN URI), dns: (SAN DNS name), cn:
@@ -103,7 +104,7 @@ def _new_directory(directory: Path) -> Path:
     return directory.resolve()
 
 
-def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
+def dev_init(directory: Path, listen: str = DEFAULT_LISTEN) -> Path:
     """Create the development signer in ``directory``; returns the config path.
 
     ``directory`` must be new, or empty and owned by this user (it becomes
@@ -115,7 +116,7 @@ def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
             symlink; a file to be written exists; or SoftHSM is missing.
         TufSignerError: the token or the key could not be created.
     """
-    from tuf_signer.keys import init_token, softhsm_module_path, write_softhsm_config
+    from tuf_signer.testing.softhsm import init_token, softhsm_module_path, write_softhsm_config
 
     module = softhsm_module_path()
     directory = _new_directory(directory)
@@ -143,6 +144,9 @@ def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
         config_path,
         _CONFIG.format(
             listen=listen,
+            # The defaults, written out for the reader to change.
+            server=ServerConfig(),
+            limits=LimitsConfig(),
             module=module,
             token=TOKEN_LABEL,
             prefix=DEV_IDENTITY_PREFIX,
@@ -155,24 +159,15 @@ def dev_init(directory: Path, listen: str = "127.0.0.1:50051") -> Path:
 
 
 async def _create_dev_key(config_path: Path) -> None:
-    from tuf_signer.config import load_config, open_audit_store
+    from tuf_signer.config import load_config
     from tuf_signer.model import Algorithm
     from tuf_signer.policy import PEP458_BINS, PEP458_ONLINE_RULES
-    from tuf_signer.server import SigningService, start_backends
     from tuf_signer.server._guard import Guard
+    from tuf_signer.server._wiring import start_parts
 
-    config = load_config(config_path)
-    store = open_audit_store(config.audit)
-    backends = await start_backends(config)
-    service = SigningService(
-        store,
-        backends,
-        config.default_backend,
-        config.server.max_payload_bytes,
-        guard=Guard.unrestricted(),
-    )
+    parts = await start_parts(load_config(config_path), guard=Guard.unrestricted())
     try:
-        await service.create_key(
+        await parts.service.create_key(
             "dev-init",
             DEV_KEY,
             Algorithm.ED25519,
@@ -181,7 +176,4 @@ async def _create_dev_key(config_path: Path) -> None:
             bins=PEP458_BINS,  # PEP 458's 16,384 bins: "bins-0000".."bins-3fff"
         )
     finally:
-        service.close()
-        for backend in backends.values():
-            await backend.close()
-        store.close()
+        await parts.close()

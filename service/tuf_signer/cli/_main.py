@@ -59,8 +59,10 @@ def _read_input(path: str) -> bytes:
 
 def cmd_dev_init(args: argparse.Namespace) -> int:
     from tuf_signer.cli._devinit import dev_init
+    from tuf_signer.config import DEFAULT_LISTEN
 
-    print(dev_init(Path(args.dir), listen=args.listen))
+    listen = DEFAULT_LISTEN if args.listen is None else args.listen
+    print(dev_init(Path(args.dir), listen=listen))
     return 0
 
 
@@ -200,7 +202,8 @@ def cmd_role_state(args: argparse.Namespace) -> int:
 
 
 def _open_store(config_path: str) -> Any:
-    from tuf_signer.config import load_config, open_audit_store
+    from tuf_signer.config import load_config
+    from tuf_signer.server import open_audit_store
 
     return open_audit_store(load_config(config_path).audit, create=False)
 
@@ -334,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev-init", help="create a SoftHSM token, an 'online' key and a config")
     p.add_argument("dir", help="directory to create (e.g. .dev)")
-    p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT for the dev server")
+    # No default here: dev-init takes server.listen's (tuf_signer.config.DEFAULT_LISTEN).
+    p.add_argument("--listen", help="HOST:PORT for the dev server")
     p.set_defaults(func=cmd_dev_init)
 
     p = sub.add_parser("serve", help="run the signer")

@@ -1,7 +1,9 @@
 """The gRPC server: servicers, error interceptor, group-committing audit writer."""
 
-from tuf_signer.server._app import SignerServer, serve, start_backends
-from tuf_signer.server._service import KeyView, SigningService, SignResult, rfc3339, utc_now
+from tuf_signer.server._app import SignerServer, serve
+from tuf_signer.server._service import SigningService
+from tuf_signer.server._values import KeyView, SignResult, rfc3339, utc_now
+from tuf_signer.server._wiring import open_audit_store, start_backends
 from tuf_signer.server._writer import AuditWriter
 
 __all__ = [
@@ -10,6 +12,7 @@ __all__ = [
     "SignResult",
     "SignerServer",
     "SigningService",
+    "open_audit_store",
     "rfc3339",
     "serve",
     "start_backends",

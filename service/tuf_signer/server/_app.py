@@ -1,4 +1,4 @@
-"""Assemble the server from a config: backends, store, service, gRPC; run and drain."""
+"""The gRPC server around the wired parts (``_wiring``): listen, reload, watch health, drain."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 from collections.abc import Mapping
 
@@ -14,21 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tuf_signer.audit import AuditStore
 from tuf_signer.config import (
     Config,
-    GcpKmsConfig,
     ServerConfig,
     TlsConfig,
     check_listen,
-    check_secret_file,
     check_secrets,
     load_config,
-    open_audit_store,
 )
 from tuf_signer.errors import ConfigError, TufSignerError
-from tuf_signer.keys import GcpKmsBackend, KeyBackend, Pkcs11Backend, kms_transport
-from tuf_signer.server._checker import PayloadChecker
+from tuf_signer.keys import KeyBackend
 from tuf_signer.server._grpc import (
     AuditLogServicer,
     ErrorInterceptor,
@@ -40,68 +34,15 @@ from tuf_signer.server._guard import Guard
 from tuf_signer.server._harden import harden_process
 from tuf_signer.server._identity import Authenticator, IdentitySettings
 from tuf_signer.server._revocation import load_revocation
-from tuf_signer.server._service import Clock, SigningService, utc_now
+from tuf_signer.server._service import SigningService
+from tuf_signer.server._values import Clock, utc_now
+from tuf_signer.server._wiring import Parts, start_parts
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
-
-
-def apply_backend_env(env: Mapping[str, str], setting: str) -> None:
-    """Export a backend's environment (e.g. ``SOFTHSM2_CONF``) before its library loads.
-
-    The PKCS#11 library reads it once per process, so two backends that need
-    different values cannot share a process.
-
-    Raises:
-        ConfigError: the variable is already set to a different value.
-    """
-    for key, value in env.items():
-        current = os.environ.get(key)
-        if current is not None and current != value:
-            raise ConfigError(
-                f"{setting}.env.{key}: already set to a different value in this process"
-            )
-        os.environ[key] = value
-
-
-async def start_backends(config: Config) -> dict[str, KeyBackend]:
-    """Build and start every configured backend.
-
-    Raises:
-        TufSignerError: a backend cannot start (closes those already started).
-    """
-    started: dict[str, KeyBackend] = {}
-    try:
-        for name, cfg in config.backends.items():
-            backend: KeyBackend
-            if isinstance(cfg, GcpKmsConfig):
-                if cfg.credentials_file is not None:
-                    check_secret_file(cfg.credentials_file, f"backends.{name}.credentials_file")
-                backend = GcpKmsBackend(
-                    name,
-                    project=cfg.project,
-                    location=cfg.location,
-                    key_ring=cfg.key_ring,
-                    transport=kms_transport(cfg.endpoint, cfg.credentials_file),
-                    protection_level=cfg.protection_level,
-                    call_timeout=cfg.call_timeout,
-                    create_timeout=cfg.create_timeout,
-                )
-            else:
-                apply_backend_env(cfg.env, f"backends.{name}")
-                backend = Pkcs11Backend(
-                    name=name, module=cfg.module, token_label=cfg.token_label, pin=cfg.pin.reader()
-                )
-            await backend.start()
-            started[name] = backend
-    except BaseException:
-        for backend in started.values():
-            await backend.close()
-        raise
-    return started
 
 
 class SignerServer:
@@ -127,8 +68,8 @@ class SignerServer:
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
         self._summary_task: asyncio.Task[None] | None = None
-        self._backends: dict[str, KeyBackend] = {}
-        self._store: AuditStore | None = None
+        self._parts: Parts | None = None
+        self._backends: Mapping[str, KeyBackend] = {}
         self.service: SigningService | None = None
         self.port = 0
         self._stopped = asyncio.Event()
@@ -146,24 +87,10 @@ class SignerServer:
         credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
         revocation = load_revocation(cfg.tls)
         self.authenticator.update(identity_settings(cfg.tls), revocation)
-        self._store = open_audit_store(self.config.audit)
+        self._parts = await start_parts(self.config, guard=self.guard, clock=self._clock)
+        self.service, self._backends = self._parts.service, self._parts.backends
         try:
-            self._backends = await start_backends(self.config)
-            checker = PayloadChecker(cfg.check_processes, timeout=cfg.check_timeout)
-            self.service = SigningService(
-                self._store,
-                self._backends,
-                self.config.default_backend,
-                cfg.max_payload_bytes,
-                guard=self.guard,
-                clock=self._clock,
-                # Leave room within the call deadline to record the refusal.
-                hsm_timeout=cfg.call_deadline * 0.8,
-                max_batch=cfg.max_batch_items,
-                checker=checker,
-                max_version_step=self.config.policy.max_version_step,
-            )
-            await checker.start()  # now, not on the first large payload
+            await self._parts.checker.start()  # now, not on the first large payload
             server = grpc.aio.server(
                 interceptors=[
                     ErrorInterceptor(
@@ -303,12 +230,8 @@ class SignerServer:
         log.info("tuf-signer stopped")
 
     async def _release(self) -> None:
-        if self.service is not None:
-            self.service.close()
-        for backend in self._backends.values():
-            await backend.close()
-        if self._store is not None:
-            self._store.close()
+        if self._parts is not None:
+            await self._parts.close()
 
     async def wait(self) -> None:
         """Return once ``stop`` has finished."""

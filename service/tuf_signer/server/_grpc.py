@@ -24,13 +24,8 @@ from tuf_signer.model import (
     RoleState,
 )
 from tuf_signer.server._identity import Authenticator, identity_of
-from tuf_signer.server._service import (
-    KeyView,
-    SigningService,
-    SignItem,
-    SignResult,
-    public_key_json,
-)
+from tuf_signer.server._service import SigningService
+from tuf_signer.server._values import KeyView, SignItem, SignResult, public_key_json
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
@@ -155,10 +150,7 @@ class SignerServicer(pb_grpc.SignerServicer):
     ) -> pb.SignResponse:
         result = await self._service.sign(
             self._identity_of(context),
-            request.key,
-            request.role or None,
-            request.payload,
-            request.expected_keyid,
+            SignItem(request.key, request.role or None, request.payload, request.expected_keyid),
         )
         return _sign_response(result)
 

@@ -1,6 +1,6 @@
 """Several server processes on one port, so PKCS#11 and Python use every core.
 
-python-pkcs11 confines each PKCS#11 context to one thread (DESIGN.md §4), and
+python-pkcs11 confines each PKCS#11 context to one thread (docs/design.md §4), and
 one Python process runs one core's worth of gRPC. So ``server.workers = N``
 runs N full servers: each its own process with its own PKCS#11 session, all
 listening on the same port (gRPC sets SO_REUSEPORT, and the kernel spreads
@@ -21,6 +21,8 @@ environment, passing them only in each worker's ``env`` (see
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import signal
@@ -31,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tuf_signer.server._address import claim_address
 from tuf_signer.server._harden import harden_process, take_secret_env
 
 if TYPE_CHECKING:
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 WORKER_ENV = "TUF_SIGNER_WORKER"
 _RESTARTS_PER_MINUTE = 5
 _POLL = 0.2  # seconds
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def secret_env_names(config: Config) -> list[str]:
@@ -62,7 +66,25 @@ def _spawn(
     if listen:
         argv += ["--listen", listen]
     env = {**os.environ, **secrets, WORKER_ENV: str(index)}
-    return subprocess.Popen(argv, env=env)
+    return subprocess.Popen(argv, env=env, preexec_fn=functools.partial(_die_with, os.getpid()))
+
+
+def _die_with(supervisor: int) -> None:
+    """In the new worker, before exec: get SIGTERM when the supervisor dies.
+
+    A ``kill -9`` of the supervisor must not leave its workers serving
+    unsupervised beside a newly started service (finding 5 of issue 12). The
+    kernel's parent-death signal survives exec; SIGTERM makes the worker drain
+    (``server.drain_seconds``) and exit. If the supervisor died before this ran,
+    the worker has been re-parented already: it exits at once. (The supervisor
+    runs no threads, so running Python between fork and exec is safe here.)
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(1)
+    if os.getppid() != supervisor:
+        os._exit(1)
 
 
 def supervise(
@@ -71,20 +93,42 @@ def supervise(
     listen: str | None,
     drain_seconds: float,
     secret_env: Iterable[str] = (),
+    address: str | None = None,
 ) -> int:
     """Run ``workers`` server processes until SIGTERM/SIGINT; returns the exit status.
 
     Args:
         secret_env: variables holding secrets (``secret_env_names``): taken out
             of this process's environment and given to the workers only.
+        address: the address the workers will listen on: claimed here, for the
+            supervisor's whole life (``claim_address``), so that no other
+            service shares it with them.
 
     Returns:
         0 when every worker drained and exited cleanly; 1 otherwise (a worker
         failed at start, or kept dying).
+
+    Raises:
+        ConfigError: ``address`` is in use (nothing was started).
     """
     # Before anything is spawned or read: a core dump of the supervisor would
     # hold the PIN variables it passes on (finding 9 of issue 10).
     harden_process()
+    claim = claim_address(address) if address is not None else None
+    try:
+        return _supervise(config, workers, listen, drain_seconds, secret_env)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _supervise(
+    config: Path,
+    workers: int,
+    listen: str | None,
+    drain_seconds: float,
+    secret_env: Iterable[str],
+) -> int:
     secrets = take_secret_env(secret_env)
     stopping = False
     received: list[int] = []

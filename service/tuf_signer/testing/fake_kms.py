@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from google.cloud.kms_v1.types import resources, service
 
-from tuf_signer.keys._gcpkms import kms_transport
+from tuf_signer.keys import kms_transport
 
 if TYPE_CHECKING:
     from google.cloud.kms_v1.services.key_management_service.transports import (

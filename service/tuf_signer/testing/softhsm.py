@@ -1,4 +1,7 @@
-"""SoftHSM2 helpers shared by ``tuf-signer dev-init`` and the tests.
+"""SoftHSM2 dev tooling: find the module, write a private configuration, make tokens.
+
+Used by ``tuf-signer dev-init``, the benchmarks and the tests; a production
+signer uses an HSM's own tooling instead.
 
 SoftHSM reads ``SOFTHSM2_CONF`` once, at ``C_Initialize``; a process that loads
 the library must set it before the first load and keep it for its lifetime.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tuf_signer.errors import BackendError, ConfigError
-from tuf_signer.keys import init_token, softhsm_module_path, write_softhsm_config
+from tuf_signer.testing.softhsm import init_token, softhsm_module_path, write_softhsm_config
 
 
 def show_slots(conf: Path) -> str:

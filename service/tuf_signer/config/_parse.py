@@ -1,0 +1,262 @@
+"""From TOML to a validated ``Config``: every error names the setting at fault."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tuf_signer._net import split_host_port
+from tuf_signer.config._backends import parse_backend
+from tuf_signer.config._reader import FIELD, Table, field_default, sub_table
+from tuf_signer.config._secrets import check_dsn
+from tuf_signer.config._settings import (
+    ROLE_CLASSES,
+    AuditConfig,
+    BackendConfig,
+    Config,
+    LimitsConfig,
+    PolicyConfig,
+    ServerConfig,
+    TlsConfig,
+)
+from tuf_signer.errors import ConfigError
+from tuf_signer.policy import AccessPolicy, AccessRule, identity_type
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a TOML config file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or a setting is wrong.
+    """
+    path = Path(path).resolve()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {path} is not valid TOML: {e}") from e
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> Config:
+    """Turn parsed TOML into a validated ``Config``.
+
+    Raises:
+        ConfigError: naming the first wrong, missing or contradictory setting.
+    """
+    base = path.parent
+    top = Table(data, "")
+    top.check_known({"server", "audit", "backends", "keys", "authz", "limits", "policy"})
+    server = _server(top.table("server"), base)
+
+    audit = _audit(top.table("audit"), base)
+
+    b = top.table("backends")
+    if not b:
+        raise ConfigError("backends: at least one backend is required")
+    backends: dict[str, BackendConfig] = {}
+    for name, table in b.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"backends.{name}: expected a table")
+        backends[name] = parse_backend(name, table, base)
+
+    k = Table(top.table("keys"), "keys.")
+    k.check_known({"default_backend"})
+    default_backend = k.get("default_backend", str, next(iter(backends)))
+    if default_backend not in backends:
+        raise ConfigError(f"keys.default_backend: no backend named {default_backend!r}")
+    return Config(
+        path=path,
+        server=server,
+        audit=audit,
+        backends=backends,
+        default_backend=default_backend,
+        authz=_authz(
+            top.table("authz"),
+            allow_cn=server.tls is not None and server.tls.allow_cn_identity,
+        ),
+        limits=_limits(top.table("limits")),
+        policy=_policy(top.table("policy")),
+    )
+
+
+def _policy(p: Mapping[str, Any]) -> PolicyConfig:
+    Table(p, "policy.").check_known({"max_version_step"})
+    defaults = field_default(PolicyConfig, "max_version_step")
+    t = Table(sub_table(p, "max_version_step", "policy."), "policy.max_version_step.")
+    t.check_known(ROLE_CLASSES)
+    steps = {}
+    for role_class in ROLE_CLASSES:
+        step = t.get(role_class, int, defaults[role_class])
+        if not 1 <= step <= 2**63 - 1:
+            raise ConfigError(f"{t.where}{role_class}: must be between 1 and 2**63-1, got {step}")
+        steps[role_class] = step
+    return PolicyConfig(max_version_step=steps)
+
+
+_STORE_SETTINGS = {"sqlite": {"path"}, "postgres": {"dsn", "dsn_env"}}
+
+
+def _audit(a: Mapping[str, Any], base: Path) -> AuditConfig:
+    t = Table(a, "audit.", AuditConfig)
+    t.check_known({"store", *(key for keys in _STORE_SETTINGS.values() for key in keys)})
+    store = t.get("store", str)
+    if store not in _STORE_SETTINGS:
+        supported = ", ".join(repr(k) for k in _STORE_SETTINGS)
+        raise ConfigError(f"audit.store: unknown store {store!r} (supported: {supported})")
+    for other, keys in _STORE_SETTINGS.items():
+        for key in sorted(keys & a.keys()):
+            if other != store:
+                raise ConfigError(f"audit.{key}: only for store {other!r}, not {store!r}")
+    if store == "sqlite":
+        return AuditConfig(store=store, path=base / t.get("path", str))
+    dsn = t.get("dsn", str)
+    dsn_env = t.get("dsn_env", str)
+    if (dsn is None) == (dsn_env is None):
+        raise ConfigError("audit.dsn / audit.dsn_env: set exactly one of them")
+    if dsn_env is not None and not dsn_env.strip():
+        raise ConfigError("audit.dsn_env: names no environment variable")
+    if dsn is not None:
+        check_dsn(dsn)
+    return AuditConfig(store=store, dsn=dsn, dsn_env=dsn_env)
+
+
+def _tls(t: Table, base: Path) -> TlsConfig:
+    t.check_known(
+        {"cert", "key", "client_ca", "allow_cn_identity", "require_single_uri", "crl", "deny_list"}
+    )
+    crl = t.get("crl", str)
+    deny_list = t.get("deny_list", str)
+    return TlsConfig(
+        cert=base / t.get("cert", str),
+        key=base / t.get("key", str),
+        client_ca=base / t.get("client_ca", str),
+        allow_cn_identity=t.get("allow_cn_identity", bool),
+        require_single_uri=t.get("require_single_uri", bool),
+        crl=base / crl if crl is not None else None,
+        deny_list=base / deny_list if deny_list is not None else None,
+    )
+
+
+def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
+    t = Table(s, "server.", ServerConfig)
+    t.check_known(
+        {
+            "listen",
+            "insecure",
+            "tls",
+            "max_payload_bytes",
+            "drain_seconds",
+            "health_interval",
+            "call_deadline_seconds",
+            "max_batch_items",
+            "max_batch_bytes",
+            "workers",
+            "check_processes",
+            "check_timeout_seconds",
+        }
+    )
+    tls = _tls(Table(t.table("tls"), "server.tls.", TlsConfig), base) if "tls" in s else None
+    server = ServerConfig(
+        listen=t.get("listen", str),
+        insecure=t.get("insecure", bool),
+        tls=tls,
+        max_payload_bytes=t.get("max_payload_bytes", int),
+        drain_seconds=t.number("drain_seconds"),
+        health_interval=t.number("health_interval"),
+        call_deadline=t.number("call_deadline_seconds", field="call_deadline"),
+        max_batch_items=t.get("max_batch_items", int),
+        max_batch_bytes=t.get("max_batch_bytes", int),
+        workers=t.get("workers", int),
+        check_processes=t.get("check_processes", int),
+        check_timeout=t.number("check_timeout_seconds", field="check_timeout"),
+    )
+    split_host_port(server.listen)
+    if server.max_payload_bytes < 1024:
+        raise ConfigError("server.max_payload_bytes: must be at least 1024")
+    if server.drain_seconds < 0 or server.health_interval <= 0:
+        raise ConfigError("server.drain_seconds / server.health_interval: must be positive")
+    if server.max_batch_items < 1 or server.max_batch_bytes < server.max_payload_bytes:
+        raise ConfigError(
+            "server.max_batch_items / max_batch_bytes: at least 1 item, and room for "
+            "one payload of max_payload_bytes"
+        )
+    if not 1 <= server.workers <= 64:
+        raise ConfigError("server.workers: must be between 1 and 64")
+    if not 0 < server.call_deadline <= 3600:
+        raise ConfigError("server.call_deadline_seconds: must be between 0 and 3600")
+    if not 1 <= server.check_processes <= 16:
+        raise ConfigError("server.check_processes: must be between 1 and 16")
+    if "check_timeout_seconds" not in s:
+        # Left out: the default, and in any case half the call deadline.
+        server = dataclasses.replace(
+            server, check_timeout=min(server.check_timeout, server.call_deadline / 2)
+        )
+    if not 0 < server.check_timeout < server.call_deadline:
+        raise ConfigError(
+            "server.check_timeout_seconds: must be positive and below call_deadline_seconds"
+        )
+    return server
+
+
+def _limits(limits: Mapping[str, Any]) -> LimitsConfig:
+    t = Table(limits, "limits.", LimitsConfig)
+    # Every field is a setting of the same name; its annotation says int or float.
+    kinds = typing.get_type_hints(LimitsConfig)
+    t.check_known(kinds)
+    values: dict[str, Any] = {}
+    for name, kind in kinds.items():
+        value = t.get(name, int) if kind is int else t.number(name)
+        if not value > 0:
+            raise ConfigError(f"{t.where}{name}: must be positive")
+        values[name] = value
+    if values["summary_seconds"] > 3600:
+        raise ConfigError(f"{t.where}summary_seconds: at most 3600 (one summary record an hour)")
+    return LimitsConfig(**values)
+
+
+def _str_list(t: Table, key: str, default: Any = FIELD) -> tuple[str, ...]:
+    value = t.get(key, list, default)
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{t.where}{key}: expected a list of strings")
+    return tuple(value)
+
+
+def _authz(a: Mapping[str, Any], allow_cn: bool) -> AccessPolicy:
+    """The access rules; a ``cn:`` identity only when CN identities are on."""
+    top = Table(a, "authz.")
+    top.check_known({"rules"})
+    rules = top.get("rules", list, [])
+    parsed = []
+    for i, r in enumerate(rules):
+        if not isinstance(r, dict):
+            raise ConfigError(f"authz.rules[{i}]: expected a table ([[authz.rules]])")
+        t = Table(r, f"authz.rules[{i}].", AccessRule)
+        t.check_known(
+            {"identity", "operations", "keys", "roles", "max_concurrent", "rate", "burst"}
+        )
+        rate = t.get("rate", (int, float))
+        parsed.append(
+            AccessRule(
+                identity=t.get("identity", str),
+                operations=frozenset(_str_list(t, "operations", [])),
+                keys=_str_list(t, "keys"),
+                roles=_str_list(t, "roles"),
+                max_concurrent=t.get("max_concurrent", int),
+                rate=float(rate) if rate is not None else None,
+                burst=t.get("burst", int),
+            )
+        )
+    policy = AccessPolicy.from_rules(parsed)
+    for i, rule in enumerate(parsed):
+        if identity_type(rule.identity) == "cn" and not allow_cn:
+            raise ConfigError(
+                f"authz.rules[{i}].identity: a cn: identity never matches unless "
+                "[server.tls] allow_cn_identity = true (prefer a SAN URI: uri:…)"
+            )
+    return policy

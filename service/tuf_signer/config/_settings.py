@@ -1,0 +1,238 @@
+"""The settings as frozen dataclasses; each default is written here, on its field, once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from tuf_signer.config._secrets import SecretSource, dsn_secrets
+from tuf_signer.errors import ConfigError
+from tuf_signer.keys import DEFAULT_CALL_TIMEOUT, DEFAULT_CREATE_TIMEOUT
+from tuf_signer.policy import AccessPolicy
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+# A 16,384-bin snapshot lists every bin and is MB-sized (PEP 458); leave room.
+DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The server's mutual-TLS material (PEM files).
+
+    Attributes:
+        cert: the server certificate chain.
+        key: its private key; a secret: mode 0600 or stricter.
+        client_ca: CA certificates that client certificates must chain to.
+        allow_cn_identity: name a client by its subject CN (``cn:…``) when its
+            certificate has no SAN URI or DNS name; off by default.
+        require_single_uri: a client certificate must carry exactly one SAN URI.
+        crl: a CRL (PEM or DER; several PEM CRLs may be concatenated) issued by
+            a CA in ``client_ca``; reloaded on SIGHUP.
+        deny_list: a text file of revoked client certificates, one serial
+            number or SHA-256 fingerprint (hex) per line; reloaded on SIGHUP.
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    allow_cn_identity: bool = False
+    require_single_uri: bool = False
+    crl: Path | None = None
+    deny_list: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC listener.
+
+    Attributes:
+        listen: ``HOST:PORT``; port 0 picks a free port.
+        insecure: plaintext without TLS; refused unless HOST is loopback.
+        tls: mutual TLS (required unless ``insecure``).
+        max_payload_bytes: largest Sign payload accepted, in bytes.
+        drain_seconds: how long SIGTERM waits for in-flight calls, in seconds.
+        health_interval: seconds between backend and store health probes.
+        call_deadline: the longest any call may run on the server, in seconds.
+        max_batch_items: most requests in one SignBatch.
+        max_batch_bytes: largest SignBatch message, in bytes (gRPC refuses
+            larger messages before reading them).
+        workers: server processes sharing the port (one per core is best).
+        check_processes: payload-checker processes per worker, for payloads
+            too large or too unusual to check on the event loop.
+        check_timeout: seconds one such check may take before the request
+            is refused (RESOURCE_EXHAUSTED) and its checker process replaced
+            (default 10, at most half of ``call_deadline`` when not set).
+    """
+
+    listen: str = DEFAULT_LISTEN
+    insecure: bool = False
+    tls: TlsConfig | None = None
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    drain_seconds: float = 10.0
+    health_interval: float = 10.0
+    call_deadline: float = 30.0
+    max_batch_items: int = 4096
+    max_batch_bytes: int = 64 * 1024 * 1024
+    workers: int = 1
+    check_processes: int = 1
+    check_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-identity abuse limits (an access rule may override each).
+
+    Attributes:
+        max_concurrent: calls one identity may have in flight at once.
+        rate: sustained calls per second for one identity (token bucket).
+        burst: calls one identity may make at once above ``rate``.
+        bytes_rate: sustained request payload bytes per second for one identity.
+        bytes_burst: payload bytes one identity may send at once above
+            ``bytes_rate`` (the default fits one re-sign of PEP 458's 16,384
+            bins of ~54 KB).
+        check_cpu_rate: CPU seconds per second of off-loop payload checks
+            (payloads over 64 KiB, or that need the exact canonical check)
+            one identity may use, sustained.
+        check_cpu_burst: CPU seconds of such checks it may use at once.
+        summary_seconds: callers without an identity or access rule, and
+            calls over a limit, are counted and written as one summary record
+            per identity and status every this many seconds, not one each.
+    """
+
+    max_concurrent: int = 256
+    rate: float = 5000.0
+    burst: int = 10000
+    bytes_rate: float = 256.0 * 1024 * 1024
+    bytes_burst: int = 1024 * 1024 * 1024
+    check_cpu_rate: float = 1.0
+    check_cpu_burst: float = 30.0
+    summary_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Where the audit record, role state and key registry live.
+
+    Attributes:
+        store: ``sqlite`` (one file) or ``postgres`` (a database server that
+            several workers and instances share).
+        path: the SQLite database file (store ``sqlite``).
+        dsn: the PostgreSQL connection string, written in the file; never
+            holds a password (store ``postgres``; this or ``dsn_env``).
+        dsn_env: the environment variable that holds the connection string,
+            which may hold a password (store ``postgres``).
+    """
+
+    store: str = "sqlite"
+    path: Path = Path("audit.db")
+    dsn: str | None = None
+    dsn_env: str | None = None
+
+    def read_dsn(self) -> str:
+        """The PostgreSQL connection string, read from the environment if need be.
+
+        Raises:
+            ConfigError: neither is set; ``dsn_env`` names a variable that is
+                missing, empty or not a connection string; or psycopg is missing.
+        """
+        if self.dsn is not None:
+            return self.dsn
+        if self.dsn_env is None:
+            raise ConfigError("audit.dsn / audit.dsn_env: set exactly one of them")
+        dsn = SecretSource(setting="audit.dsn_env", env=self.dsn_env).reader()()
+        dsn_secrets(dsn, f"audit.dsn_env ({self.dsn_env})")
+        return dsn
+
+
+@dataclass(frozen=True)
+class Pkcs11Config:
+    """A PKCS#11 token (SoftHSM locally, a network HSM in production; type ``pkcs11``)."""
+
+    type: ClassVar[str] = "pkcs11"
+
+    name: str
+    module: Path
+    token_label: str
+    pin: SecretSource
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GcpKmsConfig:
+    """A Google Cloud KMS key ring (backend type ``gcpkms``).
+
+    Attributes:
+        name: the backend's name.
+        project: Google Cloud project id.
+        location: KMS location, e.g. ``global`` or ``europe-west1``.
+        key_ring: key ring id; created with the first key if it is missing.
+        credentials_file: a service-account (or workload identity federation)
+            JSON file, mode 0600; None for Application Default Credentials.
+        endpoint: ``HOST:PORT`` instead of ``cloudkms.googleapis.com``. A
+            loopback address is spoken to in plaintext without credentials
+            (the fake KMS); any other endpoint uses TLS.
+        protection_level: ``HSM`` or ``SOFTWARE``, for new keys.
+        call_timeout: budget of one sign, public-key read or disable, retries
+            and backoff included, in seconds.
+        create_timeout: budget of one key creation, including the wait for
+            KMS to generate the key, in seconds.
+    """
+
+    type: ClassVar[str] = "gcpkms"
+
+    name: str
+    project: str
+    location: str
+    key_ring: str
+    credentials_file: Path | None = None
+    endpoint: str | None = None
+    protection_level: str = "HSM"
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT
+
+
+BackendConfig = Pkcs11Config | GcpKmsConfig
+
+
+# The role classes of TUF metadata an online key signs (``_type``): bins are targets.
+ROLE_CLASSES = ("timestamp", "snapshot", "targets")
+
+# 1,000,000 versions for each class. Repositories step by 1 per signature; a
+# timestamp re-signed every minute for a year is ~525,600 versions, so even a
+# repository that counts signatures it never sent us stays well inside. A
+# compromised backend taking the largest step each time needs ~9.2e12 signatures
+# (each on the record) to reach 2**63 - 1: at 10,000 signatures/s, 29 years.
+DEFAULT_MAX_VERSION_STEP = 1_000_000
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Limits on what a signature may do to a role's high-water mark.
+
+    Attributes:
+        max_version_step: by role class (``_type``: timestamp, snapshot,
+            targets), the largest step in versions above the mark (the last
+            version signed, 0 for a role never signed). A repository that
+            starts or moves on beyond it needs an admin reset first
+            (``tuf-signer keys reset-role``).
+    """
+
+    max_version_step: Mapping[str, int] = field(
+        default_factory=lambda: dict.fromkeys(ROLE_CLASSES, DEFAULT_MAX_VERSION_STEP)
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole service configuration."""
+
+    path: Path
+    server: ServerConfig
+    audit: AuditConfig
+    backends: Mapping[str, BackendConfig]
+    default_backend: str
+    authz: AccessPolicy = field(default_factory=AccessPolicy)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)

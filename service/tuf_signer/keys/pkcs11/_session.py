@@ -1,0 +1,369 @@
+"""Token sessions: loaded modules, one shared logged-in session per token, key lookup.
+
+Login state belongs to the application, not to a session (PKCS#11 v2.40 §5.6,
+C_Login/C_Logout): a second C_Login on a token fails with
+CKR_USER_ALREADY_LOGGED_IN, and one C_Logout logs every session out. So all
+backends on the same token in this process share one logged-in read/write
+session (``TokenConn``), reference-counted. A backend joining an open session
+must present the same PIN (compared against a keyed digest held in memory).
+
+Everything here runs on the PKCS#11 thread (``_thread``) and touches its
+state without locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+from pkcs11 import exceptions as p11
+
+from tuf_signer.errors import BackendError, BackendUnavailableError
+from tuf_signer.keys.pkcs11._algorithms import algorithm_of, wrong_algorithm
+from tuf_signer.keys.pkcs11._thread import require_pkcs11_thread
+from tuf_signer.model import Algorithm
+
+if TYPE_CHECKING:
+    from pkcs11._pkcs11 import lib as Pkcs11Lib
+
+__all__ = ["SESSION_ERRORS", "TokenConn", "Transient", "describe", "open_token", "parse_handle"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Failures seen while processes race to open a token at startup (docs/design.md §4).
+_STARTUP_TRANSIENT: Final = (
+    p11.NoSuchToken,
+    p11.GeneralError,
+    p11.TokenNotPresent,
+    p11.TokenNotRecognised,
+    p11.DeviceError,
+    p11.DeviceMemory,
+    p11.DeviceRemoved,
+    p11.FunctionFailed,
+    p11.SessionCount,
+)
+
+# Failures after which the session (or the whole device) must be reopened.
+SESSION_ERRORS: Final = (
+    p11.SessionClosed,
+    p11.SessionHandleInvalid,
+    p11.DeviceRemoved,
+    p11.DeviceError,
+    p11.DeviceMemory,
+    p11.TokenNotPresent,
+    p11.TokenNotRecognised,
+    p11.UserNotLoggedIn,
+    p11.GeneralError,
+)
+
+# Failures that mean a cached object handle went stale; look the key up again.
+_STALE_OBJECT_ERRORS: Final = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
+
+_PIN_ERRORS: Final = (
+    p11.PinIncorrect,
+    p11.PinInvalid,
+    p11.PinLenRange,
+    p11.PinExpired,
+    p11.PinLocked,
+)
+
+# Loaded modules by real path: python-pkcs11 caches per path *string*, and a
+# second string for the same file (Debian's /usr/lib/softhsm/libsofthsm2.so is
+# a symlink) fails with CKR_CRYPTOKI_ALREADY_INITIALIZED. Never finalised:
+# other backends may still use them.
+_LIBS: dict[str, Pkcs11Lib] = {}
+
+# Open token sessions by (module real path, token label).
+_CONNS: dict[tuple[str, str], TokenConn] = {}
+
+
+class Transient(Exception):
+    """A startup failure worth retrying; carries the PKCS#11 error as __cause__."""
+
+
+def describe(e: BaseException | None) -> str:
+    """Short text for an exception from python-pkcs11 (which never includes PINs)."""
+    if e is None:
+        return "unknown error"
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def parse_handle(handle: str) -> bytes:
+    """CKA_ID bytes from a handle (lowercase or uppercase hex).
+
+    Raises:
+        BackendError: not 1 to 64 bytes of hex.
+    """
+    try:
+        key_id = bytes.fromhex(handle)
+    except ValueError:
+        key_id = b""
+    if not key_id or len(key_id) > 64:
+        raise BackendError(f"malformed PKCS#11 key handle {handle[:80]!r}")
+    return key_id
+
+
+def _load_library(module: str) -> tuple[str, Pkcs11Lib]:
+    """Load (once) and initialise the PKCS#11 module; return (real path, lib)."""
+    require_pkcs11_thread()
+    try:
+        real = os.path.realpath(module, strict=True)
+    except OSError as e:
+        raise BackendError(f"PKCS#11 module {module} not found") from e
+    try:
+        lib = _LIBS.get(real)
+        if lib is None:
+            lib = pkcs11.lib(module)
+            _LIBS[real] = lib
+        elif not lib.initialized:  # a failed re-initialisation left it down
+            lib.initialize()
+    except p11.PKCS11Error as e:
+        raise BackendError(f"cannot load PKCS#11 module {module}: {describe(e)}") from e
+    return real, lib
+
+
+def _maybe_reinitialize(lib_key: str, lib: Pkcs11Lib) -> None:
+    """Re-run C_Initialize so the module rescans its slots, if nothing of ours is open.
+
+    SoftHSM builds its slot list at C_Initialize: a token created later (or by
+    a racing process) stays invisible until the library is re-initialised,
+    which closes every session of this process on that module.
+    """
+    if any(key[0] == lib_key for key in _CONNS):
+        log.warning(
+            "PKCS#11 module %s has open sessions; not re-initialising it to rescan tokens",
+            lib_key,
+        )
+        return
+    try:
+        lib.reinitialize()
+    except p11.PKCS11Error as e:
+        log.warning("re-initialising PKCS#11 module %s failed: %s", lib_key, describe(e))
+
+
+def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenConn, bool]:
+    """Join the open session on a token, or open one and log in; returns (it, joined).
+
+    Raises:
+        Transient: a failure seen while processes race to open a token.
+        BackendError: the module cannot be loaded, the PIN is rejected, or
+            the label matches several tokens.
+        BackendUnavailableError: the token cannot be opened.
+    """
+    lib_key, lib = _load_library(module)
+    user_pin = pin()
+    conn = _CONNS.get((lib_key, label))
+    if conn is not None:
+        # The token is already logged in for this process, so C_Login
+        # cannot check this PIN; compare it with the one that logged in.
+        if not conn.pin_matches(user_pin):
+            raise BackendError(f"PIN rejected by token {label!r}")
+        conn.users += 1
+        return conn, True
+    try:
+        token = lib.get_token(token_label=label)
+        # A failed login leaves python-pkcs11's just-opened session open
+        # until the module is re-initialised; harmless, but not closable.
+        session = token.open(rw=True, user_pin=user_pin)
+    except _PIN_ERRORS as e:
+        raise BackendError(f"PIN rejected by token {label!r} ({type(e).__name__})") from e
+    except p11.MultipleTokensReturned as e:
+        raise BackendError(f"more than one PKCS#11 token is labelled {label!r}") from e
+    except p11.UserAlreadyLoggedIn as e:
+        raise BackendError(
+            f"PKCS#11 token {label!r} is already logged in by code outside "
+            "Pkcs11Backend in this process"
+        ) from e
+    except p11.UserPinNotInitialized as e:
+        raise BackendError(f"PKCS#11 token {label!r} has no user PIN set") from e
+    except _STARTUP_TRANSIENT as e:
+        _maybe_reinitialize(lib_key, lib)
+        raise Transient() from e
+    except p11.PKCS11Error as e:
+        raise BackendUnavailableError(f"cannot open PKCS#11 token {label!r}: {describe(e)}") from e
+    conn = TokenConn((lib_key, label), lib, session, user_pin)
+    _CONNS[conn.key] = conn
+    return conn, False
+
+
+def _find_one(session: pkcs11.Session, attrs: dict[Attribute, Any]) -> pkcs11.Object | None:
+    """Return the only object matching ``attrs``, or None.
+
+    The search is always run to its end here: python-pkcs11 ends an abandoned
+    search (C_FindObjectsFinal) from whichever thread drops it, which could be
+    the event loop's.
+    """
+    found = list(session.get_objects(attrs))
+    if len(found) > 1:
+        raise BackendError(f"{len(found)} objects match one key handle; the token is inconsistent")
+    return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    key: pkcs11.types.SignMixin
+    algorithm: Algorithm | None  # None: not a key of any algorithm we support
+
+
+class TokenConn:
+    """The one logged-in read/write session on one token, shared and refcounted.
+
+    Touched only on the PKCS#11 thread.
+    """
+
+    def __init__(self, key: tuple[str, str], lib: Pkcs11Lib, session: pkcs11.Session, pin: str):
+        self.key = key
+        self.lib = lib
+        self.session: pkcs11.Session | None = session
+        self.users = 1
+        self.keys: dict[bytes, _CachedKey] = {}
+        self.disabled: set[bytes] = set()
+        self._pin_key = os.urandom(32)
+        self._pin_mac = self._mac(pin)
+
+    @property
+    def label(self) -> str:
+        return self.key[1]
+
+    def _mac(self, pin: str) -> bytes:
+        return hmac.new(self._pin_key, pin.encode("utf-8"), hashlib.sha256).digest()
+
+    def pin_matches(self, pin: str) -> bool:
+        return hmac.compare_digest(self._mac(pin), self._pin_mac)
+
+    def require_session(self) -> pkcs11.Session:
+        if self.session is None:
+            raise BackendUnavailableError(f"PKCS#11 token {self.label!r} has no open session")
+        return self.session
+
+    # --- key lookup ------------------------------------------------------------------
+
+    def find_key(self, key_id: bytes, *, private: bool) -> pkcs11.Object:
+        """The private (or public) key object with CKA_ID ``key_id``.
+
+        Raises:
+            BackendError: there is none, or several.
+        """
+        object_class = ObjectClass.PRIVATE_KEY if private else ObjectClass.PUBLIC_KEY
+        obj = _find_one(
+            self.require_session(), {Attribute.CLASS: object_class, Attribute.ID: key_id}
+        )
+        if obj is None:
+            kind = "private" if private else "public"
+            raise BackendError(f"no {kind} key with handle {key_id.hex()} on token {self.label!r}")
+        return obj
+
+    def private_key(self, key_id: bytes, algorithm: Algorithm) -> pkcs11.types.SignMixin:
+        """The signing key with CKA_ID ``key_id``, looked up once and cached.
+
+        Raises:
+            BackendError: disabled, missing, unable to sign, or not an ``algorithm`` key.
+        """
+        if key_id in self.disabled:
+            raise BackendError(f"key {key_id.hex()} is disabled")
+        cached = self.keys.get(key_id)
+        if cached is None:
+            obj = self.find_key(key_id, private=True)
+            # python-pkcs11 adds the sign method only when CKA_SIGN is true.
+            if not isinstance(obj, pkcs11.types.SignMixin):
+                raise BackendError(f"key {key_id.hex()} cannot sign (CKA_SIGN is false)")
+            cached = _CachedKey(obj, algorithm_of(obj))
+            self.keys[key_id] = cached
+        if cached.algorithm is not algorithm:
+            raise BackendError(wrong_algorithm(key_id.hex(), cached.algorithm, algorithm))
+        return cached.key
+
+    # --- calls, reopening, closing -----------------------------------------------------
+
+    def call(self, what: str, op: Callable[[TokenConn], _T], pin: Callable[[], str]) -> _T:
+        """Run ``op`` on this session, wrapping every PKCS#11 error.
+
+        A session or device error reopens the session and logs in once (with
+        the PIN ``pin`` returns), then ``op`` is retried once; a stale object
+        handle is looked up again once.
+
+        Raises:
+            BackendUnavailableError: the session is lost and cannot be reopened,
+                or fails again.
+            BackendError: any other PKCS#11 error.
+        """
+        if self.session is None:  # an earlier reopen failed; try again
+            self.reopen(pin())
+        try:
+            return op(self)
+        except _STALE_OBJECT_ERRORS as e:
+            log.warning("%s on token %r: %s; retrying", what, self.label, describe(e))
+            self.keys.clear()
+        except SESSION_ERRORS as e:
+            log.warning("%s on token %r: %s; reopening the session", what, self.label, describe(e))
+            self.reopen(pin())
+        except p11.PKCS11Error as e:
+            raise BackendError(f"{what} failed on token {self.label!r}: {describe(e)}") from e
+        try:
+            return op(self)
+        except (*SESSION_ERRORS, *_STALE_OBJECT_ERRORS) as e:
+            raise BackendUnavailableError(
+                f"PKCS#11 token {self.label!r} unavailable ({what}): {describe(e)}"
+            ) from e
+        except p11.PKCS11Error as e:
+            raise BackendError(f"{what} failed on token {self.label!r}: {describe(e)}") from e
+
+    def reopen(self, pin: str) -> None:
+        """Close the session (ignoring errors), open a new one and log in again.
+
+        Raises:
+            BackendError: the token refuses ``pin``.
+            BackendUnavailableError: the token cannot be reopened.
+        """
+        old, self.session = self.session, None
+        self.keys.clear()  # python-pkcs11 objects are bound to their session
+        if old is not None:
+            try:
+                old.close()
+            except p11.PKCS11Error as e:
+                log.debug("closing broken session on %r: %s", self.label, describe(e))
+        try:
+            token = self.lib.get_token(token_label=self.label)
+            try:
+                self.session = token.open(rw=True, user_pin=pin)
+                self._pin_mac = self._mac(pin)
+            except p11.UserAlreadyLoggedIn:
+                # The login outlived the old session (a session python-pkcs11
+                # could not close is still open); a plain session inherits it
+                # (PKCS#11 v2.40 §5.6), but the PIN must still be the known one.
+                if not self.pin_matches(pin):
+                    raise BackendError(f"PIN rejected by token {self.label!r}") from None
+                self.session = token.open(rw=True)
+        except p11.PKCS11Error as e:
+            raise BackendUnavailableError(
+                f"PKCS#11 token {self.label!r} unavailable: reopening the session failed "
+                f"({describe(e)})"
+            ) from e
+        log.info("reopened session on PKCS#11 token %r", self.label)
+
+    def release(self) -> None:
+        """One backend leaves; the last one logs out and closes the session. Never raises."""
+        self.users -= 1
+        if self.users == 0:
+            _CONNS.pop(self.key, None)
+            self.close()
+            log.info("logged out of PKCS#11 token %r", self.label)
+
+    def close(self) -> None:
+        session, self.session = self.session, None
+        self.keys.clear()
+        if session is not None:
+            try:
+                session.close()  # C_Logout, then C_CloseSession
+            except p11.PKCS11Error as e:
+                log.warning("closing session on PKCS#11 token %r: %s", self.label, describe(e))

@@ -1,0 +1,379 @@
+"""Key administration: create and rotate keys, activate and retire versions, reset marks.
+
+Each change runs under one lock (``KeyAdmin._change``): it is checked against
+the store's registry as it is now, made in the backend if it needs a new key,
+and recorded in the same transaction that changes the registry (P6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from tuf_signer import policy
+from tuf_signer.audit import AddVersion, Committed, CreateKey, Entry, ResetRole, SetVersionState
+from tuf_signer.errors import (
+    AlreadyExistsError,
+    BackendError,
+    KeyStateError,
+    NotFoundError,
+    RequestError,
+    shown,
+)
+from tuf_signer.keys import KeyBackend
+from tuf_signer.model import (
+    Algorithm,
+    AuditEvent,
+    BinsDelegation,
+    KeyRecord,
+    KeyState,
+    KeyVersion,
+    RoleRule,
+    RoleState,
+    recordable,
+)
+from tuf_signer.policy import AccessRule
+from tuf_signer.server._recording import Recorder, Refusal
+from tuf_signer.server._registry import KeyRegistry
+from tuf_signer.server._values import Clock, KeyView, rfc3339, validate_key_name
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+T = TypeVar("T")
+
+# The operation of an admin reset record (audit._chain.RESET), and its reason's bound.
+_RESET = "reset-role-state"
+_REASON_MAX = 1024
+_MAX_VERSION = 2**63 - 1
+
+
+class KeyAdmin:
+    """The KeyAdmin RPCs' changes, for callers allowed ``key-admin``.
+
+    Args:
+        registry: keys, backends and role states as last read.
+        recorder: admission and the record.
+        backends: key backends by name, already started.
+        default_backend: backend for keys created without naming one.
+        clock: returns the current UTC time.
+    """
+
+    def __init__(
+        self,
+        registry: KeyRegistry,
+        recorder: Recorder,
+        backends: Mapping[str, KeyBackend],
+        default_backend: str,
+        clock: Clock,
+    ) -> None:
+        self._registry = registry
+        self._recorder = recorder
+        self._backends = dict(backends)
+        self._default_backend = default_backend
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    async def create_key(
+        self,
+        identity: str,
+        name: str,
+        algorithm: Algorithm,
+        rules: Sequence[RoleRule],
+        backend: str = "",
+        activate: bool = False,
+        bins: BinsDelegation | None = None,
+    ) -> tuple[KeyView, int]:
+        """Create a key (version 1) in a backend; ACTIVE at once if ``activate``.
+
+        ``bins`` declares the succinct hash-bin delegation the key serves (finding
+        1 of issue 10): its glob rules must match only those bins.
+
+        Returns:
+            The new key and the audit sequence number of its record.
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        event = self._recorder.event(
+            identity,
+            "create-key",
+            key_name=name,
+            key_version=1,
+            detail={
+                "algorithm": algorithm.value,
+                "backend": recordable(backend or self._default_backend),
+                "roles": [[recordable(str(r.pattern)), r.max_validity] for r in rules[:64]],
+                "activate": activate,
+                "bins": recordable(str(bins)) if bins is not None else "",
+            },
+        )
+
+        async def body(rule: AccessRule) -> tuple[KeyView, int] | Refusal:
+            validate_key_name(name)
+            policy.validate_rules(rules, bins)
+            backend_name = backend or self._default_backend
+            if backend_name not in self._backends:
+                raise NotFoundError(f"unknown backend {backend_name!r}")
+
+            async def plan() -> tuple[Entry, None]:
+                if await self._registry.exists(name):
+                    raise AlreadyExistsError(f"key {name!r} already exists")
+                now = rfc3339(self._clock())
+                new = await self._backends[backend_name].create(algorithm, _label(name, 1))
+                key = KeyRecord(name, algorithm, backend_name, tuple(rules), now, bins)
+                first = _version(name, 1, new.handle, new.public_key, now, activate)
+                return Entry(replace(event, keyid=first.keyid), CreateKey(key, first)), None
+
+            async def then(committed: Committed, _: None) -> tuple[KeyView, int]:
+                view = await self._registry.refresh(name)
+                assert view is not None
+                return view, committed.seq
+
+            return await self._change(event, plan, then)
+
+        return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def rotate_key(self, identity: str, name: str) -> tuple[KeyVersion, int]:
+        """Create the next version of a key as PENDING and return it (P6).
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        event = self._recorder.event(identity, "rotate-key", key_name=name)
+
+        async def body(rule: AccessRule) -> tuple[KeyVersion, int] | Refusal:
+            validate_key_name(name)
+
+            async def plan() -> tuple[Entry, KeyVersion]:
+                view = await self._registry.refresh(name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {shown(name)}")
+                number = max((v.version for v in view.versions), default=0) + 1
+                now = rfc3339(self._clock())
+                backend = self._registry.backend_for(view.key)
+                new = await backend.create(view.key.algorithm, _label(name, number))
+                version = _version(name, number, new.handle, new.public_key, now, False)
+                recorded = replace(event, keyid=version.keyid, key_version=number)
+                return Entry(recorded, AddVersion(version)), version
+
+            async def then(committed: Committed, version: KeyVersion) -> tuple[KeyVersion, int]:
+                await self._registry.refresh(name)
+                return version, committed.seq
+
+            return await self._change(event, plan, then)
+
+        return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def set_version_state(
+        self,
+        identity: str,
+        name: str,
+        version: int,
+        state: KeyState,
+        expected_keyid: str = "",
+    ) -> tuple[KeyVersion, int]:
+        """Activate or retire a key version (P6).
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        operation = "activate-key-version" if state is KeyState.ACTIVE else "retire-key-version"
+        event = self._recorder.event(identity, operation, key_name=name, key_version=version)
+
+        async def body(rule: AccessRule) -> tuple[KeyVersion, int] | Refusal:
+            validate_key_name(name)
+
+            async def plan() -> tuple[Entry, KeyView]:
+                view = await self._registry.refresh(name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {shown(name)}")
+                found = [v for v in view.versions if v.version == version]
+                if not found:
+                    raise NotFoundError(f"key {name!r} has no version {version}")
+                target = found[0]
+                if expected_keyid and expected_keyid != target.keyid:
+                    raise KeyStateError(
+                        f"version {version} of key {name!r} has keyid {target.keyid[:16]}..., "
+                        f"not the expected {expected_keyid[:16]}..."
+                    )
+                now = rfc3339(self._clock())
+                change = SetVersionState(name, version, state, now)
+                return Entry(replace(event, keyid=target.keyid), change), view
+
+            async def then(committed: Committed, before: KeyView) -> tuple[KeyVersion, int]:
+                was = {v.version: v for v in before.versions}
+                view = await self._registry.refresh(name)
+                assert view is not None
+                # Every version this change retired (the target itself, or the
+                # previous ACTIVE version an activation replaced) is disabled
+                # in its backend too.
+                for v in view.versions:
+                    old = was.get(v.version)
+                    if v.state is KeyState.RETIRED and old and old.state is not KeyState.RETIRED:
+                        try:
+                            await self._registry.backend_for(view.key).disable(v.handle)
+                        except BackendError:
+                            # Retirement is our own state and already recorded;
+                            # the backend flag is defence in depth.
+                            log.warning(
+                                "could not disable %s v%d in its backend", shown(name), v.version
+                            )
+                return next(v for v in view.versions if v.version == version), committed.seq
+
+            return await self._change(event, plan, then)
+
+        return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def reset_role_state(
+        self, identity: str, key_name: str, role: str, version: int, reason: str
+    ) -> tuple[RoleState, int]:
+        """Move the (key, role) high-water mark to ``version`` (issue 10, finding 8).
+
+        The recovery from a fast-forward (a version near 2**63 - 1 granted), and
+        the first step of a repository that starts, or moves on, at a version
+        beyond ``max_version_step``. ``version`` 0 forgets the role: its next
+        signature may be version 1. The mark keeps no payload or signature, so
+        the next signature must be above it. Recorded with ``reason``.
+
+        Raises:
+            TufSignerError: the refusal (recorded): INVALID_ARGUMENT for a
+                missing or unprintable reason, a bad role or version;
+                NOT_FOUND for an unknown key; FAILED_PRECONDITION for a role
+                the key's policy does not allow.
+        """
+        event = self._recorder.event(
+            identity,
+            _RESET,
+            key_name=key_name,
+            role=role,
+            detail={"reason": recordable(reason, _REASON_MAX)},
+        )
+
+        async def body(rule: AccessRule) -> tuple[RoleState, int] | Refusal:
+            validate_key_name(key_name)
+            if not role:
+                raise RequestError("role is required")
+            if not 0 <= version <= _MAX_VERSION:
+                raise RequestError(f"version must be between 0 and 2**63-1, got {version}")
+            versioned = replace(event, metadata_version=version)
+            try:
+                _check_reason(reason)
+            except RequestError as e:
+                return Refusal(e, versioned)
+
+            async def plan() -> tuple[Entry, RoleState]:
+                view = await self._registry.refresh(key_name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {shown(key_name)}")
+                policy.check_role_allowed(role, view.key.rules, key_name)
+                # Any version of the key will do (the mark is per key name); name
+                # the ACTIVE one, else the newest.
+                active = [v for v in view.versions if v.state is KeyState.ACTIVE]
+                kv = active[0] if active else max(view.versions, key=lambda v: v.version)
+                mark = RoleState(
+                    key_name=key_name,
+                    role=role,
+                    version=version,
+                    payload_sha256="",
+                    keyid=kv.keyid,
+                    key_version=kv.version,
+                    signature="",
+                    expires="",
+                    audit_seq=0,
+                )
+                recorded = replace(versioned, keyid=kv.keyid, key_version=kv.version)
+                return Entry(recorded, ResetRole(mark)), mark
+
+            async def then(committed: Committed, mark: RoleState) -> tuple[RoleState, int]:
+                state = committed.current or replace(mark, audit_seq=committed.seq)
+                log.warning(
+                    "%s reset the mark of role %s of key %s to version %d (record %d)",
+                    shown(identity),
+                    shown(role),
+                    shown(key_name),
+                    version,
+                    committed.seq,
+                )
+                return state, committed.seq
+
+            return await self._change(versioned, plan, then)
+
+        return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def _change(
+        self,
+        event: AuditEvent,
+        plan: Callable[[], Awaitable[tuple[Entry, P]]],
+        then: Callable[[Committed, P], Awaitable[T]],
+    ) -> T | Refusal:
+        """One change of the key registry under the admin lock, recorded once.
+
+        Args:
+            event: the request's record so far.
+            plan: checks the change against the registry as stored now, does
+                any backend work, and returns the entry to commit (its event
+                says what the change learnt) with what ``then`` needs. It
+                refuses on ``event``; a cancellation meanwhile is recorded on
+                it too.
+            then: follows up on the committed change (re-reads, backend flags).
+
+        Returns:
+            ``then``'s result, or the refusal: the plan's, the store's (already
+            recorded), or the follow-up's (on the entry's event).
+        """
+        try:
+            await self._lock.acquire()
+        except asyncio.CancelledError:
+            await self._recorder.cancelled(event)
+            raise
+        try:
+            planned = await self._recorder.before_record(event, plan())
+            if isinstance(planned, Refusal):
+                return planned
+            entry, context = planned
+            committed = await self._recorder.commit(entry)
+            self._registry.note(committed)
+            if committed.error is not None:
+                return Refusal(committed.error, entry.event, recorded=True)
+            return await self._recorder.outcome(entry.event, then(committed, context))
+        finally:
+            self._lock.release()
+
+
+def _label(name: str, version: int) -> str:
+    return f"tuf-signer/{name}/{version}/{secrets.token_hex(4)}"
+
+
+def _version(
+    name: str, number: int, handle: str, public_key: Any, now: str, active: bool
+) -> KeyVersion:
+    key_dict = public_key.to_dict()
+    return KeyVersion(
+        key_name=name,
+        version=number,
+        state=KeyState.ACTIVE if active else KeyState.PENDING,
+        keyid=public_key.keyid,
+        public_key=key_dict,
+        handle=handle,
+        created_at=now,
+        activated_at=now if active else None,
+    )
+
+
+def _check_reason(reason: str) -> None:
+    """An admin's reason is required, printable and bounded (it goes on the record).
+
+    Raises:
+        RequestError: empty, too long, or with control or format characters.
+    """
+    if not reason.strip():
+        raise RequestError("a reason is required (it goes on the audit record)")
+    if len(reason) > _REASON_MAX:
+        raise RequestError(f"the reason is longer than {_REASON_MAX} characters")
+    if not reason.isprintable():
+        raise RequestError("the reason may only hold printable characters (no newlines)")

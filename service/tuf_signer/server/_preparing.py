@@ -1,0 +1,254 @@
+"""Every check a Sign passes before the HSM (P2, P3), and what it leaves ready to sign.
+
+In order: the key name and expected keyid, the caller's right to the key, the
+key itself, the payload against the TUF policy (inline, or in a checker
+process charged to the caller), the caller's right to the role, the ACTIVE
+version, and the high-water mark known to this process. A request that passes
+them all is ``Prepared``: its record, the role state it would set, and the
+backend call to make.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from tuf_signer import policy
+from tuf_signer.audit import AdvanceRole, Committed, Entry, advance_decision
+from tuf_signer.errors import (
+    RequestError,
+    RollbackError,
+    TufSignerError,
+    VersionStepError,
+    shown,
+)
+from tuf_signer.keys import KeyBackend
+from tuf_signer.model import Algorithm, AuditEvent, KeyVersion, RoleState
+from tuf_signer.policy import AccessRule
+from tuf_signer.server._checker import CheckJob, CheckResult, PayloadChecker
+from tuf_signer.server._guard import Guard
+from tuf_signer.server._recording import Recorder, Refusal
+from tuf_signer.server._registry import KeyRegistry
+from tuf_signer.server._values import Clock, SignRequest, SignResult, validate_key_name
+
+_KEYID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A Sign that passed every check and awaits its signature."""
+
+    event: AuditEvent  # its record, with all the checks learnt
+    state: RoleState  # the role state it will advance to (signature still empty)
+    backend: KeyBackend
+    handle: str
+    algorithm: Algorithm
+    payload: bytes
+    replay: RoleState | None  # the stored state, when this is an identical retry
+    version: KeyVersion  # the key version signing: its public key checks the signature
+    max_step: int | None  # max_version_step of the role's class (None: unbounded)
+
+    def entry(self, signature: str) -> Entry:
+        """The record: a grant advancing the role state, or a replay that does not."""
+        event = replace(self.event, signature=signature)
+        if self.replay is not None:
+            return Entry(event)
+        state = replace(self.state, signature=signature)
+        return Entry(event, AdvanceRole(state, max_step=self.max_step))
+
+    def result(self, state: RoleState, committed: Committed, replayed: bool) -> SignResult:
+        """The reply, signed as ``state`` says and recorded as ``committed``."""
+        return SignResult(
+            keyid=state.keyid,
+            signature=state.signature,
+            key_version=state.key_version,
+            audit_seq=committed.seq,
+            role=self.state.role,
+            metadata_version=self.state.version,
+            replayed=replayed,
+        )
+
+
+class Preparer:
+    """Runs a Sign's checks against the key registry, the policy and the role marks.
+
+    Args:
+        registry: keys, backends and role states as last read.
+        recorder: the record (for a lone Sign's cancellation).
+        guard: per-identity limits (the payload check budget).
+        checker: runs payload checks too costly for the event loop.
+        clock: returns the current UTC time.
+        max_payload_bytes: largest Sign payload accepted.
+        max_version_step: the largest version step above a role's mark, by
+            role class; a class not named is unbounded.
+    """
+
+    def __init__(
+        self,
+        registry: KeyRegistry,
+        recorder: Recorder,
+        guard: Guard,
+        checker: PayloadChecker,
+        clock: Clock,
+        max_payload_bytes: int,
+        max_version_step: Mapping[str, int],
+    ) -> None:
+        self._registry = registry
+        self._recorder = recorder
+        self._guard = guard
+        self._checker = checker
+        self._clock = clock
+        self._max_payload = max_payload_bytes
+        self._max_step = dict(max_version_step)
+        # (key, role) -> (audit_seq, monotonic time) of the last re-read that
+        # found the stored mark (see _role_decision).
+        self._confirmed: dict[tuple[str, str], tuple[int, float]] = {}
+
+    async def prepare(
+        self, request: SignRequest, rule: AccessRule, *, lone: bool
+    ) -> Prepared | Refusal:
+        """Every check before the HSM (P2, P3).
+
+        Args:
+            request: the Sign.
+            rule: the caller's access rule.
+            lone: a lone Sign records its own cancellation, on what its checks
+                had learnt; a SignBatch item leaves that to its batch.
+
+        Returns:
+            The request ready to sign, or its refusal (not yet recorded) on
+            the record as far as the checks got.
+        """
+        item = request.item
+        event = request.event
+        try:
+            validate_key_name(item.key)
+            if item.expected_keyid and _KEYID_RE.fullmatch(item.expected_keyid) is None:
+                raise RequestError(
+                    f"expected_keyid {shown(item.expected_keyid)} is not a keyid "
+                    "(at most 128 printable ASCII characters)"
+                )
+            # Authorisation first: a caller learns nothing about keys it may not use.
+            policy.authorize_key(rule, item.key)
+            view = await self._registry.view(item.key)
+            job = CheckJob(
+                payload=item.payload,
+                role=item.role,
+                key_name=item.key,
+                rules=view.key.rules,
+                now=self._clock(),
+                max_payload_bytes=self._max_payload,
+                payload_sha256=event.payload_sha256,
+                bins=view.key.bins,
+            )
+            resolved, info, _rule = self._checker.inline(job) or await self._offload(
+                event.identity, job
+            )
+            expires = info.expires.strftime(policy.TUF_EXPIRES_FORMAT)
+            try:
+                policy.authorize_role(rule, resolved)
+                active = await self._registry.active_for(view, item.expected_keyid)
+            except TufSignerError:
+                event = replace(
+                    event, role=resolved, metadata_version=info.version, expires=expires
+                )
+                raise
+            # One replace for both steps: a Sign's hot path (SignBatch runs it per item).
+            event = replace(
+                event,
+                role=resolved,
+                metadata_version=info.version,
+                expires=expires,
+                keyid=active.keyid,
+                key_version=active.version,
+            )
+            state = RoleState(
+                key_name=item.key,
+                role=resolved,
+                version=info.version,
+                payload_sha256=info.payload_sha256,
+                keyid=active.keyid,
+                key_version=active.version,
+                signature="",
+                expires=expires,
+                audit_seq=0,
+            )
+            max_step = self._max_step.get(info.type)
+            # Refuses before any HSM work; the stored state for an identical retry.
+            replay = await self._role_decision(state, max_step)
+            return Prepared(
+                event=event,
+                state=state,
+                backend=self._registry.backend_for(view.key),
+                handle=active.handle,
+                algorithm=view.key.algorithm,
+                payload=item.payload,
+                replay=replay,
+                version=active,
+                max_step=max_step,
+            )
+        except TufSignerError as e:
+            return Refusal(e, event)
+        except Exception as e:
+            return Refusal.internal(event, e)
+        except asyncio.CancelledError:
+            if lone:
+                await self._recorder.cancelled(event)
+            raise
+
+    async def _role_decision(self, state: RoleState, max_step: int | None) -> RoleState | None:
+        """The high-water check (P3, version step) against this process's cache.
+
+        A read-only pre-check, so that the HSM never signs what the store
+        would refuse: the store's decision, in the transaction that records
+        the signature, is the authoritative one.
+
+        The cache is a lower bound on the stored mark, but an admin reset made
+        by another worker may have lowered the stored one, and a step judged
+        against a lower bound may be too long: a refusal re-reads the stored
+        state once (off the event loop) and stands only if the store agrees.
+
+        Returns:
+            The stored state when ``state`` repeats it exactly (a replay), else None.
+
+        Raises:
+            RollbackError, VersionStepError: the store's mark refuses ``state``.
+            StoreError: the store cannot be read.
+        """
+        key = (state.key_name, state.role)
+        cached = self._registry.role_state(key)
+        try:
+            decision = advance_decision(cached, state, max_step)
+        except (RollbackError, VersionStepError):
+            # At most one re-read per role and second while the store keeps
+            # agreeing: a flood of stale versions must not become a flood of reads.
+            seq = cached.audit_seq if cached else 0
+            confirmed_seq, confirmed_at = self._confirmed.get(key, (-1, 0.0))
+            if confirmed_seq == seq and time.monotonic() - confirmed_at < 1.0:
+                raise
+            cached = await self._registry.reread_role(key)
+            self._confirmed[key] = (cached.audit_seq if cached else 0, time.monotonic())
+            decision = advance_decision(cached, state, max_step)
+        return cached if decision == "replay" else None
+
+    async def _offload(self, identity: str, job: CheckJob) -> CheckResult:
+        """Check a payload in a checker process, charged to ``identity``'s CPU budget.
+
+        Raises:
+            LimitError: the identity's check budget is spent.
+            TufSignerError: the payload's refusal, or RESOURCE_EXHAUSTED when
+                the check ran past its time budget.
+        """
+        reserved = self._checker.timeout
+        self._guard.reserve_check(identity, reserved)
+        seconds = reserved  # a cancelled or failed check keeps its reservation
+        try:
+            verdict, seconds = await self._checker.offload(job)
+        finally:
+            self._guard.settle_check(identity, reserved, seconds)
+        if isinstance(verdict, TufSignerError):
+            raise verdict
+        return verdict

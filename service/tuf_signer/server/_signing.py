@@ -1,0 +1,304 @@
+"""Sign and SignBatch: policy, HSM, record, in that order.
+
+One Sign (docs/design.md §3):
+
+1. identity (given by the caller's transport layer);
+2. look up the key and its ACTIVE version;
+3. parse the payload and apply the TUF policy (P3), then the high-water mark
+   known to this process;
+4. sign in the backend (off the event loop);
+5. in one transaction: compare-and-set the role state and append the record
+   (the store is authoritative: a signature that loses the race is dropped);
+6. reply.
+
+A refusal never reaches the backend, and a signature is returned only once its
+record is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+
+from tuf_signer import policy
+from tuf_signer.audit import Committed, Entry
+from tuf_signer.errors import DeadlineError, RequestError, StaleKeyVersionError, TufSignerError
+from tuf_signer.keys import KeyBackend, SignatureVerifier
+from tuf_signer.policy import AccessRule
+from tuf_signer.server._preparing import Prepared, Preparer
+from tuf_signer.server._recording import Recorder, Refusal
+from tuf_signer.server._registry import KeyRegistry
+from tuf_signer.server._values import SignItem, SignRequest, SignResult
+
+log = logging.getLogger(__name__)
+
+# SignBatch items checked before they go to the HSM together.
+_PIPELINE_CHUNK = 64
+
+# An item of a SignBatch once signed (or refused) and before its record commits.
+_Owner = Prepared | TufSignerError
+
+
+class Signer:
+    """Sign and SignBatch over the checks, the backends and the record.
+
+    Args:
+        preparer: every check before the HSM.
+        registry: keys, backends and role states as last read.
+        recorder: admission and the record.
+        hsm_timeout: seconds a backend call may take before the request is
+            refused with DEADLINE_EXCEEDED.
+        max_batch: most requests in one SignBatch.
+    """
+
+    def __init__(
+        self,
+        preparer: Preparer,
+        registry: KeyRegistry,
+        recorder: Recorder,
+        hsm_timeout: float,
+        max_batch: int,
+    ) -> None:
+        self._preparer = preparer
+        self._registry = registry
+        self._recorder = recorder
+        self._hsm_timeout = hsm_timeout
+        self._max_batch = max_batch
+        # Every signature is checked against the registered public key (issue 10).
+        self._verifier = SignatureVerifier()
+
+    def _request(self, identity: str, item: SignItem, at: str = "") -> SignRequest:
+        digest = hashlib.sha256(item.payload).hexdigest()
+        # The refusal record carries whatever was learnt before the refusal.
+        event = self._recorder.event(
+            identity, "sign", at, key_name=item.key, role=item.role or "", payload_sha256=digest
+        )
+        return SignRequest(item, event)
+
+    # --- Sign ----------------------------------------------------------------
+
+    async def sign(self, identity: str, item: SignItem) -> SignResult:
+        """Check, sign and record one TUF ``signed`` payload.
+
+        Raises:
+            TufSignerError: the refusal (already recorded), or ``StoreError``
+                when nothing could be recorded (nothing was signed).
+        """
+        request = self._request(identity, item)
+
+        async def body(rule: AccessRule) -> SignResult | Refusal:
+            return await self._sign(request, rule)
+
+        return await self._recorder.guarded(
+            request.event, policy.SIGN, body, nbytes=len(item.payload)
+        )
+
+    async def _sign(self, request: SignRequest, rule: AccessRule) -> SignResult | Refusal:
+        pinned = bool(request.item.expected_keyid)
+        for attempt in (1, 2):
+            prep = await self._preparer.prepare(request, rule, lone=True)
+            if isinstance(prep, Refusal):
+                return prep
+            if prep.replay is not None:
+                committed = await self._recorder.commit(prep.entry(prep.replay.signature))
+                return self._replayed(prep, committed)
+            signed = await self._recorder.before_record(
+                prep.event, self._backend_sign(prep.backend, [prep])
+            )
+            if isinstance(signed, Refusal):
+                return signed
+            (sig,) = signed
+            if isinstance(sig, TufSignerError):
+                # Another worker may have retired this version meanwhile (and
+                # disabled it in the HSM): if a newer version is ACTIVE now,
+                # sign again with it, unless the caller pinned this one.
+                if attempt == 1 and not pinned:
+                    moved = await self._recorder.before_record(
+                        prep.event,
+                        self._registry.active_moved(prep.state.key_name, prep.state.key_version),
+                    )
+                    if isinstance(moved, Refusal):
+                        return moved
+                    if moved:
+                        continue
+                return Refusal(sig, prep.event)
+            committed = await self._recorder.commit(prep.entry(sig.hex()))
+            outcome = await self._recorder.outcome(prep.event, self._conclude(prep, committed))
+            # Another process activated a new version after our cache last
+            # looked: that attempt is refused on the record; sign again with
+            # the version now ACTIVE (unless the caller pinned the old one).
+            if (
+                isinstance(outcome, Refusal)
+                and outcome.recorded
+                and isinstance(outcome.error, StaleKeyVersionError)
+                and attempt == 1
+                and not pinned
+            ):
+                continue
+            return outcome
+        raise AssertionError("unreachable")
+
+    async def _backend_sign(
+        self, backend: KeyBackend, preps: Sequence[Prepared]
+    ) -> list[bytes | TufSignerError]:
+        """Sign prepared requests in one backend call, bounded by the HSM timeout."""
+        try:
+            async with asyncio.timeout(self._hsm_timeout):
+                results = await backend.sign_batch(
+                    [(p.handle, p.algorithm, p.payload) for p in preps],
+                    [bytes.fromhex(p.state.payload_sha256) for p in preps],
+                )
+        except TimeoutError:
+            error = DeadlineError(
+                f"backend {backend.name!r} did not sign within {self._hsm_timeout:g} s"
+            )
+            return [error] * len(preps)
+        return [self._verified(backend, p, r) for p, r in zip(preps, results, strict=True)]
+
+    def _verified(
+        self, backend: KeyBackend, prep: Prepared, result: bytes | TufSignerError
+    ) -> bytes | TufSignerError:
+        """The signature if it verifies against the registered public key, else the error.
+
+        Every backend's signature passes here before it is recorded or
+        returned (issue 10, finding 10): a mismatch is UNAVAILABLE, recorded
+        as a refusal, logged at ERROR, and the role state does not move.
+        """
+        if isinstance(result, TufSignerError):
+            return result
+        try:
+            self._verifier.verify(
+                backend.name,
+                prep.version,
+                prep.algorithm,
+                result,
+                prep.payload,
+                bytes.fromhex(prep.state.payload_sha256),
+            )
+        except TufSignerError as e:
+            return e
+        return result
+
+    def _replayed(self, prep: Prepared, committed: Committed) -> SignResult | Refusal:
+        """The reply for a committed replay, or the store's (recorded) refusal."""
+        self._registry.note(committed)
+        if committed.error is not None:
+            return Refusal(committed.error, prep.event, recorded=True)
+        assert prep.replay is not None
+        return prep.result(committed.current or prep.replay, committed, replayed=True)
+
+    async def _conclude(self, prep: Prepared, committed: Committed) -> SignResult | Refusal:
+        """The reply for a committed grant, or the store's (recorded) refusal.
+
+        Raises:
+            StoreError: the key could not be re-read after a stale version.
+        """
+        self._registry.note(committed)
+        if committed.error is not None:
+            # Lost a race (another process or request advanced the role first,
+            # or the version was retired meanwhile): the signature is dropped.
+            if isinstance(committed.error, StaleKeyVersionError):
+                await self._registry.refresh(prep.state.key_name)
+            return Refusal(committed.error, prep.event, recorded=True)
+        final = committed.current or prep.state
+        return prep.result(final, committed, committed.replayed)
+
+    # --- SignBatch -------------------------------------------------------------
+
+    async def sign_batch(
+        self, identity: str, items: Sequence[SignItem]
+    ) -> list[SignResult | TufSignerError]:
+        """Sign many payloads: per-item policy and results, one audit transaction.
+
+        Each item is checked and recorded exactly as a lone Sign would be; a
+        refused item never stops the others. All the batch's records (grants
+        and refusals) commit together: one transaction, one fsync.
+
+        Raises:
+            TufSignerError: the whole call was refused (recorded once): not
+                admitted, empty or too large; or ``StoreError`` when nothing
+                could be recorded (no signature is returned).
+        """
+        batch = self._recorder.event(identity, "sign-batch", detail={"items": len(items)})
+
+        async def body(rule: AccessRule) -> list[SignResult | TufSignerError] | Refusal:
+            if not items:
+                raise RequestError("SignBatch needs at least one request")
+            if len(items) > self._max_batch:
+                raise RequestError(
+                    f"SignBatch takes at most {self._max_batch} requests, got {len(items)}"
+                )
+            # A cancellation before the items' records is recorded on the batch.
+            signed = await self._recorder.before_record(
+                batch, self._sign_items(identity, rule, items, batch.time)
+            )
+            if isinstance(signed, Refusal):
+                return signed
+            owners, entries = signed
+            committed = await self._recorder.commit_many(entries)
+            return [
+                await self._settle(owner, done)
+                for owner, done in zip(owners, committed, strict=True)
+            ]
+
+        nbytes = sum(len(item.payload) for item in items)
+        return await self._recorder.guarded(
+            batch, policy.SIGN, body, cost=len(items), nbytes=nbytes
+        )
+
+    async def _sign_items(
+        self, identity: str, rule: AccessRule, items: Sequence[SignItem], at: str
+    ) -> tuple[list[_Owner], list[Entry]]:
+        """Check and sign every item; each one's record (as of ``at``), in request order."""
+        done: list[tuple[int, _Owner, Entry]] = []
+        # Pipeline: while the HSM signs one chunk (C_Sign releases the GIL),
+        # this thread checks the next; each chunk goes to its backend(s) at once.
+        signing: list[tuple[list[int], list[Prepared], asyncio.Task[list[bytes | TufSignerError]]]]
+        signing = []
+        pending: dict[str, list[tuple[int, Prepared]]] = {}
+
+        def flush() -> None:
+            for group in pending.values():
+                preps = [p for _, p in group]
+                task = asyncio.ensure_future(self._backend_sign(preps[0].backend, preps))
+                signing.append(([i for i, _ in group], preps, task))
+            pending.clear()
+
+        for i, item in enumerate(items):
+            prep = await self._preparer.prepare(self._request(identity, item, at), rule, lone=False)
+            if isinstance(prep, Refusal):
+                if prep.cause is not None:
+                    log.error("unexpected error in SignBatch item %d", i, exc_info=prep.cause)
+                done.append((i, prep.error, prep.entry()))
+                continue
+            if prep.replay is not None:
+                done.append((i, prep, prep.entry(prep.replay.signature)))
+                continue
+            pending.setdefault(prep.backend.name, []).append((i, prep))
+            if sum(len(g) for g in pending.values()) >= _PIPELINE_CHUNK:
+                flush()
+                await asyncio.sleep(0)  # let the chunk reach the HSM thread now
+        flush()
+        for indices, preps, task in signing:
+            signatures = await task
+            for i, prep, sig in zip(indices, preps, signatures, strict=True):
+                if isinstance(sig, TufSignerError):
+                    done.append((i, sig, Refusal(sig, prep.event).entry()))
+                else:
+                    done.append((i, prep, prep.entry(sig.hex())))
+        # Record in request order: the order the store applies them in, and
+        # the order an auditor reads them in.
+        done.sort(key=lambda d: d[0])
+        return [owner for _, owner, _ in done], [entry for _, _, entry in done]
+
+    async def _settle(self, owner: _Owner, committed: Committed) -> SignResult | TufSignerError:
+        """One item's reply once the batch's records are committed."""
+        if isinstance(owner, TufSignerError):
+            return owner
+        if owner.replay is not None:
+            outcome = self._replayed(owner, committed)
+        else:
+            outcome = await self._conclude(owner, committed)
+        return outcome.error if isinstance(outcome, Refusal) else outcome

@@ -1,0 +1,195 @@
+"""From a parsed ``Config`` to running parts: the audit store, the key backends, the service.
+
+Stores and backends are built through registries keyed by the config's
+``type`` (like securesystemslib's ``SIGNER_FOR_URI_SCHEME``): adding one is
+one entry here and one parser in ``tuf_signer.config``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tuf_signer.audit import AuditStore, PostgresAuditStore, SqliteAuditStore
+from tuf_signer.config import (
+    AuditConfig,
+    Config,
+    GcpKmsConfig,
+    Pkcs11Config,
+    check_secret_file,
+)
+from tuf_signer.errors import ConfigError
+from tuf_signer.keys import GcpKmsBackend, KeyBackend, Pkcs11Backend, kms_transport
+from tuf_signer.server._checker import PayloadChecker
+from tuf_signer.server._guard import Guard
+from tuf_signer.server._service import SigningService
+from tuf_signer.server._values import Clock, utc_now
+
+
+def _open_sqlite(audit: AuditConfig, create: bool) -> AuditStore:
+    if not create and not audit.path.exists():
+        raise ConfigError(f"audit.path: {audit.path} does not exist")
+    return SqliteAuditStore(audit.path)
+
+
+def _open_postgres(audit: AuditConfig, create: bool) -> AuditStore:
+    return PostgresAuditStore(audit.read_dsn(), create=create)
+
+
+# By ``audit.store``; each opener takes the settings and ``create``.
+STORE_OPENERS: Mapping[str, Callable[[AuditConfig, bool], AuditStore]] = {
+    "sqlite": _open_sqlite,
+    "postgres": _open_postgres,
+}
+
+
+def open_audit_store(audit: AuditConfig, *, create: bool = True) -> AuditStore:
+    """Open the configured audit store (``audit.store``).
+
+    Args:
+        audit: the ``[audit]`` settings.
+        create: create the database (SQLite) or its tables (PostgreSQL) when
+            missing; False for the offline ``audit`` commands, which must not
+            conjure up an empty record.
+
+    Raises:
+        ConfigError: the connection string's variable is unset or invalid, or
+            (with ``create=False``) the SQLite file does not exist.
+        StoreError: the store cannot be opened.
+    """
+    return STORE_OPENERS[audit.store](audit, create)
+
+
+def _apply_backend_env(env: Mapping[str, str], setting: str) -> None:
+    """Export a backend's environment (e.g. ``SOFTHSM2_CONF``) before its library loads.
+
+    The PKCS#11 library reads it once per process, so two backends that need
+    different values cannot share a process.
+
+    Raises:
+        ConfigError: the variable is already set to a different value.
+    """
+    for key, value in env.items():
+        current = os.environ.get(key)
+        if current is not None and current != value:
+            raise ConfigError(
+                f"{setting}.env.{key}: already set to a different value in this process"
+            )
+        os.environ[key] = value
+
+
+def _pkcs11(name: str, cfg: Pkcs11Config) -> KeyBackend:
+    _apply_backend_env(cfg.env, f"backends.{name}")
+    return Pkcs11Backend(
+        name=name, module=cfg.module, token_label=cfg.token_label, pin=cfg.pin.reader()
+    )
+
+
+def _gcpkms(name: str, cfg: GcpKmsConfig) -> KeyBackend:
+    if cfg.credentials_file is not None:
+        check_secret_file(cfg.credentials_file, f"backends.{name}.credentials_file")
+    return GcpKmsBackend(
+        name,
+        project=cfg.project,
+        location=cfg.location,
+        key_ring=cfg.key_ring,
+        transport=kms_transport(cfg.endpoint, cfg.credentials_file),
+        protection_level=cfg.protection_level,
+        call_timeout=cfg.call_timeout,
+        create_timeout=cfg.create_timeout,
+    )
+
+
+# By backend ``type``; each builder takes the backend's name and the config
+# class its type parses into (``tuf_signer.config.BACKEND_PARSERS``).
+BACKEND_BUILDERS: Mapping[str, Callable[[str, Any], KeyBackend]] = {
+    Pkcs11Config.type: _pkcs11,
+    GcpKmsConfig.type: _gcpkms,
+}
+
+
+async def start_backends(config: Config) -> dict[str, KeyBackend]:
+    """Build and start every configured backend.
+
+    Raises:
+        ConfigError: a backend's environment or credentials file is refused.
+        TufSignerError: a backend cannot start (closes those already started).
+    """
+    started: dict[str, KeyBackend] = {}
+    try:
+        for name, cfg in config.backends.items():
+            backend = BACKEND_BUILDERS[cfg.type](name, cfg)
+            await backend.start()
+            started[name] = backend
+    except BaseException:
+        for backend in started.values():
+            await backend.close()
+        raise
+    return started
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The running parts of a signer; ``close`` releases them.
+
+    Attributes:
+        store: the audit store.
+        backends: the started key backends, by name.
+        checker: the service's payload checker (its processes start on first
+            use, or when ``start`` is awaited).
+        service: the signing service over all of them.
+    """
+
+    store: AuditStore
+    backends: Mapping[str, KeyBackend]
+    checker: PayloadChecker
+    service: SigningService
+
+    async def close(self) -> None:
+        """Commit what the service has queued, then close the backends and the store."""
+        self.service.close()
+        for backend in self.backends.values():
+            await backend.close()
+        self.store.close()
+
+
+async def start_parts(config: Config, *, guard: Guard, clock: Clock = utc_now) -> Parts:
+    """Open the store, start the backends and build the service ``config`` describes.
+
+    Args:
+        config: the validated configuration.
+        guard: the access policy and limits the service enforces.
+        clock: injected into the service (tests freeze it).
+
+    Raises:
+        ConfigError: the store or a backend is refused by its settings.
+        StoreError: the store cannot be opened.
+        TufSignerError: a backend cannot start (what was opened is closed).
+    """
+    server = config.server
+    store = open_audit_store(config.audit)
+    backends: dict[str, KeyBackend] = {}
+    try:
+        backends = await start_backends(config)
+        checker = PayloadChecker(server.check_processes, timeout=server.check_timeout)
+        service = SigningService(
+            store,
+            backends,
+            config.default_backend,
+            server.max_payload_bytes,
+            guard=guard,
+            clock=clock,
+            # Leave room within the call deadline to record the refusal.
+            hsm_timeout=server.call_deadline * 0.8,
+            max_batch=server.max_batch_items,
+            checker=checker,
+            max_version_step=config.policy.max_version_step,
+        )
+    except BaseException:
+        for backend in backends.values():
+            await backend.close()
+        store.close()
+        raise
+    return Parts(store, backends, checker, service)

@@ -506,7 +506,7 @@ class Bench:
         runs: dict[str, list[dict[str, Any]]] = {"server": []}
         for _ in range(self.s.repeats):
             for suffix, processes in raw_processes.items():
-                # Enough payloads for the duration at twice the ~7,000/s per process of docs/design.md §4.
+                # Payloads for the duration at twice ~7,000/s per process (docs/design.md §4).
                 count = int(self.s.raw_s * 15_000) * processes
                 raw = self.raw(server, processes, duration=self.s.raw_s, count=count)
                 runs.setdefault(f"raw_{suffix}", []).append(raw)

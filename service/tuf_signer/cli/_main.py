@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.listen,
             server.drain_seconds,
             secret_env=secret_env_names(config),
+            address=server.listen,
         )
     asyncio.run(serve(config, listen=args.listen))
     return 0

@@ -23,6 +23,7 @@ from tuf_signer.config import (
 )
 from tuf_signer.errors import ConfigError, TufSignerError
 from tuf_signer.keys import KeyBackend
+from tuf_signer.server._address import AddressClaim, claim_address
 from tuf_signer.server._grpc import (
     AuditLogServicer,
     ErrorInterceptor,
@@ -37,6 +38,7 @@ from tuf_signer.server._revocation import load_revocation
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import Clock, utc_now
 from tuf_signer.server._wiring import Parts, start_parts
+from tuf_signer.server._workers import worker_index
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
@@ -72,6 +74,7 @@ class SignerServer:
         self._backends: Mapping[str, KeyBackend] = {}
         self.service: SigningService | None = None
         self.port = 0
+        self._claim: AddressClaim | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -84,10 +87,19 @@ class SignerServer:
         cfg = self._server_cfg
         check_listen(cfg)
         check_secrets(self.config)
+        # A supervised worker shares the address its supervisor claimed; any
+        # other server claims it and listens without SO_REUSEPORT (``_address``).
+        shared = worker_index() is not None
+        if not shared:
+            self._claim = claim_address(cfg.listen)
         credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
         revocation = load_revocation(cfg.tls)
         self.authenticator.update(identity_settings(cfg.tls), revocation)
-        self._parts = await start_parts(self.config, guard=self.guard, clock=self._clock)
+        try:
+            self._parts = await start_parts(self.config, guard=self.guard, clock=self._clock)
+        except BaseException:
+            await self._release()
+            raise
         self.service, self._backends = self._parts.service, self._parts.backends
         try:
             await self._parts.checker.start()  # now, not on the first large payload
@@ -106,6 +118,7 @@ class SignerServer:
                     # each payload's own limit is checked (and recorded) per item.
                     ("grpc.max_receive_message_length", cfg.max_batch_bytes + 64 * 1024),
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.so_reuseport", 1 if shared else 0),
                 ],
             )
             identity = admitted_identity(self.authenticator.identity_of)
@@ -232,6 +245,9 @@ class SignerServer:
     async def _release(self) -> None:
         if self._parts is not None:
             await self._parts.close()
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     async def wait(self) -> None:
         """Return once ``stop`` has finished."""

@@ -4,7 +4,9 @@ python-pkcs11 confines each PKCS#11 context to one thread (docs/design.md §4), 
 one Python process runs one core's worth of gRPC. So ``server.workers = N``
 runs N full servers: each its own process with its own PKCS#11 session, all
 listening on the same port (gRPC sets SO_REUSEPORT, and the kernel spreads
-connections across them). They share the audit store. Rollback and
+connections across them). The supervisor claims the address first
+(``_address``), so no other service shares it with them, and each worker gets
+SIGTERM from the kernel when the supervisor dies. They share the audit store. Rollback and
 equivocation protection hold across them because the role-state
 compare-and-set and the audit append happen in one store transaction, which
 the database serialises (P3); each worker's caches are only lower bounds.

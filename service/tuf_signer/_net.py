@@ -35,14 +35,17 @@ def is_loopback(host: str) -> bool:
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:
-    """True when ``HOST[:PORT]`` (``[v6]:PORT`` for IPv6) names a loopback host."""
+    """True when ``HOST[:PORT]`` (``[v6]:PORT`` for IPv6) names a loopback host.
+
+    An unbracketed IPv6 address is read whole first (``::1``), then without a
+    last ``:PORT`` (``::1:8443``, as ``split_host_port`` reads it), so that
+    the config and the KMS transport agree on which endpoints are plaintext.
+    """
     if endpoint.startswith("["):
-        host = endpoint[1:].partition("]")[0]
-    elif endpoint.count(":") == 1:
-        host = endpoint.partition(":")[0]
-    else:
-        host = endpoint
-    return is_loopback(host)
+        return is_loopback(endpoint[1:].partition("]")[0])
+    if endpoint.count(":") > 1 and is_loopback(endpoint):
+        return True
+    return is_loopback(endpoint.rpartition(":")[0] if ":" in endpoint else endpoint)
 
 
 def check_plaintext_credentials(endpoint: str | None, credentials: object, setting: str) -> bool:

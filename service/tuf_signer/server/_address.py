@@ -32,8 +32,7 @@ _LOCK_PREFIX = b"\0tuf-signer/listen/"
 class AddressClaim:
     """This process's claim on a listening address; ``release`` (or exit) drops it."""
 
-    def __init__(self, listen: str, lock: socket.socket | None) -> None:
-        self.listen = listen
+    def __init__(self, lock: socket.socket | None) -> None:
         self._lock = lock
 
     def release(self) -> None:
@@ -53,7 +52,7 @@ def claim_address(listen: str, setting: str = "server.listen") -> AddressClaim:
     """
     host, port = split_host_port(listen, setting)
     if port == 0:
-        return AddressClaim(listen, None)
+        return AddressClaim(None)
     lock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         lock.bind(_LOCK_PREFIX + f"{host}:{port}".encode())
@@ -70,7 +69,7 @@ def claim_address(listen: str, setting: str = "server.listen") -> AddressClaim:
     except BaseException:
         lock.close()
         raise
-    return AddressClaim(listen, lock)
+    return AddressClaim(lock)
 
 
 def _probe(host: str, port: int, listen: str, setting: str) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tuf_signer.config import (
     AuditConfig,
-    LimitsConfig,
-    PolicyConfig,
-    ServerConfig,
+    TlsConfig,
     check_listen,
     load_config,
     parse_config,
@@ -50,12 +50,51 @@ def test_good_config_resolves_paths(tmp_path: Path) -> None:
     check_listen(config.server)
 
 
-def test_settings_left_out_take_the_dataclass_defaults(tmp_path: Path) -> None:
-    config = _load(tmp_path, GOOD)
-    assert config.server == ServerConfig(listen="127.0.0.1:50051", insecure=True)
-    assert config.limits == LimitsConfig()
-    assert config.policy == PolicyConfig()
-    assert config.audit.store == AuditConfig().store
+# The configuration reference in the README: `setting` | default | meaning.
+_README = Path(__file__).resolve().parents[1] / "README.md"
+_ROW = re.compile(r"^\| (`(?:server|limits|audit|policy)\.[^|]*) \| ([^|]+) \|", re.MULTILINE)
+_ATTRIBUTE = {"call_deadline_seconds": "call_deadline", "check_timeout_seconds": "check_timeout"}
+_UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def _documented(value: str) -> object:
+    value = value.strip()
+    if (sized := re.fullmatch(r"(\d+) ([KMG]iB)", value)) is not None:
+        return int(sized[1]) * _UNITS[sized[2]]
+    value = re.sub(r"^`([^`]*)`.*$", r"\1", value)  # `10` (at most half ...) -> 10
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value  # a bare word: sqlite, audit.db, 127.0.0.1:50051
+
+
+def _documented_defaults() -> list[tuple[str, object]]:
+    found = []
+    for names, values in _ROW.findall(_README.read_text()):
+        if values.strip() == "—":
+            continue
+        parts = [n.strip("` ") for n in names.split(" / ")]
+        section = parts[0].partition(".")[0]
+        for name, value in zip(parts, values.split(" / "), strict=True):
+            found.append((name if "." in name else f"{section}.{name}", _documented(value)))
+    return found
+
+
+def test_the_readme_documents_the_defaults_the_parser_applies(tmp_path: Path) -> None:
+    minimal = GOOD[GOOD.index("[backends.hsm]") :]  # every setting with a default left out
+    config = _load(tmp_path, minimal)
+    documented = _documented_defaults()
+    assert len(documented) >= 30  # the table was found and read
+    for name, expected in documented:
+        *path, key = name.split(".")
+        if path == ["server", "tls"]:  # TLS needs files: its defaults are the dataclass's
+            owner: object = TlsConfig(cert=Path(), key=Path(), client_ca=Path())
+        else:
+            owner = getattr(config, path[0])
+        actual = getattr(owner, _ATTRIBUTE.get(key, key))
+        if isinstance(actual, Path):
+            actual = actual.name  # resolved against the config's folder
+        assert actual == expected, f"README: {name} defaults to {expected!r}; parsed: {actual!r}"
 
 
 def test_check_timeout_left_out_is_at_most_half_the_call_deadline(tmp_path: Path) -> None:
@@ -218,6 +257,44 @@ BAD += [
      GOOD.replace("insecure = true", "insecure = true\ncheck_timeout_seconds = 40"),
      "server.check_timeout_seconds: must be positive and below call_deadline_seconds"),
 ]  # fmt: skip
+
+
+# Bounded resources (issue 12, finding 4).
+def _srv(line: str) -> str:
+    return GOOD.replace("insecure = true", "insecure = true\n" + line)
+
+
+BAD += [
+    ("i12-streams-zero", _srv("max_streams_per_connection = 0"),
+     "server.max_streams_per_connection: must be between 1 and 100,000, got 0"),
+    ("i12-connections-float", _srv("max_connections = 1.5"),
+     "server.max_connections: expected int, got float"),
+    ("i12-calls-zero", _srv("max_calls = 0"), "server.max_calls: must be between 1 and"),
+    ("i12-age-too-long", _srv("max_connection_age_seconds = 3000000"),
+     "server.max_connection_age_seconds: must be between 1 and 2,000,000, got 3000000.0"),
+    ("i12-keepalive-zero", _srv("keepalive_seconds = 0"),
+     "server.keepalive_seconds: must be between 1 and"),
+    ("i12-header-too-small", _srv("max_header_bytes = 100"),
+     "server.max_header_bytes: must be between 1,024 and 1,048,576, got 100"),
+    ("i12-inflight-below-batch", GOOD + "[limits]\nmax_inflight_bytes = 1048576\n",
+     "limits.max_inflight_bytes: 1048576 is below server.max_batch_bytes \\(67108864\\)"),
+    ("i12-inflight-zero", GOOD + "[limits]\nmax_inflight_bytes = 0\n",
+     "limits.max_inflight_bytes: must be positive"),
+]  # fmt: skip
+
+
+def test_resource_limit_defaults(tmp_path: Path) -> None:
+    config = _load(tmp_path, GOOD)
+    server = config.server
+    assert (server.max_connections, server.max_streams_per_connection, server.max_calls) == (
+        1000,
+        1000,
+        2000,
+    )
+    assert server.max_connection_age_seconds == 600
+    assert server.max_header_bytes == 16 * 1024
+    # Two SignBatch calls of the largest size fit at once, not four (the issue's 1 GiB).
+    assert config.limits.max_inflight_bytes == 2 * server.max_batch_bytes
 
 
 def test_limits_defaults_fit_a_pep458_resign(tmp_path: Path) -> None:

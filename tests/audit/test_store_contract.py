@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from tuf_signer.audit import (
     verify_store,
 )
 from tuf_signer.audit._chain import chain
+from tuf_signer.audit._sql import SqlAuditStore
 from tuf_signer.errors import RollbackError, StaleKeyVersionError, StoreError
 from tuf_signer.model import KeyState, Outcome
 
@@ -826,3 +828,50 @@ def test_reads_run_while_one_thread_appends(store: AuditStore, make: AuditFactor
     report = verify_store(store)
     assert report.records == 1 + 40 * 9
     assert report.role_states == 8
+
+
+# --- the health probe (issue 12, finding 3) ----------------------------------------------
+
+
+def test_probe_writes_no_record(store: AuditStore, make: AuditFactory) -> None:
+    store.append([make.create_key(), make.sign(1)])
+    head = store.head()
+    for _ in range(3):
+        store.probe(timeout=2)
+    assert store.head() == head
+    assert verify_store(store).records == 2
+    # The chain goes on from the same head.
+    assert store.append([make.sign(2)])[0].seq == 3
+    verify_store(store)
+
+
+def _hold_writers_lock(other: AuditStore) -> Callable[[], None]:
+    """Open a write transaction on ``other``'s connection, as an append does, and keep it.
+
+    Another session of the same database: a second SQLite connection in BEGIN
+    IMMEDIATE, or a PostgreSQL session holding the log's advisory lock.
+    Returns the function that releases it.
+    """
+    assert isinstance(other, SqlAuditStore)
+    conn = other._connection()
+    cur = conn.cursor()
+    for stmt in other._dialect.begin_write:
+        cur.execute(stmt)
+    return conn.rollback
+
+
+def test_probe_fails_within_its_timeout_while_another_session_holds_the_lock(
+    open_store: Callable[[], AuditStore], make: AuditFactory
+) -> None:
+    store, other = open_store(), open_store()
+    store.append([make.create_key()])
+    release = _hold_writers_lock(other)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="audit store unavailable"):
+            store.probe(timeout=0.5)
+        assert time.monotonic() - started < 3  # a failure, not a hang
+    finally:
+        release()
+    store.probe(timeout=2)  # the lock is free again: no reopen needed
+    assert store.head()[0] == 1

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 
-from tuf_signer.audit import Entry
+from tuf_signer.audit import Entry, open_audit_store
 from tuf_signer.cli import _main
 from tuf_signer.config import load_config
 from tuf_signer.errors import RemoteError
 from tuf_signer.model import AuditEvent, Outcome
-from tuf_signer.server import open_audit_store
 
 from .conftest import run
 

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
+from tuf_signer.audit import open_audit_store
 from tuf_signer.config import load_config
-from tuf_signer.server import open_audit_store
 
 from .conftest import Clock, start_harness, stop_harness, write_config
 

@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from tuf_signer.errors import BackendError, ConfigError
-from tuf_signer.testing.softhsm import init_token, softhsm_module_path, write_softhsm_config
+from tuf_signer.testing.softhsm import (
+    init_token,
+    softhsm_module_path,
+    token_directory,
+    write_softhsm_config,
+)
 
 
 def show_slots(conf: Path) -> str:
@@ -88,3 +93,17 @@ def test_softhsm_module_path() -> None:
 
     assert path.name == "libsofthsm2.so"
     assert path.is_file()
+
+
+def test_token_directory_finds_the_token_by_exact_label(tmp_path: Path) -> None:
+    conf = write_softhsm_config(tmp_path)
+    for label in ("t", "t2"):  # one label a prefix of the other
+        init_token(conf, label, "1234", "5678")
+
+    found = {label: token_directory(conf, label) for label in ("t", "t2")}
+
+    assert found["t"] != found["t2"]
+    assert {p.parent for p in found.values()} == {tmp_path.resolve() / "tokens"}
+    assert all((p / "token.object").is_file() for p in found.values())
+    with pytest.raises(ConfigError, match="0 SoftHSM tokens labelled 'x'"):
+        token_directory(conf, "x")

@@ -8,9 +8,10 @@ offline.
 
 from __future__ import annotations
 
-from tuf_signer.audit._chain import event_from_dict, event_to_dict, record_hash
+from tuf_signer.audit._chain import RESET, event_from_dict, event_to_dict, record_hash
+from tuf_signer.audit._open import STORE_OPENERS, open_audit_store
 from tuf_signer.audit._postgres import PostgresAuditStore, dsn_secrets
-from tuf_signer.audit._rules import RESET_HINT, advance_decision, is_reset_mark
+from tuf_signer.audit._rules import RESET_HINT, advance_decision, is_reset_mark, refused_event
 from tuf_signer.audit._sqlite import SqliteAuditStore
 from tuf_signer.audit._store import (
     GENESIS_HASH,
@@ -28,7 +29,9 @@ from tuf_signer.audit._verify import VerifyReport, verify_records, verify_store
 
 __all__ = [
     "GENESIS_HASH",
+    "RESET",
     "RESET_HINT",
+    "STORE_OPENERS",
     "AddVersion",
     "AdvanceRole",
     "AuditRecord",
@@ -46,7 +49,9 @@ __all__ = [
     "event_from_dict",
     "event_to_dict",
     "is_reset_mark",
+    "open_audit_store",
     "record_hash",
+    "refused_event",
     "verify_records",
     "verify_store",
 ]

@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tuf_signer.audit._connections import ThreadConnections
-from tuf_signer.audit._schema import Connection, Dialect, unavailable
+from tuf_signer.audit._schema import Connection, Cursor, Dialect, unavailable
 from tuf_signer.audit._sql import SqlAuditStore
 from tuf_signer.errors import StoreError
 
@@ -259,6 +259,24 @@ class PostgresAuditStore(SqlAuditStore):
         except self._psycopg.Error:
             return True
         return False
+
+    def _probe_write(self, cur: Cursor, timeout: float) -> None:
+        """The append's transaction and advisory lock within ``timeout``, then an xid.
+
+        ``SET LOCAL`` bounds this transaction's wait for the lock (and each
+        statement) and ends with it. ``txid_current()`` gives the transaction
+        an ID, so its commit writes a commit record to the WAL and flushes it
+        (``synchronous_commit = on``), as a Sign's commit does, without a row
+        to write and without a grant beyond the server role's.
+        """
+        milliseconds = max(1, int(timeout * 1000))
+        begin, *lock = self._dialect.begin_write  # BEGIN, then the advisory lock
+        cur.execute(begin)
+        cur.execute(f"SET LOCAL lock_timeout = {milliseconds}")
+        cur.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+        for stmt in lock:
+            cur.execute(stmt)
+        cur.execute("SELECT txid_current()")
 
     def _require_tables(self) -> None:
         conn = self._connection()

@@ -168,6 +168,16 @@ def change_of(entry: Entry) -> Change | None:
     return entry.change
 
 
+def refused_event(event: AuditEvent, error: TufSignerError) -> AuditEvent:
+    """``event`` as the record keeps it when ``error`` refused it: with the
+    status and reason, and no signature (a refused signature must not be
+    obtainable from the log). The service and the store both build refusals here.
+    """
+    return dataclasses.replace(
+        event, outcome=Outcome.REFUSED, status=error.code, reason=error.reason, signature=""
+    )
+
+
 def recorded_event(event: AuditEvent, decision: Decision) -> AuditEvent:
     """The event as the record keeps it, once its change is decided.
 
@@ -176,13 +186,7 @@ def recorded_event(event: AuditEvent, decision: Decision) -> AuditEvent:
     replay carries the stored signature it repeats.
     """
     if decision.error is not None:
-        return dataclasses.replace(
-            event,
-            outcome=Outcome.REFUSED,
-            status=decision.error.code,
-            reason=decision.error.reason,
-            signature="",
-        )
+        return refused_event(event, decision.error)
     if decision.replayed and decision.current is not None:
         return dataclasses.replace(
             event, signature=decision.current.signature, reason=REPLAY_REASON

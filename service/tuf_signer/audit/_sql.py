@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -44,6 +45,7 @@ from tuf_signer.audit._store import (
     ResetRole,
     SetVersionState,
 )
+from tuf_signer.audit._writes import Writes
 from tuf_signer.errors import StoreError
 from tuf_signer.model import KeyRecord, KeyVersion, RoleState
 
@@ -54,50 +56,6 @@ _VersionCache = dict[tuple[str, int], KeyVersion | None]
 # Role states as one append has left them so far, by (key name, role); None: none yet.
 _RoleCache = dict[tuple[str, str], RoleState | None]
 _ROLES_PER_QUERY = 200  # role names per prefetch query (SQLite allows 999 parameters)
-
-
-class _Writes:
-    """The rows an append has decided but not yet written: written in bulk.
-
-    Records are written before role states (role_state.audit_seq references
-    audit_log), and everything pending is written before a key change applies
-    (role_state references key_versions), so each statement meets the rows it
-    depends on. Batching turns 2-3 statements per entry into a few per batch:
-    fewer calls into SQLite, and fewer round trips to PostgreSQL.
-    """
-
-    def __init__(self, cur: Cursor, dialect: Dialect) -> None:
-        self._cur = cur
-        self._dialect = dialect
-        self._records: list[tuple[Any, ...]] = []
-        self._role_inserts: list[tuple[Any, ...]] = []
-        self._role_updates: list[tuple[Any, ...]] = []
-
-    def record(self, record: AuditRecord) -> None:
-        self._records.append(_rows.record_params(record))
-
-    def role(self, state: RoleState, insert: bool) -> None:
-        params = _rows.role_params(state)
-        if insert:
-            self._role_inserts.append(params)
-        else:
-            self._role_updates.append((*params[2:], state.key_name, state.role))
-
-    def key_change(self, change: KeyChange) -> None:
-        """Write a key change the rules allowed, after every earlier write of the batch."""
-        self.flush()
-        for sql, params in _rows.key_change_writes(change):
-            self._cur.execute(self._dialect.translate(sql), params)
-
-    def flush(self) -> None:
-        for sql, rows in (
-            (_rows.INSERT_RECORD, self._records),
-            (_rows.INSERT_ROLE, self._role_inserts),
-            (_rows.UPDATE_ROLE, self._role_updates),
-        ):
-            if rows:
-                self._cur.executemany(self._dialect.translate(sql), rows)
-                rows.clear()
 
 
 class SqlAuditStore(AuditStore):
@@ -124,13 +82,27 @@ class SqlAuditStore(AuditStore):
     def _check_before_commit(self) -> None:
         """Called just before a write commits; raise StoreError to roll it back."""
 
-    def _writer_turn(self) -> contextlib.AbstractContextManager[None]:
+    def _writer_turn(self, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
         """Held around each write transaction: a store may queue its writers here.
 
         The default does nothing: the database's own lock (``begin_write``)
         serialises writers.
+
+        Args:
+            timeout: the longest wait for the turn (the probe's); None to wait
+                as long as it takes.
+
+        Raises:
+            StoreError: the turn did not come within ``timeout``.
         """
         return contextlib.nullcontext()
+
+    @abc.abstractmethod
+    def _probe_write(self, cur: Cursor, timeout: float) -> None:
+        """Open a write transaction as ``begin_write`` does, waiting at most
+        ``timeout`` seconds for the lock, and write something that no record,
+        role state or key depends on. ``probe`` commits it.
+        """
 
     # --- helpers ---------------------------------------------------------------
 
@@ -171,6 +143,36 @@ class SqlAuditStore(AuditStore):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # --- probe -------------------------------------------------------------------
+
+    def probe(self, timeout: float = 5.0) -> None:
+        """Take the writers' lock as ``append`` does, write and commit (no record).
+
+        Args:
+            timeout: seconds to wait for the writers' lock.
+
+        Raises:
+            StoreError: the lock was not free within ``timeout``, or the write
+                or its commit failed (rolled back).
+        """
+        deadline = time.monotonic() + timeout
+        with self._writer_turn(timeout):
+            conn = self._connection()
+            try:
+                cur = conn.cursor()
+                try:
+                    self._probe_write(cur, max(deadline - time.monotonic(), 0.001))
+                    self._check_before_commit()
+                    conn.commit()
+                finally:
+                    cur.close()
+            except Exception as e:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                if isinstance(e, StoreError):
+                    raise
+                raise unavailable(e) from e
 
     # --- append ------------------------------------------------------------------
 
@@ -220,7 +222,7 @@ class SqlAuditStore(AuditStore):
             out: list[Committed] = []
             versions: _VersionCache = {}
             roles = self._fetch_roles(cur, changes)
-            writes = _Writes(cur, self._dialect)
+            writes = Writes(cur, self._dialect)
             for entry, change in zip(entries, changes, strict=True):
                 seq += 1
                 decision = self._decide(cur, change, seq, versions, roles)

@@ -14,12 +14,13 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 from tuf_signer.audit._connections import ThreadConnections
-from tuf_signer.audit._schema import Connection, Dialect, unavailable
+from tuf_signer.audit._schema import Connection, Cursor, Dialect, unavailable
 from tuf_signer.audit._sql import SqlAuditStore
 from tuf_signer.errors import StoreError
 
@@ -153,7 +154,7 @@ class SqliteAuditStore(SqlAuditStore):
         return conn
 
     @contextlib.contextmanager
-    def _writer_turn(self) -> Iterator[None]:
+    def _writer_turn(self, timeout: float | None = None) -> Iterator[None]:
         """Queue this process's writer behind other processes' on a kernel lock.
 
         With ``server.workers`` > 1, several processes write to one database.
@@ -164,13 +165,55 @@ class SqliteAuditStore(SqlAuditStore):
         moment the lock is released. SQLite's own lock still guards the data;
         a writer that does not take this lock (another tool) only meets the
         busy timeout, as before.
+
+        With a ``timeout`` (the probe's) the wait polls, so that a writer
+        stuck behind a held lock turns the probe into a failure, not a hang.
+
+        Raises:
+            StoreError: the lock file cannot be opened, or the turn did not
+                come within ``timeout``.
         """
         fd = self._writer_lock_fd()
-        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        else:
+            self._flock_within(fd, timeout)
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _flock_within(self, fd: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"audit store unavailable: another writer held the lock on "
+                        f"{self._path} for more than {timeout:g} s"
+                    ) from None
+                time.sleep(0.005)
+
+    def _probe_write(self, cur: Cursor, timeout: float) -> None:
+        """``BEGIN IMMEDIATE`` within ``timeout``, then bump ``PRAGMA user_version``.
+
+        A write that changes nothing is skipped by SQLite, and one rolled back
+        never reaches the disk: only a committed change to a page meets a full
+        disk or a read-only file. The header's user version is SQLite's
+        integer for applications; nothing else here reads it.
+        """
+        cur.execute(f"PRAGMA busy_timeout = {max(1, int(timeout * 1000))}")
+        try:
+            for stmt in self._dialect.begin_write:
+                cur.execute(stmt)
+        finally:
+            cur.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        cur.execute("PRAGMA user_version")
+        count = int(cur.fetchone()[0])
+        cur.execute(f"PRAGMA user_version = {(count + 1) % 2**31}")
 
     def _writer_lock_fd(self) -> int:
         with self._lock_fd_guard:

@@ -184,4 +184,23 @@ class AuditStore(abc.ABC):
         """``(seq, hash)`` of the last record, ``(0, GENESIS_HASH)`` when empty."""
 
     @abc.abstractmethod
+    def probe(self, timeout: float = 5.0) -> None:
+        """Check that an append could commit now, without adding a record.
+
+        Takes the writers' lock on the same path as ``append``, writes and
+        commits, so that a full disk, a read-only file or another session
+        holding the lock fails here as it fails a Sign (issue 12, finding 3).
+        The write changes nothing the record, the role states or the key
+        registry hold, so ``audit verify`` sees no difference.
+
+        Args:
+            timeout: seconds the probe may wait for the writers' lock; a lock
+                held longer is a failure, not a hang.
+
+        Raises:
+            StoreError: the lock was not free within ``timeout``, or the
+                write or its commit failed.
+        """
+
+    @abc.abstractmethod
     def close(self) -> None: ...

@@ -203,8 +203,8 @@ def cmd_role_state(args: argparse.Namespace) -> int:
 
 
 def _open_store(config_path: str) -> Any:
+    from tuf_signer.audit import open_audit_store
     from tuf_signer.config import load_config
-    from tuf_signer.server import open_audit_store
 
     return open_audit_store(load_config(config_path).audit, create=False)
 

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tuf_signer._kms import PROTECTION_LEVELS, id_problem
 from tuf_signer._net import check_plaintext_credentials, split_host_port
 from tuf_signer.config._reader import REQUIRED, Table
 from tuf_signer.config._secrets import SecretSource
 from tuf_signer.config._settings import BackendConfig, GcpKmsConfig, Pkcs11Config
 from tuf_signer.errors import ConfigError
-
-# Cloud KMS resource ids (https://cloud.google.com/kms/docs/resource-hierarchy).
-_KMS_ID = re.compile(r"[a-zA-Z0-9_-]{1,63}")
-_GCP_PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
-_KMS_LOCATION = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 
 def parse_backend(name: str, table: Mapping[str, Any], base: Path) -> BackendConfig:
@@ -90,22 +85,18 @@ def _gcpkms(name: str, table: Mapping[str, Any], base: Path) -> GcpKmsConfig:
             "create_timeout",
         }
     )
-    project = t.get("project", str)
-    if not _GCP_PROJECT.fullmatch(project):
-        raise ConfigError(f"{where}project: {project!r} is not a Google Cloud project id")
-    location = t.get("location", str)
-    if not _KMS_LOCATION.fullmatch(location):
-        raise ConfigError(f"{where}location: {location!r} is not a KMS location")
-    key_ring = t.get("key_ring", str)
-    if not _KMS_ID.fullmatch(key_ring):
-        raise ConfigError(f"{where}key_ring: {key_ring!r} must match [a-zA-Z0-9_-]{{1,63}}")
+    ids = {kind: t.get(kind, str) for kind in ("project", "location", "key_ring")}
+    for kind, value in ids.items():
+        problem = id_problem(kind, value)
+        if problem is not None:
+            raise ConfigError(f"{where}{kind}: {problem}")
     endpoint = t.get("endpoint", str)
     if endpoint is not None:
         split_host_port(endpoint, f"{where}endpoint")
     credentials = t.get("credentials_file", str)
     check_plaintext_credentials(endpoint, credentials, f"{where}credentials_file")
     level = t.get("protection_level", str).upper()
-    if level not in ("HSM", "SOFTWARE"):
+    if level not in PROTECTION_LEVELS:
         raise ConfigError(f"{where}protection_level: expected 'hsm' or 'software'")
     timeouts = {}
     for key in ("call_timeout", "create_timeout"):
@@ -115,9 +106,9 @@ def _gcpkms(name: str, table: Mapping[str, Any], base: Path) -> GcpKmsConfig:
         timeouts[key] = value
     return GcpKmsConfig(
         name=name,
-        project=project,
-        location=location,
-        key_ring=key_ring,
+        project=ids["project"],
+        location=ids["location"],
+        key_ring=ids["key_ring"],
         credentials_file=(base / credentials) if credentials is not None else None,
         endpoint=endpoint,
         protection_level=level,

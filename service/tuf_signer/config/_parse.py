@@ -70,6 +70,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     default_backend = k.get("default_backend", str, next(iter(backends)))
     if default_backend not in backends:
         raise ConfigError(f"keys.default_backend: no backend named {default_backend!r}")
+    limits = _limits(top.table("limits"))
+    _check_inflight(limits, server)
     return Config(
         path=path,
         server=server,
@@ -80,7 +82,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
             top.table("authz"),
             allow_cn=server.tls is not None and server.tls.allow_cn_identity,
         ),
-        limits=_limits(top.table("limits")),
+        limits=limits,
         policy=_policy(top.table("policy")),
     )
 
@@ -159,9 +161,13 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
             "workers",
             "check_processes",
             "check_timeout_seconds",
+            *_TRANSPORT,
         }
     )
     tls = _tls(Table(t.table("tls"), "server.tls.", TlsConfig), base) if "tls" in s else None
+    transport: dict[str, Any] = {
+        key: t.get(key, int) if kind is int else t.number(key) for key, kind in _TRANSPORT.items()
+    }
     server = ServerConfig(
         listen=t.get("listen", str),
         insecure=t.get("insecure", bool),
@@ -175,6 +181,7 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
         workers=t.get("workers", int),
         check_processes=t.get("check_processes", int),
         check_timeout=t.number("check_timeout_seconds", field="check_timeout"),
+        **transport,
     )
     split_host_port(server.listen)
     if server.max_payload_bytes < 1024:
@@ -201,7 +208,47 @@ def _server(s: Mapping[str, Any], base: Path) -> ServerConfig:
         raise ConfigError(
             "server.check_timeout_seconds: must be positive and below call_deadline_seconds"
         )
+    _check_transport(server)
     return server
+
+
+# The transport's limits (§ "Resource limits" of the README): setting -> its type.
+_TRANSPORT: dict[str, type] = {
+    "max_connections": int,
+    "max_streams_per_connection": int,
+    "max_calls": int,
+    "max_connection_age_seconds": float,
+    "idle_timeout_seconds": float,
+    "keepalive_seconds": float,
+    "keepalive_timeout_seconds": float,
+    "max_header_bytes": int,
+}
+
+
+def _check_transport(server: ServerConfig) -> None:
+    """Refuse transport limits that would turn away every client or nobody.
+
+    Raises:
+        ConfigError: naming the setting out of its range.
+    """
+    ranges: dict[str, tuple[float, float]] = {
+        "max_connections": (1, 1_000_000),
+        "max_streams_per_connection": (1, 100_000),
+        "max_calls": (1, 1_000_000),
+        # gRPC takes milliseconds in a signed 32-bit int: at most ~24 days.
+        "max_connection_age_seconds": (1, 2_000_000),
+        "idle_timeout_seconds": (1, 2_000_000),
+        "keepalive_seconds": (1, 2_000_000),
+        "keepalive_timeout_seconds": (1, 2_000_000),
+        # Below 1 KiB even gRPC's own headers no longer fit.
+        "max_header_bytes": (1024, 1024 * 1024),
+    }
+    for key, (low, high) in ranges.items():
+        value = getattr(server, key)
+        if not low <= value <= high:
+            raise ConfigError(
+                f"server.{key}: must be between {low:,.0f} and {high:,.0f}, got {value!r}"
+            )
 
 
 def _limits(limits: Mapping[str, Any]) -> LimitsConfig:
@@ -218,6 +265,20 @@ def _limits(limits: Mapping[str, Any]) -> LimitsConfig:
     if values["summary_seconds"] > 3600:
         raise ConfigError(f"{t.where}summary_seconds: at most 3600 (one summary record an hour)")
     return LimitsConfig(**values)
+
+
+def _check_inflight(limits: LimitsConfig, server: ServerConfig) -> None:
+    """One SignBatch of the largest size must fit under the process's in-flight cap.
+
+    Raises:
+        ConfigError: naming both settings.
+    """
+    if limits.max_inflight_bytes < server.max_batch_bytes:
+        raise ConfigError(
+            f"limits.max_inflight_bytes: {limits.max_inflight_bytes} is below "
+            f"server.max_batch_bytes ({server.max_batch_bytes}); no SignBatch of that size "
+            "could ever be admitted"
+        )
 
 
 def _str_list(t: Table, key: str, default: Any = FIELD) -> tuple[str, ...]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from tuf_signer._kms import DEFAULT_CALL_TIMEOUT, DEFAULT_CREATE_TIMEOUT, DEFAULT_PROTECTION_LEVEL
 from tuf_signer.config._secrets import SecretSource, dsn_secrets
 from tuf_signer.errors import ConfigError
-from tuf_signer.keys import DEFAULT_CALL_TIMEOUT, DEFAULT_CREATE_TIMEOUT
 from tuf_signer.policy import AccessPolicy
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -64,6 +64,28 @@ class ServerConfig:
         check_timeout: seconds one such check may take before the request
             is refused (RESOURCE_EXHAUSTED) and its checker process replaced
             (default 10, at most half of ``call_deadline`` when not set).
+        max_connections: open client connections per worker; gRPC closes
+            any connection past it at once.
+        max_streams_per_connection: calls one connection may have open at
+            once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); a client's stream
+            past it is refused with REFUSED_STREAM. Keep it above
+            ``limits.max_concurrent``: a client that starts more calls than
+            this at once on a new connection, before the server's SETTINGS
+            reach it, gets UNAVAILABLE for the excess.
+        max_calls: calls open at once in one worker, over all connections;
+            past it a call gets RESOURCE_EXHAUSTED. Each open call, even one
+            that never sends its message, costs the event loop memory.
+        max_connection_age_seconds: a connection this old (plus or minus
+            10%) is told to go away (GOAWAY; clients reconnect at once), and
+            closed ``call_deadline`` seconds later with whatever it still
+            has open: the bound on a stream that never sends its message.
+        idle_timeout_seconds: a connection with no call open for this long
+            is closed.
+        keepalive_seconds: the server pings a connection silent for this long.
+        keepalive_timeout_seconds: a ping unanswered for this long closes
+            the connection (a peer that vanished without a FIN).
+        max_header_bytes: largest header list (gRPC metadata) of a call, in
+            bytes; a larger one is refused before the call starts.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -78,11 +100,19 @@ class ServerConfig:
     workers: int = 1
     check_processes: int = 1
     check_timeout: float = 10.0
+    max_connections: int = 1000
+    max_streams_per_connection: int = 1000
+    max_calls: int = 2000
+    max_connection_age_seconds: float = 600.0
+    idle_timeout_seconds: float = 300.0
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
+    max_header_bytes: int = 16 * 1024
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Per-identity abuse limits (an access rule may override each).
+    """Abuse limits: per identity (an access rule may override some), and one per process.
 
     Attributes:
         max_concurrent: calls one identity may have in flight at once.
@@ -99,6 +129,10 @@ class LimitsConfig:
         summary_seconds: callers without an identity or access rule, and
             calls over a limit, are counted and written as one summary record
             per identity and status every this many seconds, not one each.
+        max_inflight_bytes: payload bytes of all Sign and SignBatch calls
+            being worked on at once in one worker, whoever sent them; a call
+            that would pass it is refused (RESOURCE_EXHAUSTED) instead of
+            growing memory. At least ``server.max_batch_bytes``.
     """
 
     max_concurrent: int = 256
@@ -109,6 +143,7 @@ class LimitsConfig:
     check_cpu_rate: float = 1.0
     check_cpu_burst: float = 30.0
     summary_seconds: float = 10.0
+    max_inflight_bytes: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -188,7 +223,7 @@ class GcpKmsConfig:
     key_ring: str
     credentials_file: Path | None = None
     endpoint: str | None = None
-    protection_level: str = "HSM"
+    protection_level: str = DEFAULT_PROTECTION_LEVEL
     call_timeout: float = DEFAULT_CALL_TIMEOUT
     create_timeout: float = DEFAULT_CREATE_TIMEOUT
 

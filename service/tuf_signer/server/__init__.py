@@ -3,7 +3,7 @@
 from tuf_signer.server._app import SignerServer, serve
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import KeyView, SignResult, rfc3339, utc_now
-from tuf_signer.server._wiring import open_audit_store, start_backends
+from tuf_signer.server._wiring import start_backends
 from tuf_signer.server._writer import AuditWriter
 
 __all__ = [
@@ -12,7 +12,6 @@ __all__ = [
     "SignResult",
     "SignerServer",
     "SigningService",
-    "open_audit_store",
     "rfc3339",
     "serve",
     "start_backends",

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Mapping
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tuf_signer.config import (
@@ -24,16 +24,12 @@ from tuf_signer.config import (
 from tuf_signer.errors import ConfigError, TufSignerError
 from tuf_signer.keys import KeyBackend
 from tuf_signer.server._address import AddressClaim, claim_address
-from tuf_signer.server._grpc import (
-    AuditLogServicer,
-    ErrorInterceptor,
-    KeyAdminServicer,
-    SignerServicer,
-    admitted_identity,
-)
+from tuf_signer.server._grpc import AuditLogServicer, KeyAdminServicer, SignerServicer
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._harden import harden_process
+from tuf_signer.server._health import Health
 from tuf_signer.server._identity import Authenticator, IdentitySettings
+from tuf_signer.server._interceptor import ErrorInterceptor, admitted_identity
 from tuf_signer.server._revocation import load_revocation
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import Clock, utc_now
@@ -68,6 +64,9 @@ class SignerServer:
         self.authenticator = Authenticator(identity_settings(config.server.tls))
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self.health = Health(
+            self._health, ("", *SERVICE_NAMES), self._probe, self._server_cfg.health_interval
+        )
         self._health_task: asyncio.Task[None] | None = None
         self._summary_task: asyncio.Task[None] | None = None
         self._parts: Parts | None = None
@@ -111,6 +110,7 @@ class SignerServer:
                         message_limits(cfg),
                         authenticator=self.authenticator,
                         check_caller=self.guard.check_known,
+                        on_fault=self.health.fault,
                     )
                 ],
                 options=[
@@ -119,10 +119,15 @@ class SignerServer:
                     ("grpc.max_receive_message_length", cfg.max_batch_bytes + 64 * 1024),
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
                     ("grpc.so_reuseport", 1 if shared else 0),
+                    *Guard.transport_options(cfg),
                 ],
+                # Python-side: a call past it is refused RESOURCE_EXHAUSTED at once.
+                maximum_concurrent_rpcs=cfg.max_calls,
             )
             identity = admitted_identity(self.authenticator.identity_of)
-            pb_grpc.add_SignerServicer_to_server(SignerServicer(self.service, identity), server)
+            pb_grpc.add_SignerServicer_to_server(
+                SignerServicer(self.service, identity, on_fault=self.health.fault), server
+            )
             pb_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(self.service, identity), server)
             pb_grpc.add_AuditLogServicer_to_server(AuditLogServicer(self.service, identity), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -141,8 +146,8 @@ class SignerServer:
         except BaseException:
             await self._release()
             raise
-        await self._set_health(serving=True)
-        self._health_task = asyncio.create_task(self._watch_health(cfg.health_interval))
+        await self.health.start()
+        self._health_task = asyncio.create_task(self.health.run())
         self._summary_task = asyncio.create_task(
             self._write_summaries(self.config.limits.summary_seconds)
         )
@@ -188,30 +193,14 @@ class SignerServer:
         )
         return ok
 
-    async def _set_health(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, status)
+    async def _probe(self) -> None:
+        """The health probe: every backend, and a write on the store's lock path.
 
-    async def _watch_health(self, interval: float) -> None:
-        healthy = True
-        while True:
-            await asyncio.sleep(interval)
-            assert self.service is not None
-            try:
-                await self.service.check_health()
-                now = True
-            except TufSignerError as e:
-                now = False
-                if healthy:
-                    log.error("health check failed: %s", e.reason)
-            if now != healthy:
-                await self._set_health(serving=now)
-                healthy = now
+        Raises:
+            TufSignerError: the first part that failed.
+        """
+        assert self.service is not None
+        await self.service.check_health()
 
     async def _write_summaries(self, interval: float) -> None:
         """Write the counted refusals' summary records every ``interval`` seconds."""
@@ -236,6 +225,7 @@ class SignerServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.health.close()
         if self._server is not None:
             await self._server.stop(grace)
         await self._release()

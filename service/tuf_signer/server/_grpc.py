@@ -1,20 +1,14 @@
-"""gRPC servicers and the error interceptor: protobuf in, ``SigningService`` out."""
+"""gRPC servicers: protobuf in, ``SigningService`` out (the interceptor is ``_interceptor``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import re
-from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from tuf_signer.audit import event_to_dict
-from tuf_signer.errors import LimitError, RequestError, TufSignerError
+from tuf_signer.errors import BackendUnavailableError, RequestError, StoreError, TufSignerError
 from tuf_signer.model import (
     Algorithm,
     BinsDelegation,
@@ -23,30 +17,17 @@ from tuf_signer.model import (
     RoleRule,
     RoleState,
 )
-from tuf_signer.server._identity import Authenticator, identity_of
+from tuf_signer.server._identity import identity_of
+from tuf_signer.server._interceptor import (
+    ErrorInterceptor,
+    IdentityOf,
+    OnFault,
+    admitted_identity,
+)
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import KeyView, SignItem, SignResult, public_key_json
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
-
-log = logging.getLogger(__name__)
-
-# The caller's typed identity ("" when refused): ``Authenticator.identity_of``.
-IdentityOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
-
-# The identity the interceptor's identity step admitted for the call in this task.
-_ADMITTED: ContextVar[str | None] = ContextVar("tuf_signer_admitted_identity", default=None)
-
-
-def admitted_identity(fallback: IdentityOf) -> IdentityOf:
-    """The identity ``ErrorInterceptor`` admitted for the current call, else ``fallback``'s."""
-
-    def identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        admitted = _ADMITTED.get()
-        return admitted if admitted is not None else fallback(context)
-
-    return identity
-
 
 _ALGORITHMS: dict[int, Algorithm] = {
     pb.ALGORITHM_UNSPECIFIED: Algorithm.ED25519,
@@ -139,11 +120,24 @@ def _algorithm(value: int) -> Algorithm:
 
 
 class SignerServicer(pb_grpc.SignerServicer):
-    """``tuf_signer.v1.Signer``."""
+    """``tuf_signer.v1.Signer``.
 
-    def __init__(self, service: SigningService, identity: IdentityOf = identity_of) -> None:
+    Args:
+        service: the signing service.
+        identity: the caller's identity for a call.
+        on_fault: told of a store or backend fault that a SignBatch answers
+            per item (the interceptor sees only a whole call's error).
+    """
+
+    def __init__(
+        self,
+        service: SigningService,
+        identity: IdentityOf = identity_of,
+        on_fault: OnFault | None = None,
+    ) -> None:
         self._service = service
         self._identity_of = identity
+        self._on_fault = on_fault
 
     async def Sign(
         self, request: pb.SignRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -165,6 +159,11 @@ class SignerServicer(pb_grpc.SignerServicer):
             ],
         )
         results = []
+        fault = next(
+            (o for o in outcomes if isinstance(o, StoreError | BackendUnavailableError)), None
+        )
+        if fault is not None and self._on_fault is not None:
+            await self._on_fault(fault)
         for outcome in outcomes:
             if isinstance(outcome, TufSignerError):
                 code = grpc.StatusCode[outcome.code]
@@ -301,166 +300,10 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
         )
 
 
-Refuse = Callable[..., Awaitable[None]]
-
-# Methods outside the identity step and the access policy.
-_OPEN_METHODS = ("/grpc.health.v1.Health/",)
-
-
-@dataclass(frozen=True)
-class _Undecodable:
-    """Stands in for a request message that failed to decode, or was too large."""
-
-    error: TufSignerError
-
-
-def _operation_of(method: str) -> str:
-    """``/tuf_signer.v1.KeyAdmin/RotateKey`` -> ``rotate-key`` (the audit operation)."""
-    name = method.rsplit("/", 1)[-1]
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns ``TufSignerError`` into its status; anything else into INTERNAL.
-
-    It also bounds every unary call by the server-side deadline. The reason of
-    a ``TufSignerError`` is safe to show (it never holds secrets); an
-    unexpected exception's details go to the log only.
-
-    A request that does not even decode (invalid UTF-8 in a string field,
-    say) is refused with INVALID_ARGUMENT through ``refuse``, which records it,
-    instead of surfacing as gRPC's UNKNOWN.
-
-    A request message larger than its method's limit is refused before it is
-    decoded (RESOURCE_EXHAUSTED, counted like any limit).
-
-    Args:
-        deadline: the longest a call may run, in seconds.
-        refuse: records a refusal and raises it (``SigningService.refuse``).
-        authenticator: the identity step, run first on every call: a caller
-            it refuses (an unfit or revoked certificate, no identity) gets
-            UNAUTHENTICATED with the reason, through ``refuse``.
-        message_limits: the largest request message per method name, in
-            bytes; ``"*"`` for every other method. No limit when omitted.
-        authenticator: the identity step (see above).
-        check_caller: refuses an identity without any access rule
-            (``Guard.check_known``) before its message is decoded.
-    """
-
-    def __init__(
-        self,
-        deadline: float,
-        refuse: Refuse,
-        message_limits: Mapping[str, int] | None = None,
-        authenticator: Authenticator | None = None,
-        check_caller: Callable[[str, str], None] | None = None,
-    ) -> None:
-        self._deadline = deadline
-        self._refuse = refuse
-        self._authenticator = authenticator or Authenticator()
-        self._check_caller = check_caller
-        self._limits = dict(message_limits or {})
-        # The wrapped handler of each method, built on its first call: the
-        # server's handlers never change, and a Sign should not pay for
-        # building closures and a handler again.
-        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = wrapped
-        return wrapped
-
-    def _wrap(
-        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        # The stubs type handlers as sync; under grpc.aio they are coroutines.
-        inner: Any = handler.unary_unary
-        decode = handler.request_deserializer
-        operation = _operation_of(method)
-        name = method.rsplit("/", 1)[-1]
-        limit = self._limits.get(name, self._limits.get("*"))
-        # Health answers anyone who completed the TLS handshake (a probe may
-        # have a certificate without any rule): it tells only SERVING or not.
-        identify = not method.startswith(_OPEN_METHODS)
-
-        def check_size(data: bytes) -> bytes | _Undecodable:
-            # Decoding waits for the identity step: a caller without a rule
-            # never gets its (up to max_batch_bytes) message parsed.
-            if limit is not None and len(data) > limit:
-                return _Undecodable(
-                    LimitError(
-                        f"the {name} request is {len(data)} bytes, more than its limit of {limit}"
-                    )
-                )
-            return data
-
-        def safe_decode(data: bytes) -> Any:
-            try:
-                return decode(data) if decode is not None else data
-            except Exception as e:
-                what = "a string field is not valid UTF-8" if "UTF-8" in str(e) else "malformed"
-                return _Undecodable(RequestError(f"the request message does not decode: {what}"))
-
-        async def guarded(
-            raw: bytes | _Undecodable, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> Any:
-            try:
-                identity = None
-                if identify:
-                    caller = self._authenticator.caller_of(context)
-                    identity = caller.identity
-                    if caller.refusal is not None:
-                        await self._refuse(identity, operation, caller.refusal)
-                    if self._check_caller is not None:
-                        try:
-                            self._check_caller(identity, operation)
-                        except TufSignerError as e:
-                            await self._refuse(identity, operation, e)
-                request = raw if isinstance(raw, _Undecodable) else safe_decode(raw)
-                if isinstance(request, _Undecodable):
-                    if identity is None:
-                        raise request.error
-                    await self._refuse(identity, operation, request.error)
-                # The servicer reads the identity judged here (``admitted_identity``)
-                # instead of judging the certificate a second time.
-                token = _ADMITTED.set(identity)
-                try:
-                    async with asyncio.timeout(self._deadline):
-                        return await inner(request, context)
-                finally:
-                    _ADMITTED.reset(token)
-            except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the call ran past the server's {self._deadline:g} s deadline",
-                )
-            except TufSignerError as e:
-                await context.abort(grpc.StatusCode[e.code], e.reason)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except NotImplementedError:
-                # The generated base servicer's answer for a method we lack.
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
-            except Exception:
-                log.exception("unexpected error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-        behaviour: Any = guarded  # grpc's stubs type only the sync context
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=check_size,
-            response_serializer=handler.response_serializer,
-        )
+__all__ = [
+    "AuditLogServicer",
+    "ErrorInterceptor",
+    "KeyAdminServicer",
+    "SignerServicer",
+    "admitted_identity",
+]

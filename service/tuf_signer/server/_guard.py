@@ -10,6 +10,14 @@ Refusals of callers that have no identity, no rule, or are over a limit are
 raised as ``UnauthenticatedError``, ``UnknownIdentityError`` or ``LimitError``:
 the service counts those instead of recording each one (``RefusalTally``), so
 that a flood costs one record per identity per interval, not one fsync per call.
+
+One limit is the process's, not an identity's: the payload bytes of every call
+being worked on at once (``limits.max_inflight_bytes``). Decoding, checking and
+signing a batch costs a few times its size in memory, so without it four
+concurrent 64 MiB SignBatch calls took a worker to 1 GiB. A call that would pass
+the cap is refused (RESOURCE_EXHAUSTED, counted like the others) and its bytes,
+like those of every admitted call, are given back when the call ends, however
+it ends.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tuf_signer.config import LimitsConfig
+from tuf_signer.config import LimitsConfig, ServerConfig
 from tuf_signer.errors import LimitError, PermissionError_, UnknownIdentityError, shown
 from tuf_signer.policy import UNRESTRICTED, AccessPolicy, AccessRule, authorize
 
@@ -55,6 +63,7 @@ class Guard:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._unrestricted = False
+        self._inflight_bytes = 0  # payload bytes of the calls admitted and not yet ended
 
     @classmethod
     def unrestricted(cls) -> Guard:
@@ -67,6 +76,42 @@ class Guard:
     def policy(self) -> AccessPolicy:
         """The policy in force."""
         return self._policy
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Payload bytes of the calls admitted and not yet ended, in this process."""
+        return self._inflight_bytes
+
+    @staticmethod
+    def transport_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+        """gRPC core's connection and stream limits for ``cfg`` (server channel arguments).
+
+        Each was checked against grpcio 1.85 with a hand-written HTTP/2 client
+        (``tests/server/test_resources.py``). Neither the idle timeout (it never
+        closes a connection that holds streams) nor
+        ``grpc.server_max_unrequested_time_in_server`` (left out: ``grpc.aio``
+        picks every call up at once, so it never fires) reaps a stream that
+        never sends its message; the connection age and its grace do.
+        """
+        ms = 1000
+        return [
+            # Past it, gRPC closes a new connection right after accepting it.
+            ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+            # Advertised in SETTINGS; a stream past it gets RST_STREAM(REFUSED_STREAM).
+            ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+            # GOAWAY at the age (jittered by gRPC), then close what is left after
+            # one call deadline: a call admitted just before GOAWAY can still finish.
+            ("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * ms)),
+            ("grpc.max_connection_age_grace_ms", int(cfg.call_deadline * ms)),
+            ("grpc.max_connection_idle_ms", int(cfg.idle_timeout_seconds * ms)),
+            ("grpc.keepalive_time_ms", int(cfg.keepalive_seconds * ms)),
+            ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_seconds * ms)),
+            # A client pinging more often than gRPC allows is closed after two strikes.
+            ("grpc.http2.max_ping_strikes", 2),
+            # Soft and hard limits alike: no header list above it is ever accepted.
+            ("grpc.max_metadata_size", cfg.max_header_bytes),
+            ("grpc.absolute_max_metadata_size", cfg.max_header_bytes),
+        ]
 
     def update(self, policy: AccessPolicy, limits: LimitsConfig) -> None:
         """Put a new, already validated policy and limits in force."""
@@ -105,7 +150,8 @@ class Guard:
         Raises:
             UnauthenticatedError: no identity.
             UnknownIdentityError: the identity has no access rule.
-            LimitError: the identity is over its concurrency, call or byte limit.
+            LimitError: the identity is over its concurrency, call or byte limit,
+                or the call's bytes would pass the process's in-flight cap.
             PermissionError_: the identity's rule does not allow the operation.
         """
         if self._unrestricted:
@@ -122,6 +168,13 @@ class Guard:
             raise LimitError(
                 f"identity {shown(identity)} already has {bucket.in_flight} calls in flight "
                 f"(limit {max_concurrent})"
+            )
+        cap = limits.max_inflight_bytes
+        if nbytes and self._inflight_bytes + nbytes > cap:
+            # Not this caller's fault alone, so checked before its tokens are spent.
+            raise LimitError(
+                f"the server has {self._inflight_bytes} payload bytes in flight; this "
+                f"call's {nbytes} would pass limits.max_inflight_bytes ({cap}): retry later"
             )
         need = min(float(cost), float(burst))
         if bucket.tokens < need:
@@ -142,10 +195,12 @@ class Guard:
         bucket.bytes -= need_bytes
         rule = authorize(self._policy, identity, operation)
         bucket.in_flight += 1
+        self._inflight_bytes += nbytes
         try:
             yield rule
-        finally:
+        finally:  # success, refusal or cancellation alike
             bucket.in_flight -= 1
+            self._inflight_bytes -= nbytes
 
     def charge_call(self, identity: str) -> None:
         """Take one call token from a known identity for a call refused before admission

@@ -15,7 +15,15 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from tuf_signer import policy
-from tuf_signer.audit import AddVersion, Committed, CreateKey, Entry, ResetRole, SetVersionState
+from tuf_signer.audit import (
+    RESET,
+    AddVersion,
+    Committed,
+    CreateKey,
+    Entry,
+    ResetRole,
+    SetVersionState,
+)
 from tuf_signer.errors import (
     AlreadyExistsError,
     BackendError,
@@ -47,7 +55,6 @@ P = TypeVar("P")
 T = TypeVar("T")
 
 # The operation of an admin reset record (audit._chain.RESET), and its reason's bound.
-_RESET = "reset-role-state"
 _REASON_MAX = 1024
 _MAX_VERSION = 2**63 - 1
 
@@ -248,7 +255,7 @@ class KeyAdmin:
         """
         event = self._recorder.event(
             identity,
-            _RESET,
+            RESET,
             key_name=key_name,
             role=role,
             detail={"reason": recordable(reason, _REASON_MAX)},

@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
-from tuf_signer.audit import AuditStore, Committed, Entry
+from tuf_signer.audit import AuditStore, Committed, Entry, refused_event
 from tuf_signer.errors import (
     LimitError,
     StoreError,
@@ -72,16 +72,44 @@ class Refusal:
         return cls(TufSignerError("internal error"), event, cause=cause)
 
     def entry(self) -> Entry:
-        """The refused record."""
-        return refusal_entry(self.event, self.error)
+        """The refused record (an INTERNAL one is logged too, with its cause)."""
+        return refusal_entry(self.event, self.error, self.cause)
 
 
-def refusal_entry(event: AuditEvent, error: TufSignerError) -> Entry:
-    """The record of ``event`` refused with ``error`` (and no signature)."""
-    return Entry(
-        replace(
-            event, outcome=Outcome.REFUSED, status=error.code, reason=error.reason, signature=""
-        )
+def refusal_entry(
+    event: AuditEvent, error: TufSignerError, cause: Exception | None = None
+) -> Entry:
+    """The record of ``event`` refused with ``error`` (and no signature).
+
+    Every refusal the service records is built here, so an INTERNAL one (an
+    unexpected exception, ``cause``, or a backend failing in a way the caller
+    cannot fix) is also logged here at ERROR with its cause: the operator's
+    log has every INTERNAL refusal the audit log has (issue 12, finding 2).
+    """
+    if error.code == "INTERNAL":
+        _log_internal(event, error, cause)
+    return Entry(refused_event(event, error))
+
+
+def _log_internal(event: AuditEvent, error: TufSignerError, cause: Exception | None) -> None:
+    """Log an INTERNAL refusal: the request, the error and its cause (types and messages).
+
+    Reasons never hold a PIN or key material (errors.py); the cause's text is
+    escaped and bounded like a caller's string, since a library wrote it.
+    """
+    origin = cause or error.__cause__
+    because = f"; cause: {type(origin).__name__}: {recordable(str(origin), 512)}" if origin else ""
+    log.error(
+        "refused INTERNAL: %s by %s, key %s version %d, role %s: %s: %s%s",
+        event.operation,
+        event.identity,
+        event.key_name or "-",
+        event.key_version,
+        event.role or "-",
+        type(error).__name__,
+        recordable(error.reason, 1024),
+        because,
+        exc_info=cause,  # the traceback of an unexpected exception
     )
 
 
@@ -224,11 +252,9 @@ class Recorder:
         if isinstance(error, LimitError):
             self._tally.add(event.identity, event.operation, error, event.time)
             raise error
-        if refusal.cause is not None:
-            log.error("unexpected error in %s", event.operation, exc_info=refusal.cause)
-            await self.commit(refusal.entry())
-            raise error from refusal.cause
         await self.commit(refusal.entry())
+        if refusal.cause is not None:
+            raise error from refusal.cause
         raise error
 
     # --- refusals outside the service proper -------------------------------------------

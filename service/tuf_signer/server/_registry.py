@@ -3,26 +3,54 @@
 The store is authoritative; these caches only save reads. The role state
 cache is a lower bound on the stored high-water marks (except after an admin
 reset made elsewhere lowered one), so a refusal based on it is checked against
-the store once (``Signer._role_decision``), and a stale entry only costs an HSM
+the store once (``Preparer._role_decision``), and a stale entry only costs an HSM
 call that the transaction then refuses.
 
-Store reads run off the event loop (``refresh``, ``exists``, ``reread_role``),
-like every other store read of the service; the caches change on the loop,
-except in ``reload`` and ``read_key``, which the read RPCs run in a worker thread.
+The key cache may trail a change made through another worker or replica (a
+creation, rotation, activation or retirement), so no Sign is refused on it
+alone (issue 12, finding 2): an unknown key, no ACTIVE version, or a pinned
+keyid that is not the cached ACTIVE one re-reads the key first (``recheck``),
+at most once per key every ``KEY_RECHECK_SECONDS`` and once for all the
+requests waiting on it, so that a flood of requests for a missing key is not
+a flood of store reads. A version the HSM or the store refuses re-reads the
+key at once. Hence the bound: a refusal for a key's state rests on a store
+read at most ``KEY_RECHECK_SECONDS`` old, and a change made elsewhere is seen
+by every worker within that time (at once by a worker that has not re-read
+that key for a refusal within it).
+
+Store reads run off the event loop (``refresh``, ``recheck``, ``exists``,
+``reread_role``), like every other store read of the service; the caches
+change on the loop, except in ``reload`` and ``read_key``, which the read RPCs
+run in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 from tuf_signer.audit import AuditStore, Committed
-from tuf_signer.errors import BackendError, KeyStateError, NotFoundError, shown
+from tuf_signer.errors import (
+    BackendError,
+    KeyStateError,
+    NotFoundError,
+    StaleKeyVersionError,
+    shown,
+)
 from tuf_signer.keys import KeyBackend
 from tuf_signer.model import KeyRecord, KeyState, KeyVersion, RoleState
 from tuf_signer.server._values import KeyView
 
 RoleKey = tuple[str, str]  # (key name, role)
+
+# The longest a refusal for a key's state may rest on an older read of the
+# key (seconds), and so the most often a flood of refused requests re-reads it.
+KEY_RECHECK_SECONDS = 0.25
+
+# Past this many keys rechecked, the finished rechecks older than the
+# interval are forgotten, so that many names cannot grow the table for good.
+_RECHECKS_KEPT = 1024
 
 
 class KeyRegistry:
@@ -31,16 +59,26 @@ class KeyRegistry:
     Args:
         store: the audit store (also the key registry and role state).
         backends: key backends by name, already started.
+        recheck_seconds: at most one re-read per key in this time after a
+            miss (see the module docstring).
 
     Raises:
         StoreError: the store cannot be read.
     """
 
-    def __init__(self, store: AuditStore, backends: Mapping[str, KeyBackend]) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        backends: Mapping[str, KeyBackend],
+        recheck_seconds: float = KEY_RECHECK_SECONDS,
+    ) -> None:
         self._store = store
         self._backends = dict(backends)
+        self._recheck_seconds = recheck_seconds
         self._keys: dict[str, KeyView] = {}
         self._roles: dict[RoleKey, RoleState] = {}
+        # key name -> (monotonic start, read) of its last recheck.
+        self._rechecks: dict[str, tuple[float, asyncio.Future[KeyView | None]]] = {}
         self.reload()
 
     # --- keys ----------------------------------------------------------------
@@ -87,14 +125,47 @@ class KeyRegistry:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._store.get_key, name) is not None
 
-    async def view(self, name: str) -> KeyView:
-        """The key ``name``, from the cache or else the store.
+    async def recheck(self, name: str) -> KeyView | None:
+        """Re-read a key the cache failed on, at most once per ``recheck_seconds``.
+
+        Requests that miss while a recheck of the key runs wait for it; within
+        ``recheck_seconds`` of its start they get the cached view as it left
+        it. A read that failed is not kept: the next miss reads again.
+
+        Returns:
+            The key as last read (None: no such key).
 
         Raises:
-            NotFoundError: no such key.
             StoreError: the store cannot be read.
         """
-        view = self._keys.get(name) or await self.refresh(name)
+        now = time.monotonic()
+        last = self._rechecks.get(name)
+        if last is not None:
+            started, read = last
+            if not read.done():
+                return await asyncio.shield(read)
+            failed = read.cancelled() or read.exception() is not None
+            if now - started < self._recheck_seconds and not failed:
+                return self._keys.get(name)
+        read = asyncio.ensure_future(self.refresh(name))
+        self._rechecks[name] = (now, read)
+        if len(self._rechecks) > _RECHECKS_KEPT:
+            self._forget_rechecks(now)
+        return await asyncio.shield(read)
+
+    def _forget_rechecks(self, now: float) -> None:
+        for name, (started, read) in list(self._rechecks.items()):
+            if read.done() and now - started >= self._recheck_seconds:
+                del self._rechecks[name]
+
+    async def view(self, name: str) -> KeyView:
+        """The key ``name``, from the cache or else the store (``recheck``).
+
+        Raises:
+            NotFoundError: no such key (read at most ``recheck_seconds`` ago).
+            StoreError: the store cannot be read.
+        """
+        view = self._keys.get(name) or await self.recheck(name)
         if view is None:
             raise NotFoundError(f"unknown key {shown(name)}")
         return view
@@ -126,34 +197,49 @@ class KeyRegistry:
     async def active_for(self, view: KeyView, expected_keyid: str) -> KeyVersion:
         """The ACTIVE version, which must have ``expected_keyid`` when one is given.
 
+        A miss (no ACTIVE version, another keyid ACTIVE) re-reads the key
+        (``recheck``) before it refuses: the cache may trail a change made
+        through another worker.
+
         Raises:
             KeyStateError: no ACTIVE version, or another keyid is ACTIVE.
             StoreError: the store cannot be read.
         """
         active = _active(view)
-        if expected_keyid and expected_keyid != active.keyid:
-            # Our cache may trail an activation made elsewhere: look once more.
-            view = await self.refresh(view.key.name) or view
+        if active is None or (expected_keyid and expected_keyid != active.keyid):
+            view = await self.recheck(view.key.name) or view
             active = _active(view)
-            if expected_keyid != active.keyid:
-                raise KeyStateError(
-                    f"expected keyid {expected_keyid[:16]}... is not the ACTIVE version of "
-                    f"key {view.key.name!r} (active: version {active.version}, "
-                    f"keyid {active.keyid[:16]}...)"
-                )
+        if active is None:
+            raise KeyStateError(f"key {view.key.name!r} has no ACTIVE version")
+        if expected_keyid and expected_keyid != active.keyid:
+            raise KeyStateError(
+                f"expected keyid {expected_keyid[:16]}... is not the ACTIVE version of "
+                f"key {view.key.name!r} (active: version {active.version}, "
+                f"keyid {active.keyid[:16]}...)"
+            )
         return active
 
-    async def active_moved(self, key_name: str, key_version: int) -> bool:
-        """Re-read the key: is another version than ``key_version`` ACTIVE now?
+    async def unusable(self, key_name: str, key_version: int) -> StaleKeyVersionError | None:
+        """Re-read the key after the backend refused to sign with ``key_version``.
+
+        Another worker may have retired that version (and disabled it in the
+        HSM) since this cache read it: then the refusal is about the key's
+        state, not an HSM fault.
+
+        Returns:
+            Why the version may no longer sign, or None when it is still the
+            ACTIVE one (the backend's error stands).
 
         Raises:
             StoreError: the store cannot be read.
         """
         view = await self.refresh(key_name)
-        if view is None:
-            return False
-        active = [v for v in view.versions if v.state is KeyState.ACTIVE]
-        return bool(active) and active[0].version != key_version
+        active = _active(view) if view is not None else None
+        if active is not None and active.version == key_version:
+            return None
+        return StaleKeyVersionError(
+            f"key version {key_version} of {key_name!r} is no longer ACTIVE"
+        )
 
     # --- role states ---------------------------------------------------------------
 
@@ -190,13 +276,9 @@ class KeyRegistry:
         return self._roles.get(key)
 
 
-def _active(view: KeyView) -> KeyVersion:
-    """The key's ACTIVE version.
-
-    Raises:
-        KeyStateError: it has none.
-    """
+def _active(view: KeyView) -> KeyVersion | None:
+    """The key's ACTIVE version, if it has one."""
     for v in view.versions:
         if v.state is KeyState.ACTIVE:
             return v
-    raise KeyStateError(f"key {view.key.name!r} has no ACTIVE version")
+    return None

@@ -231,14 +231,17 @@ class SigningService:
     # --- lifecycle -----------------------------------------------------------------
 
     async def check_health(self) -> None:
-        """Probe every backend and the store.
+        """Probe every backend, then the store on a Sign's write path (``AuditStore.probe``).
+
+        A full disk, a read-only file or a held store lock fails it, as it
+        would fail a Sign; the store runs off the event loop.
 
         Raises:
             TufSignerError: the first failing component.
         """
         for backend in self._backends.values():
             await backend.check()
-        await asyncio.get_running_loop().run_in_executor(None, self._store.head)
+        await asyncio.get_running_loop().run_in_executor(None, self._store.probe)
 
     def close(self) -> None:
         """Commit what is queued and the last refusal summaries, stop the writer

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import Sequence
 
 from tuf_signer import policy
 from tuf_signer.audit import Committed, Entry
-from tuf_signer.errors import DeadlineError, RequestError, StaleKeyVersionError, TufSignerError
+from tuf_signer.errors import (
+    BackendQuotaError,
+    BackendUnavailableError,
+    DeadlineError,
+    RequestError,
+    StaleKeyVersionError,
+    StoreError,
+    TufSignerError,
+)
 from tuf_signer.keys import KeyBackend, SignatureVerifier
 from tuf_signer.policy import AccessRule
 from tuf_signer.server._preparing import Prepared, Preparer
@@ -32,13 +39,15 @@ from tuf_signer.server._recording import Recorder, Refusal
 from tuf_signer.server._registry import KeyRegistry
 from tuf_signer.server._values import SignItem, SignRequest, SignResult
 
-log = logging.getLogger(__name__)
-
 # SignBatch items checked before they go to the HSM together.
 _PIPELINE_CHUNK = 64
 
 # An item of a SignBatch once signed (or refused) and before its record commits.
 _Owner = Prepared | TufSignerError
+
+# Backend errors that say nothing about the key (the HSM is away, slow or
+# busy): no reason to re-read the key's state after them.
+_NOT_ABOUT_THE_KEY = (BackendUnavailableError, DeadlineError, BackendQuotaError)
 
 
 class Signer:
@@ -113,17 +122,16 @@ class Signer:
             if isinstance(sig, TufSignerError):
                 # Another worker may have retired this version meanwhile (and
                 # disabled it in the HSM): if a newer version is ACTIVE now,
-                # sign again with it, unless the caller pinned this one.
+                # sign again with it, unless the caller pinned this one; a
+                # pinned request is refused for the key's state, not INTERNAL.
+                stale = await self._recorder.before_record(prep.event, self._stale(prep, sig))
+                if isinstance(stale, Refusal):
+                    return stale
+                if stale is None:
+                    return Refusal(sig, prep.event)
                 if attempt == 1 and not pinned:
-                    moved = await self._recorder.before_record(
-                        prep.event,
-                        self._registry.active_moved(prep.state.key_name, prep.state.key_version),
-                    )
-                    if isinstance(moved, Refusal):
-                        return moved
-                    if moved:
-                        continue
-                return Refusal(sig, prep.event)
+                    continue
+                return Refusal(stale, prep.event)
             committed = await self._recorder.commit(prep.entry(sig.hex()))
             outcome = await self._recorder.outcome(prep.event, self._conclude(prep, committed))
             # Another process activated a new version after our cache last
@@ -156,6 +164,21 @@ class Signer:
             )
             return [error] * len(preps)
         return [self._verified(backend, p, r) for p, r in zip(preps, results, strict=True)]
+
+    async def _stale(self, prep: Prepared, error: TufSignerError) -> StaleKeyVersionError | None:
+        """Whether the backend refused ``prep`` because its version was retired elsewhere.
+
+        Returns:
+            The key-state refusal to answer instead of ``error``, or None when
+            ``error`` stands (the version is still ACTIVE, or the backend is
+            away rather than refusing this key).
+
+        Raises:
+            StoreError: the key could not be re-read.
+        """
+        if isinstance(error, _NOT_ABOUT_THE_KEY):
+            return None
+        return await self._registry.unusable(prep.state.key_name, prep.state.key_version)
 
     def _verified(
         self, backend: KeyBackend, prep: Prepared, result: bytes | TufSignerError
@@ -269,8 +292,6 @@ class Signer:
         for i, item in enumerate(items):
             prep = await self._preparer.prepare(self._request(identity, item, at), rule, lone=False)
             if isinstance(prep, Refusal):
-                if prep.cause is not None:
-                    log.error("unexpected error in SignBatch item %d", i, exc_info=prep.cause)
                 done.append((i, prep.error, prep.entry()))
                 continue
             if prep.replay is not None:
@@ -281,17 +302,38 @@ class Signer:
                 flush()
                 await asyncio.sleep(0)  # let the chunk reach the HSM thread now
         flush()
+        stale: dict[tuple[str, int], StaleKeyVersionError | None] = {}
         for indices, preps, task in signing:
             signatures = await task
             for i, prep, sig in zip(indices, preps, signatures, strict=True):
                 if isinstance(sig, TufSignerError):
-                    done.append((i, sig, Refusal(sig, prep.event).entry()))
+                    refusal = await self._batch_refusal(prep, sig, stale)
+                    done.append((i, refusal, Refusal(refusal, prep.event).entry()))
                 else:
                     done.append((i, prep, prep.entry(sig.hex())))
         # Record in request order: the order the store applies them in, and
         # the order an auditor reads them in.
         done.sort(key=lambda d: d[0])
         return [owner for _, owner, _ in done], [entry for _, _, entry in done]
+
+    async def _batch_refusal(
+        self,
+        prep: Prepared,
+        error: TufSignerError,
+        seen: dict[tuple[str, int], StaleKeyVersionError | None],
+    ) -> TufSignerError:
+        """A batch item's backend refusal, or its key's state when the version was
+        retired elsewhere (one re-read per key version and batch; the client
+        sends the item again and gets the version ACTIVE now)."""
+        if isinstance(error, _NOT_ABOUT_THE_KEY):
+            return error
+        version = (prep.state.key_name, prep.state.key_version)
+        if version not in seen:
+            try:
+                seen[version] = await self._stale(prep, error)
+            except StoreError:
+                seen[version] = None  # the backend's error stands
+        return seen[version] or error
 
     async def _settle(self, owner: _Owner, committed: Committed) -> SignResult | TufSignerError:
         """One item's reply once the batch's records are committed."""

@@ -1,8 +1,10 @@
 """From a parsed ``Config`` to running parts: the audit store, the key backends, the service.
 
-Stores and backends are built through registries keyed by the config's
-``type`` (like securesystemslib's ``SIGNER_FOR_URI_SCHEME``): adding one is
-one entry here and one parser in ``tuf_signer.config``.
+Backends are built through a registry keyed by the config's ``type`` (like
+securesystemslib's ``SIGNER_FOR_URI_SCHEME``): adding one is one entry here and
+one parser in ``tuf_signer.config``. Stores open through ``tuf_signer.audit``'s
+``STORE_OPENERS`` the same way (the offline ``audit`` commands open them too,
+without loading the server).
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tuf_signer.audit import AuditStore, PostgresAuditStore, SqliteAuditStore
+from tuf_signer.audit import AuditStore, open_audit_store
 from tuf_signer.config import (
-    AuditConfig,
     Config,
     GcpKmsConfig,
     Pkcs11Config,
@@ -26,40 +27,6 @@ from tuf_signer.server._checker import PayloadChecker
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import Clock, utc_now
-
-
-def _open_sqlite(audit: AuditConfig, create: bool) -> AuditStore:
-    if not create and not audit.path.exists():
-        raise ConfigError(f"audit.path: {audit.path} does not exist")
-    return SqliteAuditStore(audit.path)
-
-
-def _open_postgres(audit: AuditConfig, create: bool) -> AuditStore:
-    return PostgresAuditStore(audit.read_dsn(), create=create)
-
-
-# By ``audit.store``; each opener takes the settings and ``create``.
-STORE_OPENERS: Mapping[str, Callable[[AuditConfig, bool], AuditStore]] = {
-    "sqlite": _open_sqlite,
-    "postgres": _open_postgres,
-}
-
-
-def open_audit_store(audit: AuditConfig, *, create: bool = True) -> AuditStore:
-    """Open the configured audit store (``audit.store``).
-
-    Args:
-        audit: the ``[audit]`` settings.
-        create: create the database (SQLite) or its tables (PostgreSQL) when
-            missing; False for the offline ``audit`` commands, which must not
-            conjure up an empty record.
-
-    Raises:
-        ConfigError: the connection string's variable is unset or invalid, or
-            (with ``create=False``) the SQLite file does not exist.
-        StoreError: the store cannot be opened.
-    """
-    return STORE_OPENERS[audit.store](audit, create)
 
 
 def _apply_backend_env(env: Mapping[str, str], setting: str) -> None:

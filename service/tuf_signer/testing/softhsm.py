@@ -22,7 +22,7 @@ from pathlib import Path
 from tuf_signer._files import SECRET, make_private_dir, write_new
 from tuf_signer.errors import BackendError, ConfigError
 
-__all__ = ["init_token", "softhsm_module_path", "write_softhsm_config"]
+__all__ = ["init_token", "softhsm_module_path", "token_directory", "write_softhsm_config"]
 
 _INSTALL_HINT = "install SoftHSM2 (Debian/Ubuntu: apt-get install softhsm2)"
 
@@ -123,6 +123,38 @@ def init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
         typed=f"{so_pin}\n{so_pin}\n{pin}\n{pin}\n",
         what=f"initialising SoftHSM token {label!r}",
     )
+
+
+def token_directory(conf: Path, label: str) -> Path:
+    """The directory that holds SoftHSM token ``label`` in configuration ``conf``.
+
+    SoftHSM's file store keeps each token in a directory of its own under
+    ``directories.tokendir``, its label (space-padded to 32 bytes) in
+    ``token.object``. Tests move that directory away, or make it unreadable,
+    to stage an HSM outage.
+
+    Raises:
+        ConfigError: ``conf`` names no token directory, or not exactly one
+            token there has ``label``.
+    """
+    tokendir = None
+    for line in Path(conf).read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "directories.tokendir":
+            tokendir = Path(value.strip())
+    if tokendir is None:
+        raise ConfigError(f"{conf} sets no directories.tokendir")
+    padded = label.encode("utf-8").ljust(32, b" ")
+    # The label attribute: its length (32) as 8 bytes, then the padded label.
+    needle = (32).to_bytes(8, "big") + padded
+    found = [
+        d
+        for d in sorted(tokendir.iterdir())
+        if (d / "token.object").is_file() and needle in (d / "token.object").read_bytes()
+    ]
+    if len(found) != 1:
+        raise ConfigError(f"{len(found)} SoftHSM tokens labelled {label!r} in {tokendir}")
+    return found[0]
 
 
 def _token_labels(conf: Path) -> set[str]:

@@ -33,10 +33,11 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from securesystemslib.signer import SSlibKey
 
+from tuf_signer._kms import DEFAULT_CALL_TIMEOUT, DEFAULT_CREATE_TIMEOUT, DEFAULT_PROTECTION_LEVEL
 from tuf_signer.errors import BackendError, BackendUnavailableError, ConfigError
 from tuf_signer.keys._backend import KeyBackend, NewKey
 from tuf_signer.keys.gcpkms._calls import KmsCalls, bounded, short
@@ -62,8 +63,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 # Budgets of one call and of one key creation, in seconds (config defaults too).
-DEFAULT_CALL_TIMEOUT: Final = 10.0
-DEFAULT_CREATE_TIMEOUT: Final = 120.0  # KMS generates HSM keys asynchronously
 
 
 class GcpKmsBackend(KeyBackend):
@@ -96,7 +95,7 @@ class GcpKmsBackend(KeyBackend):
         location: str,
         key_ring: str,
         transport: TransportFactory,
-        protection_level: str = "HSM",
+        protection_level: str = DEFAULT_PROTECTION_LEVEL,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         create_timeout: float = DEFAULT_CREATE_TIMEOUT,
         integrity_attempts: int = 3,

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from tuf_signer._kms import KMS_ID, PROTECTION_LEVELS, id_problem
 from tuf_signer.errors import BackendError, BackendUnavailableError, ConfigError
 from tuf_signer.keys._backoff import Backoff
 from tuf_signer.keys.gcpkms._calls import KmsCalls, short
@@ -29,10 +30,6 @@ __all__ = ["KeyRing", "crypto_key_id"]
 
 log = logging.getLogger(__name__)
 
-_PROTECTION_LEVELS: Final = ("HSM", "SOFTWARE")
-_ID: Final = re.compile(r"[a-zA-Z0-9_-]{1,63}")
-_PROJECT: Final = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
-_LOCATION: Final = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _VERSION_SUFFIX: Final = re.compile(
     r"/cryptoKeys/[a-zA-Z0-9_-]{1,63}/cryptoKeyVersions/[1-9][0-9]{0,18}"
 )
@@ -56,7 +53,7 @@ def crypto_key_id(label: str) -> str:
     match = _SERVICE_LABEL.fullmatch(label)
     name = match["name"] if match else label
     plain = _KEY_PREFIX + name
-    if _ID.fullmatch(plain):
+    if KMS_ID.fullmatch(plain):
         return plain
     slug = re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:35]
     return f"{_KEY_PREFIX}{slug}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
@@ -88,14 +85,12 @@ class KeyRing:
             ConfigError: naming the first argument that is not.
         """
         where = f"backend {backend!r}"
-        if not _PROJECT.fullmatch(project):
-            raise ConfigError(f"{where}: project {project!r} is not a Google Cloud project id")
-        if not _LOCATION.fullmatch(location):
-            raise ConfigError(f"{where}: location {location!r} is not a KMS location")
-        if not _ID.fullmatch(key_ring):
-            raise ConfigError(f"{where}: key_ring {key_ring!r} must match [a-zA-Z0-9_-]{{1,63}}")
-        if protection_level not in _PROTECTION_LEVELS:
-            raise ConfigError(f"{where}: protection_level must be one of {_PROTECTION_LEVELS}")
+        for kind, value in (("project", project), ("location", location), ("key_ring", key_ring)):
+            problem = id_problem(kind, value)
+            if problem is not None:
+                raise ConfigError(f"{where}: {kind} {problem}")
+        if protection_level not in PROTECTION_LEVELS:
+            raise ConfigError(f"{where}: protection_level must be one of {PROTECTION_LEVELS}")
         return cls(backend, f"projects/{project}/locations/{location}", key_ring, protection_level)
 
     @property

@@ -28,14 +28,8 @@ from tuf_signer.keys import _pubkey
 from tuf_signer.keys._backend import KeyBackend, NewKey
 from tuf_signer.keys._backoff import Backoff
 from tuf_signer.keys.pkcs11 import _algorithms, _thread
-from tuf_signer.keys.pkcs11._session import (
-    SESSION_ERRORS,
-    TokenConn,
-    Transient,
-    describe,
-    open_token,
-    parse_handle,
-)
+from tuf_signer.keys.pkcs11._errors import SESSION_ERRORS, Transient, describe, parse_handle
+from tuf_signer.keys.pkcs11._session import TokenConn, open_token
 from tuf_signer.model import Algorithm
 
 __all__ = ["Pkcs11Backend"]
@@ -180,11 +174,15 @@ class Pkcs11Backend(KeyBackend):
     async def check(self) -> None:
         """Probe the token and the session (C_GetTokenInfo, C_GenerateRandom).
 
+        A token that is down is recovered now, whatever the backoff between
+        the recovery attempts of signs: a health probe that passes means the
+        next sign will find a session.
+
         Raises:
             BackendUnavailableError: not started, or the token does not answer.
         """
         try:
-            await _thread.run(lambda: self._call("health check", self._check_op))
+            await _thread.run(lambda: self._call("health check", self._check_op, probe=True))
         except BackendUnavailableError:
             raise
         except BackendError as e:
@@ -275,8 +273,9 @@ class Pkcs11Backend(KeyBackend):
         ``data`` (SoftHSM has no CKM_ECDSA_SHA256), returned as DER. RSA:
         CKM_SHA256_RSA_PKCS_PSS with MGF1-SHA-256 and a 32-byte salt.
 
-        A lost session is reopened (and logged in) once, and the signature
-        retried once.
+        A lost session is recovered (reopened, or the module re-initialised,
+        and logged in again) once, and the signature retried once; a key the
+        session does not see is looked for again after re-initialising.
 
         Raises:
             BackendError: unknown or disabled handle, a key of another
@@ -417,7 +416,7 @@ class Pkcs11Backend(KeyBackend):
             raise BackendError(f"PIN provider for token {self._token_label!r} returned no text")
         return pin
 
-    def _call(self, what: str, op: Callable[[TokenConn], _T]) -> _T:
+    def _call(self, what: str, op: Callable[[TokenConn], _T], *, probe: bool = False) -> _T:
         """Run ``op`` on the token's shared session (``TokenConn.call``).
 
         Raises:
@@ -428,4 +427,4 @@ class Pkcs11Backend(KeyBackend):
         conn = self._conn
         if conn is None:
             raise BackendUnavailableError(f"backend {self.name!r} is not started")
-        return conn.call(what, op, self._pin)
+        return conn.call(what, op, self._pin, probe=probe)

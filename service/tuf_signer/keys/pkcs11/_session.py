@@ -1,4 +1,4 @@
-"""Token sessions: loaded modules, one shared logged-in session per token, key lookup.
+"""Token sessions: loaded modules, one shared logged-in session per token, key lookup, recovery.
 
 Login state belongs to the application, not to a session (PKCS#11 v2.40 §5.6,
 C_Login/C_Logout): a second C_Login on a token fails with
@@ -6,6 +6,21 @@ CKR_USER_ALREADY_LOGGED_IN, and one C_Logout logs every session out. So all
 backends on the same token in this process share one logged-in read/write
 session (``TokenConn``), reference-counted. A backend joining an open session
 must present the same PIN (compared against a keyed digest held in memory).
+
+Recovery (P10). A lost session is reopened; when the token itself went away
+and came back, reopening is not enough (SoftHSM marks a token whose directory
+vanished invalid until ``C_Initialize``), so the module is finalised and
+initialised again, which closes every session of this process on it, and the
+session logs in again. While that fails, calls fail fast with
+``BackendUnavailableError`` and recovery is tried again after a bounded
+backoff (``_recovery.RECOVERY_BACKOFF``).
+
+A key lookup that finds nothing is not believed at once: SoftHSM re-reads its
+token directory only when the token's generation counter changed since it
+last looked, and its own writes absorb the counter, so a process that creates
+a key misses the keys another process created just before (docs/design.md §4).
+A miss therefore re-initialises the module and looks again; only a second
+miss is "no such key" (and is believed for ``_recovery.MISSING_HOLD`` seconds).
 
 Everything here runs on the PKCS#11 thread (``_thread``) and touches its
 state without locks.
@@ -19,7 +34,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, ObjectClass
@@ -27,90 +42,36 @@ from pkcs11 import exceptions as p11
 
 from tuf_signer.errors import BackendError, BackendUnavailableError
 from tuf_signer.keys.pkcs11._algorithms import algorithm_of, wrong_algorithm
+from tuf_signer.keys.pkcs11._errors import (
+    PIN_ERRORS,
+    SESSION_ERRORS,
+    STALE_OBJECT_ERRORS,
+    STARTUP_TRANSIENT,
+    KeyMissing,
+    Transient,
+    describe,
+)
+from tuf_signer.keys.pkcs11._recovery import MissingKeys, Recovery
 from tuf_signer.keys.pkcs11._thread import require_pkcs11_thread
 from tuf_signer.model import Algorithm
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Lib
 
-__all__ = ["SESSION_ERRORS", "TokenConn", "Transient", "describe", "open_token", "parse_handle"]
+__all__ = ["TokenConn", "open_token"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# Failures seen while processes race to open a token at startup (docs/design.md §4).
-_STARTUP_TRANSIENT: Final = (
-    p11.NoSuchToken,
-    p11.GeneralError,
-    p11.TokenNotPresent,
-    p11.TokenNotRecognised,
-    p11.DeviceError,
-    p11.DeviceMemory,
-    p11.DeviceRemoved,
-    p11.FunctionFailed,
-    p11.SessionCount,
-)
-
-# Failures after which the session (or the whole device) must be reopened.
-SESSION_ERRORS: Final = (
-    p11.SessionClosed,
-    p11.SessionHandleInvalid,
-    p11.DeviceRemoved,
-    p11.DeviceError,
-    p11.DeviceMemory,
-    p11.TokenNotPresent,
-    p11.TokenNotRecognised,
-    p11.UserNotLoggedIn,
-    p11.GeneralError,
-)
-
-# Failures that mean a cached object handle went stale; look the key up again.
-_STALE_OBJECT_ERRORS: Final = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
-
-_PIN_ERRORS: Final = (
-    p11.PinIncorrect,
-    p11.PinInvalid,
-    p11.PinLenRange,
-    p11.PinExpired,
-    p11.PinLocked,
-)
-
 # Loaded modules by real path: python-pkcs11 caches per path *string*, and a
 # second string for the same file (Debian's /usr/lib/softhsm/libsofthsm2.so is
-# a symlink) fails with CKR_CRYPTOKI_ALREADY_INITIALIZED. Never finalised:
-# other backends may still use them.
+# a symlink) fails with CKR_CRYPTOKI_ALREADY_INITIALIZED. Finalised and
+# initialised again only by ``_reinitialize`` (recovery), never unloaded.
 _LIBS: dict[str, Pkcs11Lib] = {}
 
 # Open token sessions by (module real path, token label).
 _CONNS: dict[tuple[str, str], TokenConn] = {}
-
-
-class Transient(Exception):
-    """A startup failure worth retrying; carries the PKCS#11 error as __cause__."""
-
-
-def describe(e: BaseException | None) -> str:
-    """Short text for an exception from python-pkcs11 (which never includes PINs)."""
-    if e is None:
-        return "unknown error"
-    text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def parse_handle(handle: str) -> bytes:
-    """CKA_ID bytes from a handle (lowercase or uppercase hex).
-
-    Raises:
-        BackendError: not 1 to 64 bytes of hex.
-    """
-    try:
-        key_id = bytes.fromhex(handle)
-    except ValueError:
-        key_id = b""
-    if not key_id or len(key_id) > 64:
-        raise BackendError(f"malformed PKCS#11 key handle {handle[:80]!r}")
-    return key_id
 
 
 def _load_library(module: str) -> tuple[str, Pkcs11Lib]:
@@ -151,6 +112,27 @@ def _maybe_reinitialize(lib_key: str, lib: Pkcs11Lib) -> None:
         log.warning("re-initialising PKCS#11 module %s failed: %s", lib_key, describe(e))
 
 
+def _reinitialize(lib_key: str, lib: Pkcs11Lib) -> None:
+    """C_Finalize then C_Initialize: the module forgets every session and rereads its tokens.
+
+    Every session of this process on the module is gone afterwards, so every
+    ``TokenConn`` on it drops its session and reopens on its next call.
+
+    Raises:
+        p11.PKCS11Error: C_Initialize failed (the module stays finalised; the
+            next recovery initialises it).
+    """
+    for conn in _CONNS.values():
+        if conn.key[0] == lib_key:
+            conn.drop_session()
+    if lib.initialized:
+        try:
+            lib.finalize()
+        except p11.PKCS11Error as e:  # it is finalised all the same
+            log.debug("finalising PKCS#11 module %s: %s", lib_key, describe(e))
+    lib.initialize()
+
+
 def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenConn, bool]:
     """Join the open session on a token, or open one and log in; returns (it, joined).
 
@@ -175,7 +157,7 @@ def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenCo
         # A failed login leaves python-pkcs11's just-opened session open
         # until the module is re-initialised; harmless, but not closable.
         session = token.open(rw=True, user_pin=user_pin)
-    except _PIN_ERRORS as e:
+    except PIN_ERRORS as e:
         raise BackendError(f"PIN rejected by token {label!r} ({type(e).__name__})") from e
     except p11.MultipleTokensReturned as e:
         raise BackendError(f"more than one PKCS#11 token is labelled {label!r}") from e
@@ -186,7 +168,7 @@ def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenCo
         ) from e
     except p11.UserPinNotInitialized as e:
         raise BackendError(f"PKCS#11 token {label!r} has no user PIN set") from e
-    except _STARTUP_TRANSIENT as e:
+    except STARTUP_TRANSIENT as e:
         _maybe_reinitialize(lib_key, lib)
         raise Transient() from e
     except p11.PKCS11Error as e:
@@ -230,6 +212,8 @@ class TokenConn:
         self.disabled: set[bytes] = set()
         self._pin_key = os.urandom(32)
         self._pin_mac = self._mac(pin)
+        self._recovery = Recovery(key[1])
+        self._missing = MissingKeys()
 
     @property
     def label(self) -> str:
@@ -252,7 +236,9 @@ class TokenConn:
         """The private (or public) key object with CKA_ID ``key_id``.
 
         Raises:
-            BackendError: there is none, or several.
+            KeyMissing: there is none in this session's view (``call``
+                refreshes the view and looks again before it believes that).
+            BackendError: there are several.
         """
         object_class = ObjectClass.PRIVATE_KEY if private else ObjectClass.PUBLIC_KEY
         obj = _find_one(
@@ -260,14 +246,17 @@ class TokenConn:
         )
         if obj is None:
             kind = "private" if private else "public"
-            raise BackendError(f"no {kind} key with handle {key_id.hex()} on token {self.label!r}")
+            raise KeyMissing(
+                f"no {kind} key with handle {key_id.hex()} on token {self.label!r}", key_id
+            )
         return obj
 
     def private_key(self, key_id: bytes, algorithm: Algorithm) -> pkcs11.types.SignMixin:
         """The signing key with CKA_ID ``key_id``, looked up once and cached.
 
         Raises:
-            BackendError: disabled, missing, unable to sign, or not an ``algorithm`` key.
+            KeyMissing: not in this session's view of the token.
+            BackendError: disabled, several, unable to sign, or not an ``algorithm`` key.
         """
         if key_id in self.disabled:
             raise BackendError(f"key {key_id.hex()} is disabled")
@@ -283,73 +272,165 @@ class TokenConn:
             raise BackendError(wrong_algorithm(key_id.hex(), cached.algorithm, algorithm))
         return cached.key
 
-    # --- calls, reopening, closing -----------------------------------------------------
+    # --- calls -------------------------------------------------------------------------
 
-    def call(self, what: str, op: Callable[[TokenConn], _T], pin: Callable[[], str]) -> _T:
+    def call(
+        self,
+        what: str,
+        op: Callable[[TokenConn], _T],
+        pin: Callable[[], str],
+        *,
+        probe: bool = False,
+    ) -> _T:
         """Run ``op`` on this session, wrapping every PKCS#11 error.
 
-        A session or device error reopens the session and logs in once (with
-        the PIN ``pin`` returns), then ``op`` is retried once; a stale object
-        handle is looked up again once.
+        Each remedy is tried at most once per call, then ``op`` again: a
+        session or device error recovers the session (``recover``); a stale
+        object handle empties the key cache; a key not found refreshes the
+        module's object view (re-initialisation). While the token is down
+        and the backoff has not run out, the call fails at once.
+
+        Args:
+            what: the operation, for messages.
+            op: the work, given this connection.
+            pin: returns the user PIN, read only when logging in again.
+            probe: a health check: try to recover now, whatever the backoff.
 
         Raises:
-            BackendUnavailableError: the session is lost and cannot be reopened,
-                or fails again.
-            BackendError: any other PKCS#11 error.
+            BackendUnavailableError: the token is down and cannot be recovered
+                now, or fails again after recovering.
+            BackendError: the key does not exist (after a refresh), or any
+                other PKCS#11 error.
         """
-        if self.session is None:  # an earlier reopen failed; try again
-            self.reopen(pin())
-        try:
-            return op(self)
-        except _STALE_OBJECT_ERRORS as e:
-            log.warning("%s on token %r: %s; retrying", what, self.label, describe(e))
-            self.keys.clear()
-        except SESSION_ERRORS as e:
-            log.warning("%s on token %r: %s; reopening the session", what, self.label, describe(e))
-            self.reopen(pin())
-        except p11.PKCS11Error as e:
-            raise BackendError(f"{what} failed on token {self.label!r}: {describe(e)}") from e
-        try:
-            return op(self)
-        except (*SESSION_ERRORS, *_STALE_OBJECT_ERRORS) as e:
-            raise BackendUnavailableError(
-                f"PKCS#11 token {self.label!r} unavailable ({what}): {describe(e)}"
-            ) from e
-        except p11.PKCS11Error as e:
-            raise BackendError(f"{what} failed on token {self.label!r}: {describe(e)}") from e
+        if self.session is None:
+            self._recover_or_refuse(what, pin, force=probe)
+        used: set[str] = set()
+        while True:
+            try:
+                result = op(self)
+            except KeyMissing as e:
+                if "refresh" in used or e.key_id in self._missing:
+                    self._missing.add(e.key_id)
+                    raise BackendError(e.reason) from None
+                used.add("refresh")
+                log.info("%s on token %r: %s; refreshing the object view", what, self.label, e)
+                self.recover(pin, refresh=True)
+            except STALE_OBJECT_ERRORS as e:
+                if "stale" in used:
+                    raise self._lost(what, e) from e
+                used.add("stale")
+                log.warning("%s on token %r: %s; retrying", what, self.label, describe(e))
+                self.keys.clear()
+            except SESSION_ERRORS as e:
+                if "session" in used:
+                    raise self._lost(what, e) from e
+                used.add("session")
+                log.warning(
+                    "%s on token %r: %s; recovering the session", what, self.label, describe(e)
+                )
+                self.drop_session()
+                self.recover(pin)
+            except p11.PKCS11Error as e:
+                raise BackendError(f"{what} failed on token {self.label!r}: {describe(e)}") from e
+            else:
+                return result
 
-    def reopen(self, pin: str) -> None:
+    # --- recovery --------------------------------------------------------------------
+
+    def _recover_or_refuse(self, what: str, pin: Callable[[], str], *, force: bool) -> None:
+        """Recover a session that is down, unless the backoff says not yet.
+
+        Raises:
+            BackendUnavailableError: not yet, or recovery failed.
+        """
+        if not force and not self._recovery.due():
+            raise BackendUnavailableError(
+                f"PKCS#11 token {self.label!r} unavailable ({what}): {self._recovery.reason}"
+            )
+        self.recover(pin)
+
+    def _lost(self, what: str, e: p11.PKCS11Error) -> BackendUnavailableError:
+        """The session failed again after its remedy: drop it and count a failed attempt."""
+        self.drop_session()
+        reason = f"{describe(e)} after recovering"
+        self._recovery.failed(reason)
+        return BackendUnavailableError(
+            f"PKCS#11 token {self.label!r} unavailable ({what}): {reason}"
+        )
+
+    def recover(self, pin: Callable[[], str], *, refresh: bool = False) -> None:
+        """Open a new logged-in session; re-initialise the module first if need be.
+
+        Tries a plain reopen first (enough when only the session was lost),
+        then, or at once when ``refresh``, finalises and initialises the module
+        again (a token that went away and came back; a stale object view).
+
+        Raises:
+            BackendError: the PIN provider failed, or the token refuses the PIN.
+            BackendUnavailableError: the token cannot be reached; the next
+                attempt waits for ``_recovery.RECOVERY_BACKOFF``.
+        """
+        user_pin = pin()  # read once per recovery
+        if not refresh:
+            try:
+                self._reopen(user_pin)
+            except PIN_ERRORS as e:
+                raise self._refused(e) from e
+            except p11.PKCS11Error as e:
+                log.info("reopening a session on %r failed (%s)", self.label, describe(e))
+            else:
+                self._recovery.succeeded("reopened the session")
+                return
+        try:
+            _reinitialize(self.key[0], self.lib)
+            self._reopen(user_pin)
+        except PIN_ERRORS as e:
+            raise self._refused(e) from e
+        except p11.PKCS11Error as e:
+            self.drop_session()
+            reason = f"reopening the session failed ({describe(e)})"
+            self._recovery.failed(reason)
+            raise BackendUnavailableError(
+                f"PKCS#11 token {self.label!r} unavailable: {reason}"
+            ) from e
+        self._recovery.succeeded("re-initialised the module")
+
+    def _reopen(self, pin: str) -> None:
         """Close the session (ignoring errors), open a new one and log in again.
 
         Raises:
-            BackendError: the token refuses ``pin``.
-            BackendUnavailableError: the token cannot be reopened.
+            BackendError: the PIN differs from the one that logged in before.
+            p11.PKCS11Error: the token cannot be opened, or refuses ``pin``.
         """
+        self.drop_session(close=True)
+        token = self.lib.get_token(token_label=self.label)
+        try:
+            self.session = token.open(rw=True, user_pin=pin)
+            self._pin_mac = self._mac(pin)
+        except p11.UserAlreadyLoggedIn:
+            # The login outlived the old session (a session python-pkcs11
+            # could not close is still open); a plain session inherits it
+            # (PKCS#11 v2.40 §5.6), but the PIN must still be the known one.
+            if not self.pin_matches(pin):
+                raise BackendError(f"PIN rejected by token {self.label!r}") from None
+            self.session = token.open(rw=True)
+
+    def _refused(self, e: p11.PKCS11Error) -> BackendUnavailableError:
+        reason = f"reopening the session failed ({describe(e)})"
+        self._recovery.failed(reason)
+        return BackendUnavailableError(f"PKCS#11 token {self.label!r} unavailable: {reason}")
+
+    def drop_session(self, *, close: bool = False) -> None:
+        """Forget the session and every object bound to it; ``close`` closes it first."""
         old, self.session = self.session, None
         self.keys.clear()  # python-pkcs11 objects are bound to their session
-        if old is not None:
+        if close and old is not None:
             try:
                 old.close()
             except p11.PKCS11Error as e:
                 log.debug("closing broken session on %r: %s", self.label, describe(e))
-        try:
-            token = self.lib.get_token(token_label=self.label)
-            try:
-                self.session = token.open(rw=True, user_pin=pin)
-                self._pin_mac = self._mac(pin)
-            except p11.UserAlreadyLoggedIn:
-                # The login outlived the old session (a session python-pkcs11
-                # could not close is still open); a plain session inherits it
-                # (PKCS#11 v2.40 §5.6), but the PIN must still be the known one.
-                if not self.pin_matches(pin):
-                    raise BackendError(f"PIN rejected by token {self.label!r}") from None
-                self.session = token.open(rw=True)
-        except p11.PKCS11Error as e:
-            raise BackendUnavailableError(
-                f"PKCS#11 token {self.label!r} unavailable: reopening the session failed "
-                f"({describe(e)})"
-            ) from e
-        log.info("reopened session on PKCS#11 token %r", self.label)
+
+    # --- leaving ---------------------------------------------------------------------
 
     def release(self) -> None:
         """One backend leaves; the last one logs out and closes the session. Never raises."""

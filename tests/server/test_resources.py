@@ -1,0 +1,245 @@
+"""Bounded resources (issue 12, finding 4): what abusive HTTP/2 clients can hold.
+
+The abusers are hand-written HTTP/2 clients (``_h2raw``) against a real server
+on loopback; a well-behaved client is a plain gRPC channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tuf_signer.v1 import signer_pb2 as pb
+
+from . import _h2raw as h2
+from .conftest import Clock, Harness, start_harness, stop_harness, write_config
+
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+def _config(directory: Path, hsm: Any, server: str = "", limits: str = "") -> Path:
+    path = write_config(directory, hsm)
+    text = path.read_text().replace("drain_seconds = 5\n", "drain_seconds = 5\n" + server)
+    text = text.replace('"targets", "bins-*"]', '"targets", "bins-*", "r-*"]')
+    path.write_text(text + ("\n[limits]\n" + limits if limits else ""))
+    return path
+
+
+async def _started(tmp_path: Path, hsm: Any, clock: Clock, **kw: str) -> Harness:
+    return await start_harness(_config(tmp_path / "signer", hsm, **kw), clock)
+
+
+async def _opened(port: int) -> h2.Connection:
+    return await asyncio.to_thread(h2.Connection.open, port)
+
+
+async def _health_ok(port: int) -> None:
+    """A well-behaved client on a fresh connection is served."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(HEALTH, lambda b: b, lambda b: b)
+        await call(b"", timeout=5)
+
+
+async def test_default_limits_are_advertised(harness: Harness) -> None:
+    """Before: no SETTINGS_MAX_CONCURRENT_STREAMS at all (unbounded streams)."""
+    conn = await _opened(harness.server.port)
+    try:
+        assert conn.settings.get(h2.SETTINGS_MAX_CONCURRENT_STREAMS) == 1000
+        assert conn.settings.get(h2.SETTINGS_MAX_HEADER_LIST_SIZE) == 16 * 1024
+    finally:
+        await asyncio.to_thread(conn.close)
+
+
+async def test_streams_above_the_limit_are_refused(
+    tmp_path: Path, softhsm: Any, clock: Clock
+) -> None:
+    h = await _started(tmp_path, softhsm, clock, server="max_streams_per_connection = 5\n")
+    conn = await _opened(h.server.port)
+    try:
+        assert conn.settings[h2.SETTINGS_MAX_CONCURRENT_STREAMS] == 5
+        streams = [conn.start_stream(HEALTH) for _ in range(12)]
+        await asyncio.sleep(1)
+        refused = [s for s in streams if conn.reset_codes.get(s) == h2.REFUSED_STREAM]
+        assert refused == streams[5:]  # before: all 12 held open
+        assert conn.alive()
+        await _health_ok(h.server.port)
+    finally:
+        await asyncio.to_thread(conn.close)
+        await stop_harness(h)
+
+
+async def test_connections_above_the_limit_are_closed(
+    tmp_path: Path, softhsm: Any, clock: Clock
+) -> None:
+    h = await _started(tmp_path, softhsm, clock, server="max_connections = 3\n")
+    conns = [await _opened(h.server.port) for _ in range(3)]
+    try:
+        late = []
+        for _ in range(3):
+            try:
+                late.append(await _opened(h.server.port))
+            except (OSError, TimeoutError):
+                late.append(None)
+        await asyncio.sleep(1)
+        assert all(c.alive() for c in conns)
+        assert not any(c is not None and c.alive() for c in late)  # before: all 6 open
+    finally:
+        for c in [*conns, *(c for c in late if c is not None)]:
+            await asyncio.to_thread(c.close)
+    # The slots come back once the abuser's connections are gone.
+    await asyncio.sleep(0.5)
+    try:
+        await _health_ok(h.server.port)
+    finally:
+        await stop_harness(h)
+
+
+async def test_streams_that_never_send_are_reaped(
+    tmp_path: Path, softhsm: Any, clock: Clock
+) -> None:
+    """Before: never reaped, not even past the call deadline (the issue waited 30 s+)."""
+    h = await _started(
+        tmp_path,
+        softhsm,
+        clock,
+        server="max_connection_age_seconds = 2\ncall_deadline_seconds = 2\n"
+        "check_timeout_seconds = 1\n",
+    )
+    conn = await _opened(h.server.port)
+    try:
+        start = time.monotonic()
+        streams = [conn.start_stream(HEALTH) for _ in range(20)]
+        bound = 1.1 * 2 + 2 + 1.5  # age (gRPC jitters it by 10%) + grace (call deadline) + slack
+        while time.monotonic() - start < bound and conn.alive():
+            await asyncio.sleep(0.2)
+        assert conn.goaway_at is not None
+        assert not conn.alive()
+        assert set(conn.ended) >= set(streams) or conn.closed_at is not None
+        assert conn.closed_at is not None and conn.closed_at - start < bound
+        await _health_ok(h.server.port)
+    finally:
+        await asyncio.to_thread(conn.close)
+        await stop_harness(h)
+
+
+async def test_oversized_header_lists_are_refused(
+    tmp_path: Path, softhsm: Any, clock: Clock
+) -> None:
+    h = await _started(tmp_path, softhsm, clock, server="max_header_bytes = 4096\n")
+    conn = await _opened(h.server.port)
+    try:
+        assert conn.settings[h2.SETTINGS_MAX_HEADER_LIST_SIZE] == 4096
+        small = conn.start_stream(HEALTH, [(b"x-pad", b"a" * 1000)])
+        big = conn.start_stream(HEALTH, [(b"x-pad", b"a" * 8000)])
+        await asyncio.sleep(1)
+        assert big in conn.ended  # before: accepted, then waiting for its message
+        assert small not in conn.ended  # a header list under the limit is accepted
+        assert conn.alive()
+    finally:
+        await asyncio.to_thread(conn.close)
+        await stop_harness(h)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+async def test_many_idle_streams_stay_bounded(tmp_path: Path, softhsm: Any, clock: Clock) -> None:
+    """2,000 streams that never send, over 20 connections, held for the connection age.
+
+    Only ``max_calls`` of them are held; the rest are refused at once, and
+    all are reaped by the connection age. (The issue: 50,000 such streams took
+    a server to 537 MiB, never reaped.)
+    """
+    h = await _started(
+        tmp_path,
+        softhsm,
+        clock,
+        server="max_calls = 200\nmax_connection_age_seconds = 4\ncall_deadline_seconds = 2\n"
+        "check_timeout_seconds = 1\n",
+    )
+    conns: list[h2.Connection] = []
+    try:
+        await _health_ok(h.server.port)
+        base = _rss_mib()
+        start = time.monotonic()
+        for _ in range(20):
+            conn = await _opened(h.server.port)
+            conns.append(conn)
+            for _ in range(100):
+                conn.start_stream(HEALTH)
+        await asyncio.sleep(2)
+        held = sum(100 - len(c.ended) for c in conns if c.alive())
+        assert held <= 200  # before: all 2,000 held
+        peak = _rss_mib()
+        assert peak - base < 64, (base, peak)
+        while time.monotonic() - start < 1.1 * 4 + 2 + 3 and any(c.alive() for c in conns):
+            await asyncio.sleep(0.25)
+        assert not any(c.alive() for c in conns)
+        await _health_ok(h.server.port)
+        assert _rss_mib() - base < 64
+    finally:
+        for conn in conns:
+            await asyncio.to_thread(conn.close)
+        await stop_harness(h)
+
+
+async def test_inflight_bytes_cap_refuses_and_releases(
+    tmp_path: Path, softhsm: Any, clock: Clock
+) -> None:
+    """Before: four concurrent max-size SignBatch calls all ran (RSS to 1 GiB)."""
+    h = await _started(
+        tmp_path,
+        softhsm,
+        clock,
+        server="max_batch_bytes = 2097152\n",
+        limits=f"max_inflight_bytes = {2 * 1024 * 1024}\n",
+    )
+    try:
+        await h.create_key("k", roles=[(f"r-{i}", 86400) for i in range(40)], bins=None)
+
+        def batch(first: int) -> pb.SignBatchRequest:
+            big = h.payloads.targets(1, n_targets=1500, salt=str(first))
+            assert len(big) > 128 * 1024
+            return pb.SignBatchRequest(
+                requests=[
+                    pb.SignRequest(key="k", role=f"r-{first + i}", payload=big) for i in range(8)
+                ]
+            )
+
+        requests = [batch(8 * i) for i in range(4)]
+        assert all(sum(len(r.payload) for r in b.requests) > 1024 * 1024 for b in requests)
+        results = await asyncio.gather(
+            *(h.signer.SignBatch(b, timeout=20) for b in requests), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert refused, "no call was refused: the cap held nothing back"
+        for error in refused:
+            assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limits.max_inflight_bytes" in (error.details() or "")
+        assert len(refused) < len(results)
+        for result in results:
+            if not isinstance(result, grpc.aio.AioRpcError):
+                assert [r.code for r in result.results] == [0] * 8
+        assert h.server.guard.inflight_bytes == 0  # every call gave its bytes back
+        # Released: the refused batches now go through one at a time.
+        for i, result in enumerate(results):
+            if isinstance(result, grpc.aio.AioRpcError):
+                done = await h.signer.SignBatch(requests[i], timeout=20)
+                assert [r.code for r in done.results] == [0] * 8
+        await h.server.service.flush_refusals()
+        (summary,) = [r.event for r in h.records() if r.event.operation == "refused-calls"]
+        assert summary.status == "RESOURCE_EXHAUSTED"
+        assert summary.detail["count"] == len(refused)
+    finally:
+        await stop_harness(h)

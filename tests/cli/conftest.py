@@ -25,6 +25,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (a supervisor's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def run(*args: str, stdin: bytes | None = None, check: bool = True, env: dict | None = None):
     """Run ``tuf-signer ARGS``; returns the CompletedProcess (text decoded)."""
     proc = subprocess.run(

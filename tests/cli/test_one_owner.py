@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, DevSigner, _env, credentials, free_port, run, wait_healthy
+from .conftest import CLI, DevSigner, _env, children, credentials, free_port, run, wait_healthy
 
 
 def _dev_init(directory: Path, address: str, workers: int = 1) -> Path:
@@ -34,13 +34,6 @@ def _serve(config: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*CLI, "serve", "--config", str(config)], stderr=subprocess.PIPE, env=_env()
     )
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +84,7 @@ def _supervised(config: Path, address: str, directory: Path) -> Iterator[subproc
     workers: list[int] = []
     try:
         wait_healthy(address, proc, credentials(directory, "admin"))
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         yield proc
     finally:
         for pid in [proc.pid, *workers]:
@@ -105,7 +98,7 @@ def test_kill_9_of_the_supervisor_leaves_no_worker_serving(tmp_path: Path) -> No
     directory = tmp_path / "dev"
     config = _dev_init(directory, address, workers=2)
     with _supervised(config, address, directory) as supervisor:
-        workers = _children(supervisor.pid)
+        workers = children(supervisor.pid)
         assert len(workers) == 2
 
         supervisor.kill()
@@ -119,4 +112,4 @@ def test_kill_9_of_the_supervisor_leaves_no_worker_serving(tmp_path: Path) -> No
 
     # The claim died with the supervisor: a new service may take the address.
     with _supervised(config, address, directory) as fresh:
-        assert len(_children(fresh.pid)) == 2
+        assert len(children(fresh.pid)) == 2

@@ -21,17 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, _env, credentials, free_port, run, wait_healthy
+from .conftest import CLI, _env, children, credentials, free_port, run, wait_healthy
 
 PIN_VAR = "TUF_SIGNER_TEST_HSM_PIN"
 _GID = 65534  # nogroup: only to make the dumpable flag visible in /proc
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 @contextlib.contextmanager
@@ -59,7 +52,7 @@ def _supervisor(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, 
     workers: list[int] = []
     try:
         wait_healthy(address, proc, credentials(directory, "backend"))
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) == 2
         yield proc, pin, cwd
     finally:
@@ -78,7 +71,7 @@ def _limits_core(pid: int) -> list[str]:
 def test_f9_supervisor_is_hardened(tmp_path: Path) -> None:
     with _supervisor(tmp_path) as (proc, pin, _cwd):
         assert _limits_core(proc.pid) == ["0", "0"]
-        for worker in _children(proc.pid):
+        for worker in children(proc.pid):
             assert _limits_core(worker) == ["0", "0"]
         environ = Path(f"/proc/{proc.pid}/environ")
         if os.geteuid() != 0:

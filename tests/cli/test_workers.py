@@ -16,14 +16,7 @@ from tuf_signer.client import AsyncClient, SignedResult, SignRequest
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
-from .conftest import CLI, _env, credentials, free_port, run, wait_healthy
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
+from .conftest import CLI, _env, children, credentials, free_port, run, wait_healthy
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -58,7 +51,7 @@ async def test_two_workers_share_the_port_and_the_record(tmp_path: Path) -> None
 
     try:
         await asyncio.to_thread(wait_healthy, address, proc, backend)
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) == 2
         before = {pid: _cpu_ticks(pid) for pid in workers}
         channels = _channels(address, backend, 16)

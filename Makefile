@@ -33,15 +33,17 @@ system-deps:
 # The tests also need a PostgreSQL server (audit store on PostgreSQL): the one on
 # 127.0.0.1:5432 if it answers, else a throwaway cluster the tests start from
 # Debian's binaries, installed here when missing. And Go: a test decodes hostile
-# payloads with Go's own encoding/json, the decoder go-tuf clients use.
+# payloads with Go's own encoding/json, the decoder go-tuf clients use, and the
+# transparency-log tests check our Merkle proofs and signed notes with Go's
+# golang.org/x/mod/sumdb (tlog, note), an independent implementation.
 test-deps:
 	@if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing postgresql (Debian) for the PostgreSQL store tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
-	@if ! command -v go >/dev/null; then \
-	  echo "installing golang-go (Debian) for the encoding/json test"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go; \
+	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/golang.org/x/mod/sumdb ]; then \
+	  echo "installing golang-go and golang-golang-x-mod-dev (Debian) for the Go cross-checks"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-golang-x-mod-dev; \
 	fi
 
 $(STAMP): pyproject.toml

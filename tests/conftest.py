@@ -77,6 +77,47 @@ class SoftHsm:
         return Pkcs11Backend(name, self.module, token_label or self.token_label, provider, **kwargs)
 
 
+GOCODE = Path("/usr/share/gocode")  # where Debian's golang-*-dev packages put Go sources
+
+
+def build_go_checker(source: Path, work: Path, package: str, why: str) -> Path:
+    """Build the Go program in folder ``source`` against Debian's Go sources.
+
+    Go's own implementations (``encoding/json``, ``golang.org/x/mod/sumdb``) are the
+    independent references our formats are checked against.
+
+    Args:
+        source: the folder of a ``main`` package.
+        work: a scratch folder (build cache, binary).
+        package: a Go import path the program needs (e.g. ``golang.org/x/mod/sumdb/tlog``).
+        why: what the reference is for, shown when the test skips.
+
+    Returns:
+        The built binary.
+    """
+    if shutil.which("go") is None:
+        pytest.skip(f"no Go toolchain on PATH ({why}); make test installs golang-go")
+    if not (GOCODE / "src" / package).is_dir():
+        pytest.skip(f"{package} is missing ({why}); make test installs golang-golang-x-mod-dev")
+    env = {
+        **os.environ,
+        "GOCACHE": str(work / "cache"),
+        "GOPATH": f"{work / 'gopath'}{os.pathsep}{GOCODE}",
+        "GO111MODULE": "off",
+        "GOFLAGS": "",
+    }
+    binary = work / source.name
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        timeout=600,
+        check=True,
+    )
+    return binary
+
+
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     """A private SoftHSM configuration with initialised tokens, for the whole session."""

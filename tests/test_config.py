@@ -270,6 +270,10 @@ BAD += [
     ("i12-connections-float", _srv("max_connections = 1.5"),
      "server.max_connections: expected int, got float"),
     ("i12-calls-zero", _srv("max_calls = 0"), "server.max_calls: must be between 1 and"),
+    ("i12-streams-in-all-too-many",
+     _srv("max_connections = 20000\nmax_streams_per_connection = 100"),
+     "server.max_connections times server.max_streams_per_connection: must be at most 1,000,000, "
+     "got 2,000,000"),
     ("i12-age-too-long", _srv("max_connection_age_seconds = 3000000"),
      "server.max_connection_age_seconds: must be between 1 and 2,000,000, got 3000000.0"),
     ("i12-keepalive-zero", _srv("keepalive_seconds = 0"),
@@ -287,10 +291,13 @@ def test_resource_limit_defaults(tmp_path: Path) -> None:
     config = _load(tmp_path, GOOD)
     server = config.server
     assert (server.max_connections, server.max_streams_per_connection, server.max_calls) == (
-        1000,
-        1000,
+        100,
+        300,
         2000,
     )
+    # Above one identity's calls in flight, so that a client at its limit is
+    # not refused a stream while gRPC is still freeing one that just ended.
+    assert server.max_streams_per_connection > config.limits.max_concurrent
     assert server.max_connection_age_seconds == 600
     assert server.max_header_bytes == 16 * 1024
     # Two SignBatch calls of the largest size fit at once, not four (the 1 GiB).

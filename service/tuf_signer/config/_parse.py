@@ -225,6 +225,9 @@ _TRANSPORT: dict[str, type] = {
 }
 
 
+MAX_QUEUED_STREAMS = 1_000_000
+
+
 def _check_transport(server: ServerConfig) -> None:
     """Refuse transport limits that would turn away every client or nobody.
 
@@ -249,6 +252,15 @@ def _check_transport(server: ServerConfig) -> None:
             raise ConfigError(
                 f"server.{key}: must be between {low:,.0f} and {high:,.0f}, got {value!r}"
             )
+    # Every stream of every connection can wait in gRPC's queue for the event
+    # loop during a reset flood (``Guard.transport_options``); gRPC takes the
+    # queue's length as a signed 32-bit int, and a million is minutes of waiting.
+    streams = server.max_connections * server.max_streams_per_connection
+    if streams > MAX_QUEUED_STREAMS:
+        raise ConfigError(
+            f"server.max_connections times server.max_streams_per_connection: must be at most"
+            f" {MAX_QUEUED_STREAMS:,}, got {streams:,}"
+        )
 
 
 def _limits(limits: Mapping[str, Any]) -> LimitsConfig:

@@ -68,10 +68,13 @@ class ServerConfig:
             any connection past it at once.
         max_streams_per_connection: calls one connection may have open at
             once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); a client's stream
-            past it is refused with REFUSED_STREAM. Keep it above
-            ``limits.max_concurrent``: a client that starts more calls than
-            this at once on a new connection, before the server's SETTINGS
-            reach it, gets UNAVAILABLE for the excess.
+            past it is refused with REFUSED_STREAM. A stream counts until
+            gRPC has freed its call, a little after the client saw it end, so
+            a client that keeps this many calls open can get UNAVAILABLE for
+            one (gRPC does not retry it): keep it above
+            ``limits.max_concurrent``. The product with ``max_connections``
+            is how many calls a reset flood can queue ahead of another
+            client's call (README "Resource limits").
         max_calls: calls open at once in one worker, over all connections;
             past it a call gets RESOURCE_EXHAUSTED. Each open call, even one
             that never sends its message, costs the event loop memory.
@@ -100,8 +103,8 @@ class ServerConfig:
     workers: int = 1
     check_processes: int = 1
     check_timeout: float = 10.0
-    max_connections: int = 1000
-    max_streams_per_connection: int = 1000
+    max_connections: int = 100
+    max_streams_per_connection: int = 300
     max_calls: int = 2000
     max_connection_age_seconds: float = 600.0
     idle_timeout_seconds: float = 300.0

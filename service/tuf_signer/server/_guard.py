@@ -43,6 +43,11 @@ class _Bucket:
     in_flight: int = 0
 
 
+def _most_streams(cfg: ServerConfig) -> int:
+    """Streams all connections of one worker may have open at once."""
+    return cfg.max_connections * cfg.max_streams_per_connection
+
+
 class Guard:
     """Holds the access policy and limits; swapped atomically on reload.
 
@@ -99,6 +104,19 @@ class Guard:
             ("grpc.max_allowed_incoming_connections", cfg.max_connections),
             # Advertised in SETTINGS; a stream past it gets RST_STREAM(REFUSED_STREAM).
             ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+            # A stream the client resets keeps its place in that count until
+            # gRPC has freed the call ("rapid reset", CVE-2023-44487). Without
+            # it one connection can queue calls for the event loop without end.
+            # On by default in grpcio 1.85 (off, 10 flooding connections of 100
+            # streams cancelled 97 of 100 calls); set so a new default cannot undo it.
+            ("grpc.http.overload_protection", 1),
+            # gRPC cancels calls queued for the event loop past this (its default
+            # is 1000): a reset flood over a few connections then cancelled other
+            # clients' calls. With the line above no more calls can be queued
+            # than every connection's streams, so none is ever cancelled; a call
+            # waits behind at most that many (README "Resource limits").
+            ("grpc.server.max_pending_requests", _most_streams(cfg)),
+            ("grpc.server.max_pending_requests_hard_limit", _most_streams(cfg)),
             # GOAWAY at the age (jittered by gRPC), then close what is left after
             # one call deadline: a call admitted just before GOAWAY can still finish.
             ("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * ms)),

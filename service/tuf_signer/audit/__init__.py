@@ -2,8 +2,9 @@
 
 One store holds the record, the role state and the key registry, so that a
 signature's record and the role state it advances commit together (P3, P4, P8).
-The record is a hash chain (P5); ``verify_records`` and ``verify_store`` check it
-offline.
+The record is a hash chain and the leaves of an RFC 6962 Merkle tree (P5, issue 13;
+``record_leaf``); ``verify_records`` checks the chain offline, ``verify_store`` the
+chain and the tree.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tuf_signer.audit._store import (
     ResetRole,
     SetVersionState,
 )
+from tuf_signer.audit._tree import record_leaf
 from tuf_signer.audit._verify import VerifyReport, verify_records, verify_store
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "is_reset_mark",
     "open_audit_store",
     "record_hash",
+    "record_leaf",
     "refused_event",
     "verify_records",
     "verify_store",

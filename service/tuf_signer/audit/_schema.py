@@ -13,6 +13,9 @@ The tables are plain columns, so an auditor can read them with plain SQL:
   JSON text).
 - ``role_state``: the high-water mark of each (key, role), with ``audit_seq``,
   the record that set it.
+- ``audit_tree``: the Merkle tree over the records (issue 13, P5): the hash of
+  every complete subtree ``(level, idx)``, lowercase hex, written with the
+  records it covers (see ``_tree``).
 - ``schema_version``: one row, the version of this layout.
 """
 
@@ -21,21 +24,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tuf_signer.errors import StoreError
+from tuf_signer.audit._tree import backfill
+from tuf_signer.errors import AuditChainError, StoreError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-
-# Schema migrations: version -> the statements that take it to version + 1.
-# 1 -> 2: keys.bins, a key's hash-bin declaration ("PREFIX:BIT_LENGTH" or "").
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE keys ADD COLUMN bins TEXT NOT NULL DEFAULT ''",),
-}
+SCHEMA_VERSION = 3
 
 
 # --- the DB-API surface we use ---------------------------------------------------
@@ -111,6 +109,25 @@ def _translate(sql: str, placeholder: str) -> str:
     return sql if placeholder == "?" else sql.replace("?", placeholder)
 
 
+# A migration step: a statement, or a function of the cursor and dialect.
+_Step = str | Callable[["Cursor", "Dialect"], None]
+
+
+def _add_tree(cur: Cursor, dialect: Dialect) -> None:
+    """2 -> 3: the Merkle tree table, with the hashes of the records already stored."""
+    cur.execute(_tree_table(dialect))
+    backfill(cur, dialect)
+
+
+# Schema migrations: version -> the steps that take it to version + 1.
+# 1 -> 2: keys.bins, a key's hash-bin declaration ("PREFIX:BIT_LENGTH" or "").
+# 2 -> 3: audit_tree (issue 13), filled in from the records.
+_MIGRATIONS: dict[int, tuple[_Step, ...]] = {
+    1: ("ALTER TABLE keys ADD COLUMN bins TEXT NOT NULL DEFAULT ''",),
+    2: (_add_tree,),
+}
+
+
 def unavailable(e: BaseException) -> StoreError:
     """Return the StoreError for a database failure, without leaking data.
 
@@ -122,6 +139,16 @@ def unavailable(e: BaseException) -> StoreError:
 
 
 # --- the tables --------------------------------------------------------------------
+
+
+def _tree_table(dialect: Dialect) -> str:
+    i = dialect.bigint
+    return f"""CREATE TABLE IF NOT EXISTS audit_tree (
+            level {i} NOT NULL,
+            idx {i} NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (level, idx)
+        )"""
 
 
 def schema_statements(dialect: Dialect) -> list[str]:
@@ -184,6 +211,7 @@ def schema_statements(dialect: Dialect) -> list[str]:
             PRIMARY KEY (key_name, role),
             FOREIGN KEY (key_name, key_version) REFERENCES key_versions (key_name, version)
         )""",
+        _tree_table(dialect),
     ]
 
 
@@ -255,14 +283,23 @@ def _migrate(conn: Connection, cur: Cursor, dialect: Dialect) -> list[tuple[Any,
             conn.rollback()
             return rows
         version = rows[0][0]
+        caught: tuple[type[Exception], ...] = (StoreError, AuditChainError, *dialect.errors)
         try:
-            for stmt in _MIGRATIONS[version]:
-                cur.execute(stmt)
+            for step in _MIGRATIONS[version]:
+                if isinstance(step, str):
+                    cur.execute(step)
+                else:
+                    step(cur, dialect)
             cur.execute(dialect.translate("UPDATE schema_version SET version = ?"), (version + 1,))
             conn.commit()
-        except dialect.errors as e:
+        except caught as e:
             with contextlib.suppress(*dialect.errors):
                 conn.rollback()
+            if isinstance(e, StoreError | AuditChainError):
+                raise StoreError(
+                    f"audit store schema version {version} must be migrated to "
+                    f"{version + 1} and that failed: {e.reason}"
+                ) from e
             raise StoreError(
                 f"audit store schema version {version} must be migrated to "
                 f"{version + 1} and that failed (open it once as the tables' owner): "

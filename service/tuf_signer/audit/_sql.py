@@ -45,6 +45,7 @@ from tuf_signer.audit._store import (
     ResetRole,
     SetVersionState,
 )
+from tuf_signer.audit._tree import Frontier, SqlTree, record_leaf
 from tuf_signer.audit._writes import Writes
 from tuf_signer.errors import StoreError
 from tuf_signer.model import KeyRecord, KeyVersion, RoleState
@@ -58,12 +59,13 @@ _RoleCache = dict[tuple[str, str], RoleState | None]
 _ROLES_PER_QUERY = 200  # role names per prefetch query (SQLite allows 999 parameters)
 
 
-class SqlAuditStore(AuditStore):
+class SqlAuditStore(SqlTree, AuditStore):
     """``AuditStore`` on any DB-API 2.0 database; subclasses supply connections.
 
     Subclasses implement ``_connection`` (one connection per calling thread,
     opened lazily) and ``close``, may override ``_check_before_commit``, and call
-    ``_init_schema`` once from their constructor.
+    ``_init_schema`` once from their constructor. The Merkle tree reads
+    (``tree_hash``, the proofs) come from ``_tree.SqlTree``.
     """
 
     def __init__(self, dialect: Dialect) -> None:
@@ -184,8 +186,9 @@ class SqlAuditStore(AuditStore):
         rules are listed in ``_rules``, docs/design.md P3, P6), rewrite the event
         when the change is refused (outcome ``refused``, the status and reason,
         and no signature: a refused signature must not be obtainable from the
-        log) or is a replay (the stored signature), chain it, insert the record,
-        apply the change. One commit (one fsync) for the batch.
+        log) or is a replay (the stored signature), chain it, insert the record
+        and the Merkle tree hashes its leaf stores (``_tree``), apply the change.
+        One commit (one fsync) for the batch.
 
         Args:
             entries: the events to record, each with its change (if any).
@@ -219,6 +222,7 @@ class SqlAuditStore(AuditStore):
                 cur.execute(stmt)
             seq, prev_hash = self._head(cur)
             first = seq + 1
+            tree = Frontier.read(cur, self._dialect, seq)  # the one SELECT of the tree
             out: list[Committed] = []
             versions: _VersionCache = {}
             roles = self._fetch_roles(cur, changes)
@@ -230,7 +234,7 @@ class SqlAuditStore(AuditStore):
                 if decision.error is not None:
                     logger.info("record %d: %s refused: %s", seq, event.operation, event.reason)
                 record = chain(prev_hash, seq, event)
-                writes.record(record)
+                writes.record(record, tree.append(record_leaf(record)))
                 if decision.advance is not None:
                     # What later entries of this batch compare with.
                     new = decision.advance

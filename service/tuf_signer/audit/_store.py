@@ -10,6 +10,7 @@ import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from tuf_signer.audit._merkle import StoredHash
 from tuf_signer.errors import TufSignerError
 from tuf_signer.model import AuditEvent, KeyRecord, KeyState, KeyVersion, RoleState
 
@@ -182,6 +183,76 @@ class AuditStore(abc.ABC):
     @abc.abstractmethod
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last record, ``(0, GENESIS_HASH)`` when empty."""
+
+    # --- the Merkle tree over the records (issue 13, P5; RFC 6962 §2.1) ----------
+    # Leaf i is record seq = i + 1 as ``audit export`` prints it (``record_leaf``).
+    # Each call reads the head, then the stored hashes it needs in one query.
+
+    @abc.abstractmethod
+    def tree_size(self) -> int:
+        """The number of leaves of the tree: the head's seq (0 when empty).
+
+        Raises:
+            StoreError: the database failed.
+        """
+
+    @abc.abstractmethod
+    def tree_hash(self, size: int | None = None) -> bytes:
+        """The Merkle Tree Hash MTH(D[size]) of the first ``size`` records (RFC 6962 §2.1).
+
+        Args:
+            size: the tree size; None for the whole log. 0 gives SHA-256 of nothing.
+
+        Raises:
+            RequestError: ``size`` is not an integer in [0, 2**64-1].
+            TreeRangeError: ``size`` is beyond the log.
+            StoreError: the database failed or a stored hash is missing.
+        """
+
+    @abc.abstractmethod
+    def inclusion_proof(self, seq: int, size: int | None = None) -> tuple[bytes, ...]:
+        """The audit path of record ``seq`` (leaf ``seq - 1``) in the tree of ``size``.
+
+        RFC 6962 §2.1.1; ``_merkle.verify_inclusion`` checks it against
+        ``tree_hash(size)``.
+
+        Args:
+            seq: the record.
+            size: the tree size; None for the whole log.
+
+        Raises:
+            RequestError: ``seq`` or ``size`` is not an integer in range.
+            TreeRangeError: ``seq`` is not in the tree of ``size`` (below 1,
+                above ``size``), or ``size`` is beyond the log.
+            StoreError: the database failed or a stored hash is missing.
+        """
+
+    @abc.abstractmethod
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> tuple[bytes, ...]:
+        """The consistency proof from tree size ``old_size`` to ``new_size`` (RFC 6962 §2.1.2).
+
+        Empty when ``old_size`` is 0 or ``new_size`` (c2sp.org/tlog-witness).
+
+        Args:
+            old_size: the smaller tree.
+            new_size: the larger tree; None for the whole log.
+
+        Raises:
+            RequestError: a size is not an integer in range, or ``old_size > new_size``.
+            TreeRangeError: ``new_size`` is beyond the log.
+            StoreError: the database failed or a stored hash is missing.
+        """
+
+    @abc.abstractmethod
+    def stored_hashes(self, start: int, end: int | None = None) -> list[StoredHash]:
+        """The subtree hashes stored by the appends of leaves ``start .. end - 1``.
+
+        As stored, unverified, sorted by (level, index); ``end`` None: up to the
+        last. ``verify_store`` holds them against the records.
+
+        Raises:
+            StoreError: the database failed or holds an unreadable hash.
+        """
 
     @abc.abstractmethod
     def probe(self, timeout: float = 5.0) -> None:

@@ -20,6 +20,7 @@ from tuf_signer.audit._chain import (
     state_differences,
 )
 from tuf_signer.audit._store import GENESIS_HASH, AuditRecord, AuditStore
+from tuf_signer.audit._tree import TreeCheck
 from tuf_signer.errors import AuditChainError, StoreError
 
 # How often verify_store re-reads when appends keep landing between its reads.
@@ -165,6 +166,10 @@ def verify_store(store: AuditStore) -> VerifyReport:
     deletion or rollback of role state. It cannot catch the removal of trailing
     records that set no role state.
 
+    It also rebuilds the Merkle tree from the records (leaf: ``record_leaf``)
+    and holds every stored tree hash against it (``_tree.TreeCheck``): an
+    edited, missing or extra hash is named by its level and index.
+
     Appends may run meanwhile: role states are read together with the head,
     and only records up to that head are held against them.
 
@@ -194,9 +199,11 @@ def verify_store(store: AuditStore) -> VerifyReport:
     last_sign: dict[tuple[str, str], AuditRecord] = {}  # the same, up to the head read
     count = 0
     last: AuditRecord | None = None
+    tree = TreeCheck(store)
     for r in _verified(store.records()):
         count += 1
         last = r
+        tree.add(r)
         if not sets_role_state(r.event):
             if r.seq <= head_seq and r.seq in wanted:
                 by_seq[r.seq] = r
@@ -253,6 +260,7 @@ def verify_store(store: AuditStore) -> VerifyReport:
                 seq=r.seq,
             )
 
+    tree.finish()
     return VerifyReport(
         records=count,
         head_seq=end,

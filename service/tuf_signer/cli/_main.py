@@ -277,10 +277,13 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
+    from tuf_signer.audit import record_leaf
+
     store = _open_store(args.config)
     try:
         for record in store.records(args.start):
-            print(json.dumps(_record_json(record), sort_keys=True))
+            # One line per record: exactly the record's Merkle leaf (``record_leaf``).
+            print(record_leaf(record).decode("ascii"))
     finally:
         store.close()
     return 0

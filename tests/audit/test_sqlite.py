@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +262,40 @@ def test_writers_of_two_stores_on_one_file_queue_on_the_writer_lock(
         waiter.join(10)
         assert done == [2]
         verify_store(first)
+
+
+def test_a_probe_never_releases_the_writers_lock(db: Path, make: AuditFactory) -> None:
+    """Review E: the probe shares the store's lock-file descriptor, and flock
+    belongs to the open file: its unlock must not free the writer's turn."""
+    lock = db.with_name(db.name + ".writer-lock")
+    other = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n"
+        "    print('held')\n"
+        "else:\n"
+        "    print('free')\n"
+    )
+
+    def another_process_sees() -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", other, str(lock)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    with SqliteAuditStore(db) as store:
+        store.append([make.create_key()])
+        with store._writer_turn():  # the writer, in the middle of a commit
+            assert another_process_sees() == "held"
+            with pytest.raises(StoreError, match=r"audit store unavailable: .*held the lock"):
+                store.probe(timeout=0.3)
+            assert another_process_sees() == "held", "the probe released the writer's lock"
+        assert another_process_sees() == "free"
+        store.probe(timeout=5)  # and once the writer is done, the probe gets its turn
+        verify_store(store)

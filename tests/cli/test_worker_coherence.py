@@ -31,9 +31,13 @@ async def test_keys_made_through_any_worker_sign_on_every_worker(tmp_path: Path)
     config = Path(run("dev-init", str(directory), "--listen", address).stdout.strip())
     text = config.read_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)
     config.write_text(text.replace('keys = ["online"]', 'keys = ["*"]', 1))
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config)], stderr=subprocess.PIPE, env=_env()
-    )
+    # The server's log goes to a file: a pipe nobody reads until exit can fill
+    # and block the server mid-test.
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--config", str(config)], stderr=log_file, env=_env()
+        )
     admin = client_env(directory, "admin")
     tls = directory / "tls"
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
@@ -60,7 +64,11 @@ async def test_keys_made_through_any_worker_sign_on_every_worker(tmp_path: Path)
         )
 
     try:
-        await asyncio.to_thread(wait_healthy, address, proc, credentials(directory, "backend"))
+        try:
+            await asyncio.to_thread(wait_healthy, address, proc, credentials(directory, "backend"))
+        except Exception as e:  # exited (no stderr pipe to read: the log file) or timed out
+            log = log_path.read_text(errors="replace")
+            raise AssertionError(f"server not healthy (exit {proc.poll()}): {e!r}\n{log}") from e
         # A key both workers see PENDING: every Sign on every connection is refused.
         await asyncio.to_thread(create, "k-pending")
         async with client() as early:
@@ -93,7 +101,7 @@ async def test_keys_made_through_any_worker_sign_on_every_worker(tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 60)
-    assert code == 0
-    log = proc.stderr.read().decode()
+    log = log_path.read_text(errors="replace")
+    assert code == 0, log
     assert "[worker 0]" in log and "[worker 1]" in log
     assert run("audit", "verify", "--config", str(config)).stdout.startswith("OK:")

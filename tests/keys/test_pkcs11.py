@@ -230,14 +230,14 @@ async def test_session_that_cannot_be_reopened_is_unavailable_until_it_can(
     softhsm: SoftHsm, keys: dict[Algorithm, NewKey]
 ) -> None:
     key = keys[Algorithm.ED25519]
-    # The PIN provider fails once (say, a secret store hiccup) after startup.
+    # The token refuses the PIN once (a wrong one in the pin file), then the right one is back.
     pins = iter([softhsm.pin, "0000", softhsm.pin])
     backend = softhsm.backend("reopen-fails", pin=lambda: next(pins))
     await backend.start()
     try:
         await on_pkcs11_thread(session_of(backend).close)
 
-        with pytest.raises(BackendUnavailableError, match="reopening the session failed"):
+        with pytest.raises(BackendUnavailableError, match="refused the PIN"):
             await backend.sign(key.handle, Algorithm.ED25519, b"x")
         signature = await backend.sign(key.handle, Algorithm.ED25519, b"y")  # reopens
 

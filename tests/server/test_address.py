@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tuf_signer.config import load_config
 from tuf_signer.errors import ConfigError
+from tuf_signer.server import SignerServer, _app
 from tuf_signer.server._address import claim_address
+
+from .conftest import Clock, make_pki, write_tls_config
 
 
 @pytest.fixture
@@ -74,3 +80,64 @@ def test_port_zero_needs_no_claim() -> None:
     second = claim_address("127.0.0.1:0")
     first.release()
     second.release()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param("127.0.0.1", "localhost", id="ip-then-name"),
+        pytest.param("localhost", "127.0.0.1", id="name-then-ip"),
+        pytest.param("0.0.0.0", "127.0.0.1", id="any-then-loopback"),
+        pytest.param("127.0.0.1", "0.0.0.0", id="loopback-then-any"),
+    ],
+)
+def test_the_claim_is_on_the_port_whatever_the_host(
+    free_port: int, first: str, second: str
+) -> None:
+    """Review F: ``localhost:P``, ``127.0.0.1:P`` and ``0.0.0.0:P`` are one claim.
+
+    Named after the host string, both claims passed, and two supervisors could
+    both pass the test bind before their workers listened, then share the port.
+    """
+    held = claim_address(f"{first}:{free_port}")
+    try:
+        with pytest.raises(
+            ConfigError,
+            match=rf"{second}:{free_port} is already served by another tuf-signer.*"
+            rf"one tuf-signer per port.*port {free_port}",
+        ):
+            claim_address(f"{second}:{free_port}")
+    finally:
+        held.release()
+    claim_address(f"{second}:{free_port}").release()
+
+
+@pytest.mark.parametrize("failure", ["deny-list", "credentials"])
+async def test_a_failing_credential_load_releases_the_claim(
+    tmp_path: Path, softhsm: Any, free_port: int, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review F: the TLS files are read after the claim; a failure there must not
+    leave the port claimed by a server that never started."""
+    directory = tmp_path / "signer"
+    make_pki(directory)
+    path = write_tls_config(directory, softhsm)
+    path.write_text(
+        path.read_text()
+        .replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{free_port}"')
+        .replace('client_ca = "tls/ca.crt"\n', 'client_ca = "tls/ca.crt"\ndeny_list = "deny.txt"\n')
+    )
+    (directory / "deny.txt").write_text("# nobody revoked yet\n")
+    server = SignerServer(load_config(path), clock=Clock())
+    if failure == "deny-list":
+        (directory / "deny.txt").write_text("not a serial\n")  # a bad edit since
+        match = r"server.tls.deny_list: .*not a serial"
+    else:
+
+        def unreadable(tls: object) -> None:
+            raise ConfigError("server.tls: cannot read server.key: Input/output error")
+
+        monkeypatch.setattr(_app, "_server_credentials", unreadable)
+        match = r"server.tls: cannot read server.key"
+    with pytest.raises(ConfigError, match=match):
+        await server.start()
+    claim_address(f"127.0.0.1:{free_port}").release()  # free again: no restart needed

@@ -199,3 +199,19 @@ async def test_an_internal_refusal_reaches_the_server_log(
     text = logged[-1].getMessage()
     assert f"sign by {WHO}, key k version 1" in text
     assert f"BackendError: {refused.reason}" in text
+
+
+async def test_a_flood_of_signs_the_backend_refuses_rereads_the_key_seldom(pair: Pair) -> None:
+    await pair.a.create_key(WHO, "k", Algorithm.ED25519, ROLES, activate=True)
+    await pair.sign(pair.b, 1)  # b has the key cached now
+    (view,) = await pair.a.public_keys(WHO, "k")
+    await pair.backends[0].disable(view.versions[0].handle)  # b's backend cannot sign with it
+    before = pair.stores[1].key_reads
+    signs = 200
+    refused = await asyncio.gather(
+        *(pair.refused(pair.b, version) for version in range(2, signs + 2))
+    )
+    assert {e.code for e in refused} == {"INTERNAL"}
+    reads = pair.stores[1].key_reads - before
+    # One re-read per sign before (issue 12, review H); now they share them.
+    assert reads <= signs // 4, f"{reads} key reads for {signs} refused signs"

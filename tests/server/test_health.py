@@ -247,3 +247,35 @@ async def test_failing_sign_turns_health_not_serving_before_the_next_probe(
         await h.sign("k", h.payloads.timestamp(3))
     finally:
         await stop_harness(h)
+
+
+# --- a hung store: the call's deadline is a fault too ---------------------------------------
+
+
+async def test_sign_past_the_deadline_on_a_hung_store_turns_health_not_serving(
+    tmp_path: Path, softhsm: Any, clock: Clock, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    audit = f'store = "postgres"\ndsn_env = "{DSN_ENV}"'
+    # No periodic probe during the test (300 s); the store waits 5 s for its
+    # lock, longer than the call may run (1.5 s): the Sign hits the deadline.
+    path = _config(tmp_path / "signer", softhsm, 300, audit=audit)
+    path.write_text(
+        path.read_text().replace(
+            "drain_seconds = 5\n", "drain_seconds = 5\ncall_deadline_seconds = 1.5\n"
+        )
+    )
+    h = await start_harness(path, clock)
+    try:
+        await h.create_key("k")
+        await h.sign("k", h.payloads.timestamp(1))
+        with _lock_held(postgres_dsn):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await h.sign("k", h.payloads.timestamp(2))
+            assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await _status(h) == NOT_SERVING
+        # The probe waits for the lock the Sign left waiting, then passes.
+        await _wait_for(h, SERVING, RECOVERY_BOUND + 8)
+        await h.sign("k", h.payloads.timestamp(3))
+    finally:
+        await stop_harness(h)

@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,34 @@ async def _health_ok(port: int) -> None:
         await call(b"", timeout=5)
 
 
+# Bounds on a busy 2-core machine: poll for what should happen at once, up to
+# a deadline far above the nominal time, and check the outcome after.
+DEADLINE = 20.0
+
+
+async def _until(condition: Callable[[], bool], seconds: float = DEADLINE) -> bool:
+    """Poll ``condition`` every 50 ms for up to ``seconds``; its last value."""
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= end:
+            return condition()
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _health_ok_soon(port: int, seconds: float = DEADLINE) -> None:
+    """``_health_ok``, retried until ``seconds`` have passed (a slot freeing up)."""
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            await _health_ok(port)
+            return
+        except grpc.aio.AioRpcError:
+            if time.monotonic() >= end:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def test_default_limits_are_advertised(harness: Harness) -> None:
     """Before: no SETTINGS_MAX_CONCURRENT_STREAMS at all (unbounded streams)."""
     conn = await _opened(harness.server.port)
@@ -65,7 +94,7 @@ async def test_streams_above_the_limit_are_refused(
     try:
         assert conn.settings[h2.SETTINGS_MAX_CONCURRENT_STREAMS] == 5
         streams = [conn.start_stream(HEALTH) for _ in range(12)]
-        await asyncio.sleep(1)
+        await _until(lambda: all(s in conn.reset_codes for s in streams[5:]))
         refused = [s for s in streams if conn.reset_codes.get(s) == h2.REFUSED_STREAM]
         assert refused == streams[5:]  # before: all 12 held open
         assert conn.alive()
@@ -87,16 +116,15 @@ async def test_connections_above_the_limit_are_closed(
                 late.append(await _opened(h.server.port))
             except (OSError, TimeoutError):
                 late.append(None)
-        await asyncio.sleep(1)
-        assert all(c.alive() for c in conns)
+        await _until(lambda: not any(c is not None and c.alive() for c in late))
         assert not any(c is not None and c.alive() for c in late)  # before: all 6 open
+        assert all(c.alive() for c in conns)
     finally:
         for c in [*conns, *(c for c in late if c is not None)]:
             await asyncio.to_thread(c.close)
     # The slots come back once the abuser's connections are gone.
-    await asyncio.sleep(0.5)
     try:
-        await _health_ok(h.server.port)
+        await _health_ok_soon(h.server.port)
     finally:
         await stop_harness(h)
 
@@ -116,7 +144,9 @@ async def test_streams_that_never_send_are_reaped(
     try:
         start = time.monotonic()
         streams = [conn.start_stream(HEALTH) for _ in range(20)]
-        bound = 1.1 * 2 + 2 + 1.5  # age (gRPC jitters it by 10%) + grace (call deadline) + slack
+        # Age (gRPC jitters it by 10%) + grace (the call deadline): 4.2 s nominal;
+        # generous slack for a busy machine. Before, they were never reaped (30 s+).
+        bound = 1.1 * 2 + 2 + 10
         while time.monotonic() - start < bound and conn.alive():
             await asyncio.sleep(0.2)
         assert conn.goaway_at is not None
@@ -138,7 +168,7 @@ async def test_oversized_header_lists_are_refused(
         assert conn.settings[h2.SETTINGS_MAX_HEADER_LIST_SIZE] == 4096
         small = conn.start_stream(HEALTH, [(b"x-pad", b"a" * 1000)])
         big = conn.start_stream(HEALTH, [(b"x-pad", b"a" * 8000)])
-        await asyncio.sleep(1)
+        await _until(lambda: big in conn.ended)
         assert big in conn.ended  # before: accepted, then waiting for its message
         assert small not in conn.ended  # a header list under the limit is accepted
         assert conn.alive()
@@ -148,6 +178,8 @@ async def test_oversized_header_lists_are_refused(
 
 
 def _rss_mib() -> float:
+    """This process's RSS, which is the server's: the harness runs it in process
+    (with the test's own raw clients, whose buffers are small beside it)."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -180,16 +212,24 @@ async def test_many_idle_streams_stay_bounded(tmp_path: Path, softhsm: Any, cloc
             conns.append(conn)
             for _ in range(100):
                 conn.start_stream(HEALTH)
-        await asyncio.sleep(2)
-        held = sum(100 - len(c.ended) for c in conns if c.alive())
-        assert held <= 200  # before: all 2,000 held
+
+        def held() -> int:
+            return sum(100 - len(c.ended) for c in conns if c.alive())
+
+        await _until(lambda: held() <= 200, seconds=1.1 * 4)  # refused at once, before the age
+        assert held() <= 200  # before: all 2,000 held
+        # The exact bound is ``held`` above; RSS is a coarse check against growth
+        # without bound (the issue's 537 MiB). 128 MiB, not 64: on a busy machine
+        # gRPC's threads and glibc's per-thread arenas alone move it by tens of MiB.
         peak = _rss_mib()
-        assert peak - base < 64, (base, peak)
-        while time.monotonic() - start < 1.1 * 4 + 2 + 3 and any(c.alive() for c in conns):
-            await asyncio.sleep(0.25)
+        assert peak - base < 128, (base, peak)
+        # Age (jittered 10%) + grace, 6.4 s nominal; slack for a busy machine.
+        await _until(
+            lambda: not any(c.alive() for c in conns), 1.1 * 4 + 2 + 10 - (time.monotonic() - start)
+        )
         assert not any(c.alive() for c in conns)
-        await _health_ok(h.server.port)
-        assert _rss_mib() - base < 64
+        await _health_ok_soon(h.server.port)
+        assert _rss_mib() - base < 128
     finally:
         for conn in conns:
             await asyncio.to_thread(conn.close)
@@ -248,7 +288,10 @@ async def test_inflight_bytes_cap_refuses_and_releases(
 
 
 async def _timed_health_calls(port: int, n: int) -> tuple[dict[str, int], list[float]]:
-    """``n`` Health calls, ten at a time, on a new connection: status counts and latencies."""
+    """``n`` Health calls, ten at a time, on a new connection: status counts and latencies.
+
+    Each call has 10 s: one slower than that fails DEADLINE_EXCEEDED in the counts.
+    """
     codes: dict[str, int] = {}
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -260,7 +303,7 @@ async def _timed_health_calls(port: int, n: int) -> tuple[dict[str, int], list[f
             async with slots:
                 start = time.monotonic()
                 try:
-                    await call(b"", timeout=5)
+                    await call(b"", timeout=10)
                     code = "OK"
                 except grpc.aio.AioRpcError as e:
                     code = e.code().name
@@ -282,20 +325,29 @@ async def test_a_reset_flood_does_not_cancel_other_clients_calls(harness: Harnes
     """
     port = harness.server.port
     flooder = subprocess.Popen(
-        [sys.executable, h2.__file__, str(port), "15", "4"],
+        [sys.executable, h2.__file__, str(port), "60", "4"],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert flooder.stdout is not None
     try:
-        await asyncio.sleep(1)  # the flood is under way
-        assert flooder.poll() is None
+        # The flooder says "flooding" once its connections are open.
+        started = await asyncio.wait_for(asyncio.to_thread(flooder.stdout.readline), 30)
+        assert started.strip() == "flooding"
+        await asyncio.sleep(0.5)  # the flood is under way
         codes, latencies = await _timed_health_calls(port, 100)
-        assert flooder.poll() is None  # flooding all along
+        assert flooder.poll() is None  # flooding all along (it floods for 60 s)
     finally:
-        flooder.terminate()
-        await asyncio.to_thread(flooder.wait)
+        flooder.terminate()  # it stops and prints how many streams it opened
+        out, _ = await asyncio.to_thread(flooder.communicate, timeout=30)
+    streams = int(out.split()[-1])
+    # A stalled flooder would make this test pass without a flood. Measured on
+    # 2 cores: hundreds of thousands of streams; 10,000 is a floor far below.
+    assert streams >= 10_000, streams
     assert codes == {"OK": 100}
     # Measured on 2 cores with the flooder beside the server: median 0.15-0.7 s,
-    # slowest 1-1.7 s (a call waits behind up to 4 x 300 dead calls).
-    assert latencies[50] < 2 and latencies[-1] < 4, latencies
+    # slowest 1-1.7 s (a call waits behind up to 4 x 300 dead calls). Bounds
+    # widened for a busy machine: median 3 s, slowest under each call's 10 s
+    # (checked by the counts). Before: 91-98 of 100 failed CANCELLED at once.
+    assert latencies[50] < 3, latencies
     await _health_ok(port)

@@ -71,6 +71,11 @@ class SqliteAuditStore(SqlAuditStore):
         self._conns = ThreadConnections(self._open_connection)
         self._lock_fd: int | None = None
         self._lock_fd_guard = threading.Lock()
+        # flock belongs to the open file, which all of this store's threads
+        # share: the probe's LOCK_NB would succeed while the writer holds the
+        # lock, and its LOCK_UN would release the writer's. One turn at a time
+        # per process, then, before the kernel lock queues the processes.
+        self._turn = threading.Lock()
         self._create_file()
         try:
             self._identity = self._file_identity()
@@ -168,33 +173,45 @@ class SqliteAuditStore(SqlAuditStore):
 
         With a ``timeout`` (the probe's) the wait polls, so that a writer
         stuck behind a held lock turns the probe into a failure, not a hang.
+        Threads of this process take turns on ``_turn`` first: they share one
+        lock-file descriptor, and ``flock`` does not tell them apart.
 
         Raises:
             StoreError: the lock file cannot be opened, or the turn did not
                 come within ``timeout``.
         """
         fd = self._writer_lock_fd()
+        deadline = 0.0 if timeout is None else time.monotonic() + timeout
         if timeout is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
-        else:
-            self._flock_within(fd, timeout)
+            self._turn.acquire()
+        elif not self._turn.acquire(timeout=timeout):
+            raise self._held_too_long(timeout)
         try:
-            yield
+            if timeout is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+            else:  # one deadline for both waits
+                self._flock_until(fd, deadline, timeout)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._turn.release()
 
-    def _flock_within(self, fd: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _held_too_long(self, timeout: float) -> StoreError:
+        return StoreError(
+            f"audit store unavailable: another writer held the lock on "
+            f"{self._path} for more than {timeout:g} s"
+        )
+
+    def _flock_until(self, fd: int, deadline: float, timeout: float) -> None:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"audit store unavailable: another writer held the lock on "
-                        f"{self._path} for more than {timeout:g} s"
-                    ) from None
+                    raise self._held_too_long(timeout) from None
                 time.sleep(0.005)
 
     def _probe_write(self, cur: Cursor, timeout: float) -> None:

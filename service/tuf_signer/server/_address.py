@@ -6,10 +6,13 @@ send some clients to a signer with another store, whose high-water marks know
 nothing of the first one's (finding 6 of issue 12). So before it listens, a
 server (or the supervisor of several workers) claims the address:
 
-1. it binds an abstract Unix socket named after the address, held for its whole
+1. it binds an abstract Unix socket named after the PORT, held for its whole
    life; the kernel releases it when the process dies, however it dies, so a
-   second tuf-signer on the same address (and network namespace) is refused, and
-   a ``kill -9`` leaves no stale lock;
+   second tuf-signer on the same port (and network namespace) is refused, and
+   a ``kill -9`` leaves no stale lock. The claim names the port, not the host:
+   ``localhost:P``, ``127.0.0.1:P`` and ``0.0.0.0:P`` overlap, and two
+   supervisors that both passed the test bind below before either's workers
+   listened would share the port. One tuf-signer per port, then;
 2. it test-binds the TCP address without SO_REUSEPORT, so an address held by any
    other program is refused too.
 
@@ -55,14 +58,15 @@ def claim_address(listen: str, setting: str = "server.listen") -> AddressClaim:
         return AddressClaim(None)
     lock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        lock.bind(_LOCK_PREFIX + f"{host}:{port}".encode())
+        lock.bind(_LOCK_PREFIX + f"port/{port}".encode())
     except OSError as e:
         lock.close()
         if e.errno != errno.EADDRINUSE:
             raise ConfigError(f"{setting}: cannot claim {listen}: {e.strerror}") from e
         raise ConfigError(
-            f"{setting}: {listen} is already served by another tuf-signer on this machine; "
-            "stop it first, or give this one another address (--listen HOST:PORT)"
+            f"{setting}: {listen} is already served by another tuf-signer on this machine "
+            f"(one tuf-signer per port, whatever the host: port {port}); stop it first, or "
+            "give this one another port (--listen HOST:PORT)"
         ) from e
     try:
         _probe(host, port, listen, setting)

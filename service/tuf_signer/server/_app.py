@@ -27,7 +27,7 @@ from tuf_signer.server._address import AddressClaim, claim_address
 from tuf_signer.server._grpc import AuditLogServicer, KeyAdminServicer, SignerServicer
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._harden import harden_process
-from tuf_signer.server._health import Health
+from tuf_signer.server._health import Health, HealthServicer
 from tuf_signer.server._identity import Authenticator, IdentitySettings
 from tuf_signer.server._interceptor import ErrorInterceptor, admitted_identity
 from tuf_signer.server._revocation import load_revocation
@@ -63,7 +63,7 @@ class SignerServer:
         self.guard = Guard(config.authz, config.limits)
         self.authenticator = Authenticator(identity_settings(config.server.tls))
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
         self.health = Health(
             self._health, ("", *SERVICE_NAMES), self._probe, self._server_cfg.health_interval
         )
@@ -89,12 +89,12 @@ class SignerServer:
         # A supervised worker shares the address its supervisor claimed; any
         # other server claims it and listens without SO_REUSEPORT (``_address``).
         shared = worker_index() is not None
-        if not shared:
-            self._claim = claim_address(cfg.listen)
-        credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
-        revocation = load_revocation(cfg.tls)
-        self.authenticator.update(identity_settings(cfg.tls), revocation)
-        try:
+        try:  # whatever fails from the claim on releases it
+            if not shared:
+                self._claim = claim_address(cfg.listen)
+            credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
+            revocation = load_revocation(cfg.tls)
+            self.authenticator.update(identity_settings(cfg.tls), revocation)
             self._parts = await start_parts(self.config, guard=self.guard, clock=self._clock)
         except BaseException:
             await self._release()
@@ -146,7 +146,7 @@ class SignerServer:
         except BaseException:
             await self._release()
             raise
-        await self.health.start()
+        self.health.start()
         self._health_task = asyncio.create_task(self.health.run())
         self._summary_task = asyncio.create_task(
             self._write_summaries(self.config.limits.summary_seconds)
@@ -219,7 +219,7 @@ class SignerServer:
         if self._stopped.is_set():
             return
         grace = self._server_cfg.drain_seconds if grace is None else grace
-        await self._health.enter_graceful_shutdown()
+        self._health.enter_graceful_shutdown()
         for task in (self._health_task, self._summary_task):
             if task is not None:
                 task.cancel()

@@ -15,6 +15,12 @@ HSM or the store since it started. Two things move it:
 
 Only passing probes turn health SERVING, and a probe that was running when a
 call failed does not count: it may have passed before the fault.
+
+Setting health never waits on a client. grpc-health's own servicer writes
+each Watch answer while holding the lock that ``set`` needs, so one Watch
+client that keeps its HTTP/2 window at 0 would hang every ``set``, and with it
+every failing call that reports its fault. ``HealthServicer`` here sets a
+status at once, without a lock, and a Watch writes with nothing held.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from grpc_health.v1 import health, health_pb2
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tuf_signer.errors import TufSignerError
+from tuf_signer.server._recording import loggable_cause
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,59 @@ RETRY_SECONDS = 1.0
 PROBE_TIMEOUT = 10.0
 
 Probe = Callable[[], Awaitable[None]]
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """The gRPC health service (``grpc.health.v1``) whose ``set_status`` never waits.
+
+    Unlike ``grpc_health.v1.health.aio.HealthServicer``, no lock is held while
+    a Watch writes: a Watch stalled by its client (a zero flow-control window)
+    stalls only itself, never ``set_status``, ``Check`` or the other Watches.
+    """
+
+    def __init__(self) -> None:
+        self._status: dict[str, int] = {"": _SERVING}
+        # Set and replaced on every change: each Watch waits on the one it saw.
+        self._changed = asyncio.Event()
+        self._shutting_down = False
+
+    def set_status(self, service: str, serving: bool) -> None:
+        """Answer SERVING or NOT_SERVING for ``service`` from now on (ignored once draining)."""
+        if not self._shutting_down:
+            self._put(service, _SERVING if serving else _NOT_SERVING)
+
+    def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING for every service, for good: the server is draining."""
+        self._shutting_down = True
+        for service in tuple(self._status):
+            self._put(service, _NOT_SERVING)
+
+    def _put(self, service: str, status: int) -> None:
+        self._status[service] = status
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        last: int | None = None
+        while True:
+            changed = self._changed  # before reading: a change after it wakes us
+            status = self._status.get(request.service, _UNKNOWN)
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            await changed.wait()
 
 
 class Health:
@@ -53,7 +115,7 @@ class Health:
 
     def __init__(
         self,
-        servicer: health.aio.HealthServicer,
+        servicer: HealthServicer,
         names: Sequence[str],
         probe: Probe,
         interval: float,
@@ -79,11 +141,13 @@ class Health:
     async def fault(self, error: TufSignerError) -> None:
         """A call failed because the store or a backend did: NOT_SERVING now.
 
-        The probes then run every ``retry`` seconds until one passes.
+        It returns at once (nothing here waits on a client or a lock), so the
+        failing call answers within its deadline. The probes then run every
+        ``retry`` seconds until one passes.
         """
         self._faults += 1
         self._woken.set()
-        await self._set(False, error.reason)
+        self._set(False, error.reason)
 
     async def run(self) -> None:
         """Probe forever: every ``interval`` while SERVING, every ``retry`` while not."""
@@ -108,23 +172,21 @@ class Health:
         try:
             await asyncio.wait_for(asyncio.shield(self._running), self._probe_timeout)
         except TufSignerError as e:
-            await self._set(False, e.reason)
+            self._set(False, e.reason)
         except TimeoutError:
-            await self._set(
-                False, f"the health probe did not answer within {self._probe_timeout:g} s"
-            )
-        except Exception:  # a bug must not stop the probes and freeze health
-            log.exception("the health probe failed unexpectedly")
-            await self._set(False, "the health probe failed unexpectedly (see the log)")
+            self._set(False, f"the health probe did not answer within {self._probe_timeout:g} s")
+        except Exception as e:  # a bug must not stop the probes and freeze health
+            log.error("the health probe failed unexpectedly: %s", loggable_cause(e))
+            self._set(False, "the health probe failed unexpectedly (see the log)")
         else:
             if self._faults == faults:
-                await self._set(True, "")
+                self._set(True, "")
 
-    async def start(self) -> None:
+    def start(self) -> None:
         """Answer SERVING for every name (the server has just started)."""
-        await self._set(True, "", force=True)
+        self._set(True, "", force=True)
 
-    async def _set(self, serving: bool, reason: str, force: bool = False) -> None:
+    def _set(self, serving: bool, reason: str, force: bool = False) -> None:
         if serving == self._serving and not force:
             return
         if serving and not force:
@@ -132,13 +194,8 @@ class Health:
         elif not serving:
             log.error("health: NOT_SERVING: %s", reason)
         self._serving = serving
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
         for name in self._names:
-            await self._servicer.set(name, status)
+            self._servicer.set_status(name, serving)
 
     async def close(self) -> None:
         """Let a probe still running finish quietly (its thread cannot be stopped)."""

@@ -2,9 +2,10 @@
 
 Every call passes here first (docs/design.md §3, step 1). A ``TufSignerError``
 raised below becomes its gRPC status; anything else becomes INTERNAL with a
-generic message, and the cause goes to the log. A store or backend fault
-(``StoreError``, ``BackendUnavailableError``) is also reported to health at
-once (``on_fault``), so health does not wait for its next probe to say so.
+generic message, and the cause's type and frames go to the log. A store or
+backend fault (``StoreError``, ``BackendUnavailableError``, a backend or the
+whole call out of time) is also reported to health at once (``on_fault``), so
+health does not wait for its next probe to say so.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import grpc
 
 from tuf_signer.errors import (
     BackendUnavailableError,
+    DeadlineError,
     LimitError,
     RequestError,
     StoreError,
     TufSignerError,
 )
 from tuf_signer.server._identity import Authenticator
+from tuf_signer.server._recording import loggable_cause
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ Refuse = Callable[..., Awaitable[None]]
 
 # Told of a store or backend fault as it reaches a caller (``Health.fault``).
 OnFault = Callable[[TufSignerError], Awaitable[None]]
+
+# Errors that tell health the HSM or the store is failing (``on_fault``): a
+# backend that did not answer within its timeout is one.
+_FAULTS = (StoreError, BackendUnavailableError, DeadlineError)
 
 # Methods outside the identity step and the access policy.
 _OPEN_METHODS = ("/grpc.health.v1.Health/",)
@@ -94,9 +101,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         authenticator: the identity step (see above).
         check_caller: refuses an identity without any access rule
             (``Guard.check_known``) before its message is decoded.
-        on_fault: told of every ``StoreError`` and ``BackendUnavailableError``
-            a call ends with, before the caller gets UNAVAILABLE: health turns
-            NOT_SERVING at the first failing Sign, not at the next probe.
+        on_fault: told of every ``StoreError``, ``BackendUnavailableError``
+            and ``DeadlineError`` a call ends with, and of a call that ran past
+            the server's deadline (a hung HSM or store), before the caller gets
+            its status: health turns NOT_SERVING at the first failing Sign, not
+            at the next probe. It must return at once (``Health.fault`` does).
     """
 
     def __init__(
@@ -197,14 +206,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     _ADMITTED.reset(token)
             except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the call ran past the server's {self._deadline:g} s deadline",
-                )
+                reason = f"the call ran past the server's {self._deadline:g} s deadline"
+                if self._on_fault is not None and identify:
+                    # Past the deadline, the call was waiting on the HSM or
+                    # the store (its message was already in): a hung one.
+                    await self._on_fault(DeadlineError(f"a {name} call: {reason}"))
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
             except TufSignerError as e:
-                if self._on_fault is not None and isinstance(
-                    e, StoreError | BackendUnavailableError
-                ):
+                if self._on_fault is not None and isinstance(e, _FAULTS):
                     await self._on_fault(e)
                 await context.abort(grpc.StatusCode[e.code], e.reason)
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -212,8 +221,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except NotImplementedError:
                 # The generated base servicer's answer for a method we lack.
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
-            except Exception:
-                log.exception("unexpected error in %s", method)
+            except Exception as e:
+                # Types and frames only: a library's text may hold a secret.
+                log.error("unexpected error in %s: %s", method, loggable_cause(e))
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
         behaviour: Any = guarded  # grpc's stubs type only the sync context

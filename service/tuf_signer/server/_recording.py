@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -92,13 +93,14 @@ def refusal_entry(
 
 
 def _log_internal(event: AuditEvent, error: TufSignerError, cause: Exception | None) -> None:
-    """Log an INTERNAL refusal: the request, the error and its cause (types and messages).
+    """Log an INTERNAL refusal: the request, the error and its cause (``loggable_cause``).
 
-    Reasons never hold a PIN or key material (errors.py); the cause's text is
-    escaped and bounded like a caller's string, since a library wrote it.
+    Reasons never hold a PIN or key material (errors.py); a library's
+    exception text might (a ``UnicodeDecodeError`` from reading a pin file
+    quotes the byte), so only its type and where it was raised are logged.
     """
     origin = cause or error.__cause__
-    because = f"; cause: {type(origin).__name__}: {recordable(str(origin), 512)}" if origin else ""
+    because = f"; cause: {loggable_cause(origin)}" if origin else ""
     log.error(
         "refused INTERNAL: %s by %s, key %s version %d, role %s: %s: %s%s",
         event.operation,
@@ -109,8 +111,34 @@ def _log_internal(event: AuditEvent, error: TufSignerError, cause: Exception | N
         type(error).__name__,
         recordable(error.reason, 1024),
         because,
-        exc_info=cause,  # the traceback of an unexpected exception
     )
+
+
+def loggable_cause(error: BaseException) -> str:
+    """An exception for the operator's log, without any text a library wrote.
+
+    Each exception of its chain (causes and contexts) by type; ours
+    (``TufSignerError``) with their reason, which is written to be safe. Then
+    the traceback's frames (file, line, function, source line), never the
+    messages nor any value: an exception's text may hold a PIN or key bytes.
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    innermost = error
+    while current is not None and id(current) not in seen and len(parts) < 8:
+        seen.add(id(current))
+        if isinstance(current, TufSignerError):
+            parts.append(f"{type(current).__name__}: {recordable(current.reason, 512)}")
+        else:
+            parts.append(type(current).__name__)
+        innermost = current
+        current = current.__cause__ or current.__context__
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    if innermost is not error:
+        frames += "".join(traceback.format_tb(innermost.__traceback__))
+    where = f"\n{frames.rstrip()}" if frames else ""
+    return " <- ".join(parts) + where
 
 
 class Recorder:

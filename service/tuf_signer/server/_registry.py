@@ -27,6 +27,8 @@ run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from collections.abc import Mapping
 
@@ -147,16 +149,50 @@ class KeyRegistry:
             failed = read.cancelled() or read.exception() is not None
             if now - started < self._recheck_seconds and not failed:
                 return self._keys.get(name)
+        return await asyncio.shield(self._start_read(name, now))
+
+    async def reread_since(self, name: str, since: float) -> KeyView | None:
+        """The key as a read started at ``since`` or later found it.
+
+        One read of a key at a time: callers that need a newer read than the
+        one running wait for it, then share the next one, so a flood of
+        failing signs on a key costs a read per read's duration, not per sign.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        while True:
+            last = self._rechecks.get(name)
+            if last is None:
+                break
+            started, read = last
+            if started >= since:
+                return await asyncio.shield(read)  # raises its StoreError, if any
+            if read.done():
+                break
+            with contextlib.suppress(Exception):  # its error is not this caller's
+                await asyncio.shield(read)
+        return await asyncio.shield(self._start_read(name, time.monotonic()))
+
+    def _start_read(self, name: str, now: float) -> asyncio.Future[KeyView | None]:
         read = asyncio.ensure_future(self.refresh(name))
+        # Re-inserted at the end: the table stays in the order the reads started.
+        self._rechecks.pop(name, None)
         self._rechecks[name] = (now, read)
         if len(self._rechecks) > _RECHECKS_KEPT:
             self._forget_rechecks(now)
-        return await asyncio.shield(read)
+        return read
 
     def _forget_rechecks(self, now: float) -> None:
-        for name, (started, read) in list(self._rechecks.items()):
-            if read.done() and now - started >= self._recheck_seconds:
-                del self._rechecks[name]
+        """Drop the oldest finished reads, from the start of the table only.
+
+        Amortised O(1) per read: each entry is dropped once, and the scan stops
+        at the first it must keep (a flood of new names never rescans them).
+        """
+        for name, (started, read) in list(itertools.islice(self._rechecks.items(), 64)):
+            if not read.done() or now - started < self._recheck_seconds:
+                return
+            del self._rechecks[name]
 
     async def view(self, name: str) -> KeyView:
         """The key ``name``, from the cache or else the store (``recheck``).
@@ -233,7 +269,8 @@ class KeyRegistry:
         Raises:
             StoreError: the store cannot be read.
         """
-        view = await self.refresh(key_name)
+        # A read started after the failure sees any retirement behind it.
+        view = await self.reread_since(key_name, time.monotonic())
         active = _active(view) if view is not None else None
         if active is not None and active.version == key_version:
             return None

@@ -289,28 +289,38 @@ class Signer:
                 signing.append(([i for i, _ in group], preps, task))
             pending.clear()
 
-        for i, item in enumerate(items):
-            prep = await self._preparer.prepare(self._request(identity, item, at), rule, lone=False)
-            if isinstance(prep, Refusal):
-                done.append((i, prep.error, prep.entry()))
-                continue
-            if prep.replay is not None:
-                done.append((i, prep, prep.entry(prep.replay.signature)))
-                continue
-            pending.setdefault(prep.backend.name, []).append((i, prep))
-            if sum(len(g) for g in pending.values()) >= _PIPELINE_CHUNK:
-                flush()
-                await asyncio.sleep(0)  # let the chunk reach the HSM thread now
-        flush()
-        stale: dict[tuple[str, int], StaleKeyVersionError | None] = {}
-        for indices, preps, task in signing:
-            signatures = await task
-            for i, prep, sig in zip(indices, preps, signatures, strict=True):
-                if isinstance(sig, TufSignerError):
-                    refusal = await self._batch_refusal(prep, sig, stale)
-                    done.append((i, refusal, Refusal(refusal, prep.event).entry()))
-                else:
-                    done.append((i, prep, prep.entry(sig.hex())))
+        try:
+            for i, item in enumerate(items):
+                prep = await self._preparer.prepare(
+                    self._request(identity, item, at), rule, lone=False
+                )
+                if isinstance(prep, Refusal):
+                    done.append((i, prep.error, prep.entry()))
+                    continue
+                if prep.replay is not None:
+                    done.append((i, prep, prep.entry(prep.replay.signature)))
+                    continue
+                pending.setdefault(prep.backend.name, []).append((i, prep))
+                if sum(len(g) for g in pending.values()) >= _PIPELINE_CHUNK:
+                    flush()
+                    await asyncio.sleep(0)  # let the chunk reach the HSM thread now
+            flush()
+            stale: dict[tuple[str, int], StaleKeyVersionError | None] = {}
+            for indices, preps, task in signing:
+                signatures = await task
+                for i, prep, sig in zip(indices, preps, signatures, strict=True):
+                    if isinstance(sig, TufSignerError):
+                        refusal = await self._batch_refusal(prep, sig, stale)
+                        done.append((i, refusal, Refusal(refusal, prep.event).entry()))
+                    else:
+                        done.append((i, prep, prep.entry(sig.hex())))
+        except BaseException:
+            # A cancelled (or failed) batch leaves no signing behind it: the
+            # payloads are released with its bytes, and the HSM is not kept
+            # busy for a caller that has gone.
+            for _, _, task in signing:
+                task.cancel()
+            raise
         # Record in request order: the order the store applies them in, and
         # the order an auditor reads them in.
         done.sort(key=lambda d: d[0])

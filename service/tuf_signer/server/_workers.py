@@ -4,15 +4,18 @@ python-pkcs11 confines each PKCS#11 context to one thread (docs/design.md §4), 
 one Python process runs one core's worth of gRPC. So ``server.workers = N``
 runs N full servers: each its own process with its own PKCS#11 session, all
 listening on the same port (gRPC sets SO_REUSEPORT, and the kernel spreads
-connections across them). The supervisor claims the address first
-(``_address``), so no other service shares it with them, and each worker gets
+connections across them). The supervisor claims the port first
+(``_address``: one tuf-signer per port, whatever the host), so no other service
+shares it with them, and each worker gets
 SIGTERM from the kernel when the supervisor dies. They share the audit store. Rollback and
 equivocation protection hold across them because the role-state
 compare-and-set and the audit append happen in one store transaction, which
 the database serialises (P3); each worker's caches are only lower bounds.
 
-This module is the supervisor: it holds no key material, never loads PKCS#11
-or gRPC, forwards SIGTERM, SIGINT and SIGHUP to the workers, and restarts a
+This module is the supervisor: it holds no key material and opens no PKCS#11
+module, no store and no listener (it imports the server package, gRPC and
+python-pkcs11 with it, but initialises neither), forwards SIGTERM, SIGINT and
+SIGHUP to the workers, and restarts a
 worker that dies unexpectedly (a bounded number of times). It does hold the
 secrets the workers read from environment variables (``pin_env``,
 ``audit.dsn_env``), so it is hardened like a worker before it spawns anything

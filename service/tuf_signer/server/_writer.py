@@ -132,5 +132,8 @@ class AuditWriter:
 def _as_store_error(e: Exception) -> StoreError:
     if isinstance(e, StoreError):
         return e
-    log.error("audit store append failed", exc_info=e)
+    from tuf_signer.server._recording import loggable_cause  # _recording imports this module
+
+    # The exception's types and frames only: a driver's message may echo what it was given.
+    log.error("audit store append failed: %s", loggable_cause(e))
     return StoreError("audit store unavailable")

@@ -28,7 +28,14 @@ from tuf_signer.keys import _pubkey
 from tuf_signer.keys._backend import KeyBackend, NewKey
 from tuf_signer.keys._backoff import Backoff
 from tuf_signer.keys.pkcs11 import _algorithms, _thread
-from tuf_signer.keys.pkcs11._errors import SESSION_ERRORS, Transient, describe, parse_handle
+from tuf_signer.keys.pkcs11._errors import (
+    SESSION_ERRORS,
+    RefreshLater,
+    Transient,
+    describe,
+    parse_handle,
+    read_pin,
+)
 from tuf_signer.keys.pkcs11._session import TokenConn, open_token
 from tuf_signer.model import Algorithm
 
@@ -51,6 +58,7 @@ class _SignJob:
     message: bytes
     hashed: bool  # ECDSA: message is already the SHA-256 digest
     future: asyncio.Future[bytes]
+    retried: bool = False  # after a ``RefreshLater``
 
 
 class Pkcs11Backend(KeyBackend):
@@ -64,7 +72,8 @@ class Pkcs11Backend(KeyBackend):
         name: the backend's name in the configuration.
         module: path of the PKCS#11 module (e.g. ``libsofthsm2.so``).
         token_label: CKA_LABEL of the token (at most 32 bytes).
-        pin: returns the user PIN when called; read only when logging in, and
+        pin: returns the user PIN when called; read only to log in (or to see
+            whether a refused PIN was changed), and
             never stored, logged or shown by ``repr``.
         startup_attempts: how often ``start`` tries to open the token.
         sleep: blocking sleep used between startup attempts (injected by tests);
@@ -258,11 +267,9 @@ class Pkcs11Backend(KeyBackend):
             BackendUnavailableError: not started, or the token is gone.
         """
         key_id = parse_handle(handle)
-        parts = await _thread.run(
-            lambda: self._call(
-                "public key read",
-                lambda c: _algorithms.public_parts(c.find_key(key_id, private=False), algorithm),
-            )
+        parts = await self._run_call(
+            "public key read",
+            lambda c: _algorithms.public_parts(c.find_key(key_id, private=False), algorithm),
         )
         return _pubkey.to_sslib_key(parts.to_crypto(algorithm), algorithm)
 
@@ -317,51 +324,64 @@ class Pkcs11Backend(KeyBackend):
             jobs.append(
                 _SignJob(parse_handle(handle), algorithm, message, hashed, loop.create_future())
             )
+        self._enqueue(jobs)
+        results: list[bytes | BackendError] = []
+        for job in jobs:
+            try:
+                try:
+                    signature = await job.future
+                except RefreshLater as e:  # the key may appear once the view is refreshed
+                    await asyncio.sleep(e.delay)
+                    job.future, job.retried = loop.create_future(), True
+                    self._enqueue([job])
+                    signature = await job.future
+                results.append(_algorithms.finish_signature(job.algorithm, signature))
+            except BackendError as e:
+                results.append(e)
+        return results
+
+    def _enqueue(self, jobs: list[_SignJob]) -> None:
         with self._queue_lock:
             self._queue.extend(jobs)
             start = not self._draining
             self._draining = True
         if start:
             _thread.executor().submit(_thread.confined, self._drain)
-        results: list[bytes | BackendError] = []
-        for job in jobs:
-            try:
-                results.append(_algorithms.finish_signature(job.algorithm, await job.future))
-            except BackendError as e:
-                results.append(e)
-        return results
 
     def _drain(self) -> None:
-        """PKCS#11 thread: sign queued jobs, group by group, until none are left.
+        """PKCS#11 thread: sign one group of queued jobs, then queue the rest behind others.
 
         A group is at most ``_DRAIN_GROUP`` jobs: its callers get their
         signatures as soon as it is done, rather than after everything queued
         (under SignBatch load, thousands), so their records go to the audit
-        writer while this thread signs on.
+        writer while this thread signs on. The next group is submitted anew,
+        so work waiting for the thread (a health check, another backend's
+        signs) gets a turn between groups instead of after the whole queue.
         """
-        while True:
-            with self._queue_lock:
-                jobs = self._queue[:_DRAIN_GROUP]
-                del self._queue[:_DRAIN_GROUP]
-                if not jobs:
-                    self._draining = False
-                    return
-            outcomes: list[tuple[_SignJob, bytes | BaseException]] = []
-            for job in jobs:
-                try:
-                    signature: bytes | BaseException = self._call(
-                        "signing",
-                        lambda c, j=job: self._sign_op(c, j),  # type: ignore[misc]
-                    )
-                except BackendError as e:
-                    _thread.drop_frames(e)
-                    signature = e
-                except Exception as e:
-                    _thread.drop_frames(e)
-                    signature = BackendError(f"signing failed: {type(e).__name__}")
-                outcomes.append((job, signature))
-            # Callers may wait on different event loops (threads with their own).
-            resolve_threadsafe((job.future, outcome) for job, outcome in outcomes)
+        with self._queue_lock:
+            jobs = self._queue[:_DRAIN_GROUP]
+            del self._queue[:_DRAIN_GROUP]
+            if not jobs:
+                self._draining = False
+                return
+        outcomes: list[tuple[_SignJob, bytes | BaseException]] = []
+        for job in jobs:
+            try:
+                signature: bytes | BaseException = self._call(
+                    "signing",
+                    lambda c, j=job: self._sign_op(c, j),  # type: ignore[misc]
+                    refresh_wait=not job.retried,
+                )
+            except BackendError as e:
+                _thread.drop_frames(e)
+                signature = e
+            except Exception as e:
+                _thread.drop_frames(e)
+                signature = BackendError(f"signing failed: {type(e).__name__}")
+            outcomes.append((job, signature))
+        # Callers may wait on different event loops (threads with their own).
+        resolve_threadsafe((job.future, outcome) for job, outcome in outcomes)
+        _thread.executor().submit(_thread.confined, self._drain)
 
     def _sign_op(self, conn: TokenConn, job: _SignJob) -> bytes:
         key = conn.private_key(job.key_id, job.algorithm)
@@ -379,9 +399,7 @@ class Pkcs11Backend(KeyBackend):
             BackendUnavailableError: not started, or the token is gone.
         """
         key_id = parse_handle(handle)
-        await _thread.run(
-            lambda: self._call("disabling a key", lambda c: self._disable_op(c, key_id))
-        )
+        await self._run_call("disabling a key", lambda c: self._disable_op(c, key_id))
 
     def _disable_op(self, conn: TokenConn, key_id: bytes) -> None:
         obj = conn.find_key(key_id, private=True)
@@ -406,17 +424,24 @@ class Pkcs11Backend(KeyBackend):
     # --- plumbing (PKCS#11 thread) ---------------------------------------------------
 
     def _pin(self) -> str:
-        try:
-            pin = self._pin_provider()
-        except Exception as e:
-            raise BackendError(
-                f"PIN provider for token {self._token_label!r} failed ({type(e).__name__})"
-            ) from e
-        if not isinstance(pin, str):
-            raise BackendError(f"PIN provider for token {self._token_label!r} returned no text")
-        return pin
+        return read_pin(self._pin_provider, self._token_label)
 
-    def _call(self, what: str, op: Callable[[TokenConn], _T], *, probe: bool = False) -> _T:
+    async def _run_call(self, what: str, op: Callable[[TokenConn], _T]) -> _T:
+        """``_call`` on the PKCS#11 thread; after a ``RefreshLater``, wait and ask once more."""
+        try:
+            return await _thread.run(lambda: self._call(what, op))
+        except RefreshLater as e:
+            await asyncio.sleep(e.delay)
+            return await _thread.run(lambda: self._call(what, op, refresh_wait=False))
+
+    def _call(
+        self,
+        what: str,
+        op: Callable[[TokenConn], _T],
+        *,
+        probe: bool = False,
+        refresh_wait: bool = True,
+    ) -> _T:
         """Run ``op`` on the token's shared session (``TokenConn.call``).
 
         Raises:
@@ -427,4 +452,4 @@ class Pkcs11Backend(KeyBackend):
         conn = self._conn
         if conn is None:
             raise BackendUnavailableError(f"backend {self.name!r} is not started")
-        return conn.call(what, op, self._pin, probe=probe)
+        return conn.call(what, op, self._pin, probe=probe, refresh_wait=refresh_wait)

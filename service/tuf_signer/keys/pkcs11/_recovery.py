@@ -1,22 +1,36 @@
-"""Pacing a token's recovery, and remembering keys found missing.
+"""Pacing a token's recovery, remembering keys found missing and PINs refused.
 
 ``TokenConn`` (``_session``) decides *what* to do when a token fails; these
-two small records decide *when*: how soon to try recovering again while the
-token is down (``Recovery``), and for how long a key that was still missing
-after a refresh of the object view is believed missing (``MissingKeys``).
-Both run on the PKCS#11 thread.
+small records decide *when*: how soon to try recovering again while the
+token is down (``Recovery``), how soon a module may be re-initialised again
+(``Reinits``: that logs every token on it out), for how long a key that was
+still missing after a refresh of the object view is believed missing
+(``MissingKeys``), and which PINs a token refused (``RefusedPins``: never
+offered again, since real HSMs lock the user PIN after a few failed logins).
+All run on the PKCS#11 thread.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Final
 
 from tuf_signer.keys._backoff import Backoff
 
-__all__ = ["MISSING_HOLD", "RECOVERY_BACKOFF", "MissingKeys", "Recovery"]
+__all__ = [
+    "MISSING_HOLD",
+    "RECOVERY_BACKOFF",
+    "REINIT_INTERVAL",
+    "MissingKeys",
+    "Recovery",
+    "RefusedPins",
+    "Reinits",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +45,12 @@ RECOVERY_BACKOFF: Final = Backoff(first=0.05, maximum=0.5)
 # every request re-initialise the module.
 MISSING_HOLD: Final = 1.0
 _MISSING_LIMIT = 1024  # remembered misses, at most
+
+# A module is re-initialised (C_Finalize, C_Initialize) at most once per this
+# many seconds, whatever asks for it (a token that is away, any number of
+# missing keys, on any token): each one closes every session on the module,
+# so every healthy token on it logs in again.
+REINIT_INTERVAL: Final = 1.0
 
 
 class Recovery:
@@ -53,20 +73,21 @@ class Recovery:
         """Whether a recovery attempt may run now (the backoff has run out)."""
         return self._clock() >= self._next_attempt
 
-    def failed(self, reason: str) -> None:
-        """Count a failed attempt and schedule the next one."""
+    def failed(self, reason: str, *, quiet: bool = False) -> None:
+        """Count a failed attempt and schedule the next one (``quiet``: log at debug)."""
         now = self._clock()
         self._failures += 1
         # The first failure may be a blip (a session the token dropped, a PIN
         # source that hiccuped): the next call tries again at once. From the
-        # second on, attempts are paced, which also keeps a wrong PIN from
-        # spending the token's login tries at the rate of the traffic.
+        # second on, attempts are paced. (A refused PIN is never offered again:
+        # ``RefusedPins``.)
         delay = RECOVERY_BACKOFF.delay(self._failures - 1) if self._failures > 1 else 0.0
         self._next_attempt = now + delay
         if self._down_since is None:
             self._down_since = now
         self.reason = reason
-        log.warning(
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "PKCS#11 token %r unavailable: %s; attempt %d failed, next in %.2fs",
             self._label,
             reason,
@@ -108,3 +129,45 @@ class MissingKeys:
         if len(self._until) >= _MISSING_LIMIT:
             self._until.clear()
         self._until[key_id] = self._clock() + MISSING_HOLD
+
+
+class Reinits:
+    """When each module (by real path) was last re-initialised: one per ``REINIT_INTERVAL``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def wait(self, module: str) -> float:
+        """0 if ``module`` may be re-initialised now (counted as done now); else seconds to wait."""
+        now = self._clock()
+        last = self._last.get(module)
+        if last is not None and now - last < REINIT_INTERVAL:
+            return last + REINIT_INTERVAL - now
+        self._last[module] = now
+        return 0.0
+
+
+class RefusedPins:
+    """PINs a token refused, kept only as digests keyed by a random in-memory key."""
+
+    _LIMIT = 16
+
+    def __init__(self) -> None:
+        self._key = os.urandom(32)
+        self._macs: set[bytes] = set()
+
+    def _mac(self, pin: str) -> bytes:
+        return hmac.new(self._key, pin.encode("utf-8"), hashlib.sha256).digest()
+
+    def __contains__(self, pin: str) -> bool:
+        mac = self._mac(pin)
+        return any(hmac.compare_digest(mac, m) for m in self._macs)
+
+    def add(self, pin: str) -> None:
+        if len(self._macs) >= self._LIMIT:
+            self._macs.clear()
+        self._macs.add(self._mac(pin))
+
+    def clear(self) -> None:
+        self._macs.clear()

@@ -10,10 +10,12 @@ must present the same PIN (compared against a keyed digest held in memory).
 Recovery (P10). A lost session is reopened; when the token itself went away
 and came back, reopening is not enough (SoftHSM marks a token whose directory
 vanished invalid until ``C_Initialize``), so the module is finalised and
-initialised again, which closes every session of this process on it, and the
-session logs in again. While that fails, calls fail fast with
-``BackendUnavailableError`` and recovery is tried again after a bounded
-backoff (``_recovery.RECOVERY_BACKOFF``).
+initialised again (at most once a second per module: that logs every token on
+it out), and the session logs in again. While that fails, calls fail fast with
+``BackendUnavailableError``, and recovery is tried again after a bounded
+backoff (``_recovery.RECOVERY_BACKOFF``). A PIN the token refused is never
+offered again: the PIN source is read on each attempt, and a login is tried
+only once it yields another PIN (or after a restart).
 
 A key lookup that finds nothing is not believed at once: SoftHSM re-reads its
 token directory only when the token's generation counter changed since it
@@ -43,94 +45,44 @@ from pkcs11 import exceptions as p11
 from tuf_signer.errors import BackendError, BackendUnavailableError
 from tuf_signer.keys.pkcs11._algorithms import algorithm_of, wrong_algorithm
 from tuf_signer.keys.pkcs11._errors import (
+    BUSY_ERRORS,
     PIN_ERRORS,
     SESSION_ERRORS,
     STALE_OBJECT_ERRORS,
     STARTUP_TRANSIENT,
     KeyMissing,
+    RefreshLater,
     Transient,
     describe,
 )
-from tuf_signer.keys.pkcs11._recovery import MissingKeys, Recovery
-from tuf_signer.keys.pkcs11._thread import require_pkcs11_thread
+from tuf_signer.keys.pkcs11._module import _LIBS, REINITS, load_library, login, reinitialize, rescan
+from tuf_signer.keys.pkcs11._recovery import MissingKeys, Recovery, RefusedPins
 from tuf_signer.model import Algorithm
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Lib
 
-__all__ = ["TokenConn", "open_token"]
+__all__ = ["_LIBS", "TokenConn", "open_token"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# Loaded modules by real path: python-pkcs11 caches per path *string*, and a
-# second string for the same file (Debian's /usr/lib/softhsm/libsofthsm2.so is
-# a symlink) fails with CKR_CRYPTOKI_ALREADY_INITIALIZED. Finalised and
-# initialised again only by ``_reinitialize`` (recovery), never unloaded.
-_LIBS: dict[str, Pkcs11Lib] = {}
-
 # Open token sessions by (module real path, token label).
 _CONNS: dict[tuple[str, str], TokenConn] = {}
 
 
-def _load_library(module: str) -> tuple[str, Pkcs11Lib]:
-    """Load (once) and initialise the PKCS#11 module; return (real path, lib)."""
-    require_pkcs11_thread()
-    try:
-        real = os.path.realpath(module, strict=True)
-    except OSError as e:
-        raise BackendError(f"PKCS#11 module {module} not found") from e
-    try:
-        lib = _LIBS.get(real)
-        if lib is None:
-            lib = pkcs11.lib(module)
-            _LIBS[real] = lib
-        elif not lib.initialized:  # a failed re-initialisation left it down
-            lib.initialize()
-    except p11.PKCS11Error as e:
-        raise BackendError(f"cannot load PKCS#11 module {module}: {describe(e)}") from e
-    return real, lib
-
-
-def _maybe_reinitialize(lib_key: str, lib: Pkcs11Lib) -> None:
-    """Re-run C_Initialize so the module rescans its slots, if nothing of ours is open.
-
-    SoftHSM builds its slot list at C_Initialize: a token created later (or by
-    a racing process) stays invisible until the library is re-initialised,
-    which closes every session of this process on that module.
-    """
-    if any(key[0] == lib_key for key in _CONNS):
-        log.warning(
-            "PKCS#11 module %s has open sessions; not re-initialising it to rescan tokens",
-            lib_key,
-        )
-        return
-    try:
-        lib.reinitialize()
-    except p11.PKCS11Error as e:
-        log.warning("re-initialising PKCS#11 module %s failed: %s", lib_key, describe(e))
-
-
 def _reinitialize(lib_key: str, lib: Pkcs11Lib) -> None:
-    """C_Finalize then C_Initialize: the module forgets every session and rereads its tokens.
-
-    Every session of this process on the module is gone afterwards, so every
-    ``TokenConn`` on it drops its session and reopens on its next call.
+    """C_Finalize then C_Initialize (``_module.reinitialize``); every ``TokenConn``
+    on the module drops its session first, and reopens on its next call.
 
     Raises:
-        p11.PKCS11Error: C_Initialize failed (the module stays finalised; the
-            next recovery initialises it).
+        p11.PKCS11Error: C_Initialize failed.
     """
     for conn in _CONNS.values():
         if conn.key[0] == lib_key:
             conn.drop_session()
-    if lib.initialized:
-        try:
-            lib.finalize()
-        except p11.PKCS11Error as e:  # it is finalised all the same
-            log.debug("finalising PKCS#11 module %s: %s", lib_key, describe(e))
-    lib.initialize()
+    reinitialize(lib_key, lib)
 
 
 def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenConn, bool]:
@@ -142,7 +94,7 @@ def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenCo
             the label matches several tokens.
         BackendUnavailableError: the token cannot be opened.
     """
-    lib_key, lib = _load_library(module)
+    lib_key, lib = load_library(module)
     user_pin = pin()
     conn = _CONNS.get((lib_key, label))
     if conn is not None:
@@ -156,7 +108,7 @@ def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenCo
         token = lib.get_token(token_label=label)
         # A failed login leaves python-pkcs11's just-opened session open
         # until the module is re-initialised; harmless, but not closable.
-        session = token.open(rw=True, user_pin=user_pin)
+        session = login(token, user_pin)
     except PIN_ERRORS as e:
         raise BackendError(f"PIN rejected by token {label!r} ({type(e).__name__})") from e
     except p11.MultipleTokensReturned as e:
@@ -169,7 +121,7 @@ def open_token(module: str, label: str, pin: Callable[[], str]) -> tuple[TokenCo
     except p11.UserPinNotInitialized as e:
         raise BackendError(f"PKCS#11 token {label!r} has no user PIN set") from e
     except STARTUP_TRANSIENT as e:
-        _maybe_reinitialize(lib_key, lib)
+        rescan(lib_key, lib, busy=any(key[0] == lib_key for key in _CONNS))
         raise Transient() from e
     except p11.PKCS11Error as e:
         raise BackendUnavailableError(f"cannot open PKCS#11 token {label!r}: {describe(e)}") from e
@@ -214,6 +166,7 @@ class TokenConn:
         self._pin_mac = self._mac(pin)
         self._recovery = Recovery(key[1])
         self._missing = MissingKeys()
+        self.refused = RefusedPins()
 
     @property
     def label(self) -> str:
@@ -281,6 +234,7 @@ class TokenConn:
         pin: Callable[[], str],
         *,
         probe: bool = False,
+        refresh_wait: bool = True,
     ) -> _T:
         """Run ``op`` on this session, wrapping every PKCS#11 error.
 
@@ -295,6 +249,8 @@ class TokenConn:
             op: the work, given this connection.
             pin: returns the user PIN, read only when logging in again.
             probe: a health check: try to recover now, whatever the backoff.
+            refresh_wait: a key not found while the module may not be
+                re-initialised yet raises ``RefreshLater``; off, it is missing.
 
         Raises:
             BackendUnavailableError: the token is down and cannot be recovered
@@ -310,6 +266,12 @@ class TokenConn:
                 result = op(self)
             except KeyMissing as e:
                 if "refresh" in used or e.key_id in self._missing:
+                    self._missing.add(e.key_id)
+                    raise BackendError(e.reason) from None
+                wait = REINITS.wait(self.key[0])
+                if wait > 0 and refresh_wait:
+                    raise RefreshLater(e.reason, wait) from None
+                if wait > 0:  # waited, and another refresh ran meanwhile: it is missing
                     self._missing.add(e.key_id)
                     raise BackendError(e.reason) from None
                 used.add("refresh")
@@ -330,6 +292,10 @@ class TokenConn:
                 )
                 self.drop_session()
                 self.recover(pin)
+            except BUSY_ERRORS as e:
+                raise BackendUnavailableError(
+                    f"PKCS#11 token {self.label!r} unavailable ({what}): {describe(e)}"
+                ) from e
             except p11.PKCS11Error as e:
                 raise BackendError(f"{what} failed on token {self.label!r}: {describe(e)}") from e
             else:
@@ -362,38 +328,66 @@ class TokenConn:
         """Open a new logged-in session; re-initialise the module first if need be.
 
         Tries a plain reopen first (enough when only the session was lost),
-        then, or at once when ``refresh``, finalises and initialises the module
-        again (a token that went away and came back; a stale object view).
+        then, or at once when ``refresh`` (the caller has counted it with
+        ``REINITS``), finalises and initialises the module again (a token that
+        went away and came back; a stale object view), at most once a second.
 
         Raises:
-            BackendError: the PIN provider failed, or the token refuses the PIN.
-            BackendUnavailableError: the token cannot be reached; the next
-                attempt waits for ``_recovery.RECOVERY_BACKOFF``.
+            BackendUnavailableError: the token cannot be reached, the PIN
+                source failed, or the token refused (or refused before) the
+                PIN; the next attempt waits for ``_recovery.RECOVERY_BACKOFF``.
         """
-        user_pin = pin()  # read once per recovery
+        user_pin = self._read_pin(pin)  # once per recovery
+        if user_pin in self.refused:
+            raise self._fail(self._refused_reason(), quiet=True)
         if not refresh:
             try:
                 self._reopen(user_pin)
             except PIN_ERRORS as e:
-                raise self._refused(e) from e
+                raise self._refused_now(user_pin, e) from None
             except p11.PKCS11Error as e:
                 log.info("reopening a session on %r failed (%s)", self.label, describe(e))
             else:
                 self._recovery.succeeded("reopened the session")
                 return
+            if REINITS.wait(self.key[0]) > 0:
+                self.drop_session()
+                raise self._fail(
+                    "reopening the session failed; the module was re-initialised <1s ago"
+                )
         try:
             _reinitialize(self.key[0], self.lib)
             self._reopen(user_pin)
         except PIN_ERRORS as e:
-            raise self._refused(e) from e
+            raise self._refused_now(user_pin, e) from None
         except p11.PKCS11Error as e:
             self.drop_session()
-            reason = f"reopening the session failed ({describe(e)})"
-            self._recovery.failed(reason)
-            raise BackendUnavailableError(
-                f"PKCS#11 token {self.label!r} unavailable: {reason}"
-            ) from e
+            raise self._fail(f"reopening the session failed ({describe(e)})") from e
         self._recovery.succeeded("re-initialised the module")
+
+    def _read_pin(self, pin: Callable[[], str]) -> str:
+        try:
+            return pin()
+        except BackendError as e:  # its reason names the provider's error type only
+            reason = e.reason
+        raise self._fail(reason)  # outside the handler: nothing of the provider's chained
+
+    def _fail(self, reason: str, *, quiet: bool = False) -> BackendUnavailableError:
+        """Count a failed recovery attempt; the error to raise."""
+        self._recovery.failed(reason, quiet=quiet)
+        return BackendUnavailableError(f"PKCS#11 token {self.label!r} unavailable: {reason}")
+
+    def _refused_reason(self) -> str:
+        return (
+            "the token refused the PIN from the backend's PIN setting (pin_file, pin_env); "
+            "it is not offered again until that setting yields another PIN, or on restart"
+        )
+
+    def _refused_now(self, pin: str, e: p11.PKCS11Error) -> BackendUnavailableError:
+        self.drop_session()
+        self.refused.add(pin)
+        log.error("PKCS#11 token %r refused the PIN (%s)", self.label, type(e).__name__)
+        return self._fail(self._refused_reason())
 
     def _reopen(self, pin: str) -> None:
         """Close the session (ignoring errors), open a new one and log in again.
@@ -405,7 +399,7 @@ class TokenConn:
         self.drop_session(close=True)
         token = self.lib.get_token(token_label=self.label)
         try:
-            self.session = token.open(rw=True, user_pin=pin)
+            self.session = login(token, pin)
             self._pin_mac = self._mac(pin)
         except p11.UserAlreadyLoggedIn:
             # The login outlived the old session (a session python-pkcs11
@@ -414,11 +408,6 @@ class TokenConn:
             if not self.pin_matches(pin):
                 raise BackendError(f"PIN rejected by token {self.label!r}") from None
             self.session = token.open(rw=True)
-
-    def _refused(self, e: p11.PKCS11Error) -> BackendUnavailableError:
-        reason = f"reopening the session failed ({describe(e)})"
-        self._recovery.failed(reason)
-        return BackendUnavailableError(f"PKCS#11 token {self.label!r} unavailable: {reason}")
 
     def drop_session(self, *, close: bool = False) -> None:
         """Forget the session and every object bound to it; ``close`` closes it first."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import build_go_checker
 from tuf_signer.audit import (
     AddVersion,
     AdvanceRole,
@@ -223,3 +224,14 @@ class AuditFactory:
 def make() -> AuditFactory:
     """The entry factory."""
     return AuditFactory()
+
+
+@pytest.fixture(scope="module")
+def go_checker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Go's golang.org/x/mod/sumdb/tlog, the independent reference for our Merkle tree."""
+    return build_go_checker(
+        Path(__file__).with_name("gocheck_merkle"),
+        tmp_path_factory.mktemp("gocheck"),
+        "golang.org/x/mod/sumdb/tlog",
+        "Go's sumdb/tlog is the independent reference",
+    )

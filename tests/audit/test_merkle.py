@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import build_go_checker
 from tuf_signer.audit._merkle import (
     EMPTY_ROOT,
     HashReader,
@@ -533,17 +532,7 @@ def test_leaf_list_refuses_incomplete_subtrees() -> None:
 
 # --- cross-check with Go's golang.org/x/mod/sumdb/tlog ---------------------------------
 
-GO_CHECKER = Path(__file__).with_name("gocheck_merkle")
-
-
-@pytest.fixture(scope="module")
-def go_checker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_go_checker(
-        GO_CHECKER,
-        tmp_path_factory.mktemp("gocheck"),
-        "golang.org/x/mod/sumdb/tlog",
-        "Go's sumdb/tlog is the independent reference",
-    )
+# The Go checker (``go_checker``) is built by tests/audit/conftest.py.
 
 
 def _go(binary: Path, case: dict[str, Any]) -> dict[str, Any]:

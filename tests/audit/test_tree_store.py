@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import build_go_checker
 from tuf_signer.audit import AuditStore, verify_store
 from tuf_signer.audit._merkle import (
     EMPTY_ROOT,
@@ -380,17 +379,7 @@ def test_a_version_2_store_with_a_gap_is_not_migrated(
 
 # --- cross-check with Go's golang.org/x/mod/sumdb/tlog ------------------------------------------
 
-GO_CHECKER = Path(__file__).with_name("gocheck_merkle")
-
-
-@pytest.fixture(scope="module")
-def go_checker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_go_checker(
-        GO_CHECKER,
-        tmp_path_factory.mktemp("gocheck"),
-        "golang.org/x/mod/sumdb/tlog",
-        "Go's sumdb/tlog is the independent reference",
-    )
+# The Go checker (``go_checker``) is built by tests/audit/conftest.py.
 
 
 def test_go_tlog_agrees_with_the_store(

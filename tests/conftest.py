@@ -8,6 +8,7 @@ import os
 import pwd
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -75,6 +76,13 @@ class SoftHsm:
             pin = self.pin
         provider = pin if callable(pin) else (lambda value=pin: value)
         return Pkcs11Backend(name, self.module, token_label or self.token_label, provider, **kwargs)
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 GOCODE = Path("/usr/share/gocode")  # where Debian's golang-*-dev packages put Go sources

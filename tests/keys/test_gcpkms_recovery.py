@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import free_port
 from tuf_signer.errors import BackendUnavailableError
 from tuf_signer.model import Algorithm
 from tuf_signer.testing.fake_kms import FakeKms
@@ -27,10 +27,7 @@ RECOVERY_BOUND = 5.0  # seconds from the KMS being back to a sign that works
 
 @pytest.fixture
 def kms_on_fixed_port() -> Iterator[FakeKms]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    with FakeKms(port=port) as fake:
+    with FakeKms(port=free_port()) as fake:
         yield fake
 
 

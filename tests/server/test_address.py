@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import free_port as pick_free_port
 from tuf_signer.config import load_config
 from tuf_signer.errors import ConfigError
 from tuf_signer.server import SignerServer, _app
@@ -19,9 +20,7 @@ from .conftest import Clock, make_pki, write_tls_config
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return pick_free_port()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 from securesystemslib.signer import Signature, SSlibKey
 
 from tuf_signer.errors import RemoteError, RequestError
+from tuf_signer.model import BinsDelegation
 from tuf_signer.v1 import signer_pb2 as pb
 
 ALGORITHMS: dict[str, pb.Algorithm.ValueType] = {
@@ -283,7 +284,8 @@ def bins_declaration(text: str) -> pb.BinsDelegation:
     Raises:
         RequestError: not of that form.
     """
-    prefix, sep, bits = text.rpartition(":")
-    if not sep or not prefix or not (bits.isascii() and bits.isdigit()) or len(bits) > 2:
-        raise RequestError(f"bins {text[:48]!r} is not PREFIX:BIT_LENGTH, e.g. bins:14")
-    return pb.BinsDelegation(prefix=prefix, bit_length=int(bits))
+    try:
+        bins = BinsDelegation.parse(text)
+    except ValueError:
+        raise RequestError(f"bins {text[:48]!r} is not PREFIX:BIT_LENGTH, e.g. bins:14") from None
+    return pb.BinsDelegation(prefix=bins.prefix, bit_length=bins.bit_length)

@@ -33,7 +33,6 @@ from tuf_signer.policy._bins import (
     bins_pattern,
     check_bin_payload,
     check_bins_delegation,
-    describe_bins,
     parse_bins,
 )
 from tuf_signer.policy._canonical import NeedsExactCheck, parse_canonical
@@ -85,7 +84,6 @@ __all__ = [
     "check_sign_request",
     "check_spec_version",
     "check_type_fits_role",
-    "describe_bins",
     "identity_type",
     "inspect_signed",
     "parse_bins",

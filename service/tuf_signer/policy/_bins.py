@@ -118,11 +118,6 @@ def bins_range(bins: BinsDelegation) -> str:
     return f"{bin_name(bins, 0)!r}..{bin_name(bins, number_of_bins(bins) - 1)!r}"
 
 
-def describe_bins(bins: BinsDelegation) -> str:
-    """``PREFIX:BIT_LENGTH``, the form ``--bins`` takes and the store keeps."""
-    return str(bins)
-
-
 def check_rules_fit_bins(rules: Sequence[RoleRule], bins: BinsDelegation | None) -> None:
     """Refuse key rules that would let a glob reach a name that is not a declared bin.
 
@@ -150,7 +145,7 @@ def check_rules_fit_bins(rules: Sequence[RoleRule], bins: BinsDelegation | None)
             if not _glob_within_bins(pattern, bins):
                 raise RequestError(
                     f"role rule pattern {shown(pattern)} could match names that are not "
-                    f"bins of {describe_bins(bins)} ({bins_range(bins)}); use "
+                    f"bins of {bins} ({bins_range(bins)}); use "
                     f"{bins_pattern(bins)!r}"
                 )
         elif pattern.startswith(bins.prefix + "-") and bin_index(bins, pattern) is None:
@@ -196,7 +191,7 @@ def check_bin_payload(
     if index is None:
         raise RequestError(
             f"role {shown(role)} is not a bin of key {shown(key_name)}'s hash-bin "
-            f"delegation {describe_bins(bins)} (bins are {bins_range(bins)})"
+            f"delegation {bins} (bins are {bins_range(bins)})"
         )
     if "delegations" in obj:
         # PEP 458: bin-n roles are terminal; they list targets and delegate nothing.

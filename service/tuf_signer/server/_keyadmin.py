@@ -46,7 +46,7 @@ from tuf_signer.model import (
 )
 from tuf_signer.policy import AccessRule
 from tuf_signer.server._recording import Recorder, Refusal
-from tuf_signer.server._registry import KeyRegistry
+from tuf_signer.server._registry import KeyRegistry, active_version
 from tuf_signer.server._values import Clock, KeyView, rfc3339, validate_key_name
 
 log = logging.getLogger(__name__)
@@ -280,8 +280,7 @@ class KeyAdmin:
                 policy.check_role_allowed(role, view.key.rules, key_name)
                 # Any version of the key will do (the mark is per key name); name
                 # the ACTIVE one, else the newest.
-                active = [v for v in view.versions if v.state is KeyState.ACTIVE]
-                kv = active[0] if active else max(view.versions, key=lambda v: v.version)
+                kv = active_version(view) or max(view.versions, key=lambda v: v.version)
                 mark = RoleState(
                     key_name=key_name,
                     role=role,

@@ -241,10 +241,10 @@ class KeyRegistry:
             KeyStateError: no ACTIVE version, or another keyid is ACTIVE.
             StoreError: the store cannot be read.
         """
-        active = _active(view)
+        active = active_version(view)
         if active is None or (expected_keyid and expected_keyid != active.keyid):
             view = await self.recheck(view.key.name) or view
-            active = _active(view)
+            active = active_version(view)
         if active is None:
             raise KeyStateError(f"key {view.key.name!r} has no ACTIVE version")
         if expected_keyid and expected_keyid != active.keyid:
@@ -271,7 +271,7 @@ class KeyRegistry:
         """
         # A read started after the failure sees any retirement behind it.
         view = await self.reread_since(key_name, time.monotonic())
-        active = _active(view) if view is not None else None
+        active = active_version(view) if view is not None else None
         if active is not None and active.version == key_version:
             return None
         return StaleKeyVersionError(
@@ -313,7 +313,7 @@ class KeyRegistry:
         return self._roles.get(key)
 
 
-def _active(view: KeyView) -> KeyVersion | None:
+def active_version(view: KeyView) -> KeyVersion | None:
     """The key's ACTIVE version, if it has one."""
     for v in view.versions:
         if v.state is KeyState.ACTIVE:

@@ -152,18 +152,21 @@ class Signer:
         self, backend: KeyBackend, preps: Sequence[Prepared]
     ) -> list[bytes | TufSignerError]:
         """Sign prepared requests in one backend call, bounded by the HSM timeout."""
+        digests = [bytes.fromhex(p.state.payload_sha256) for p in preps]
         try:
             async with asyncio.timeout(self._hsm_timeout):
                 results = await backend.sign_batch(
-                    [(p.handle, p.algorithm, p.payload) for p in preps],
-                    [bytes.fromhex(p.state.payload_sha256) for p in preps],
+                    [(p.handle, p.algorithm, p.payload) for p in preps], digests
                 )
         except TimeoutError:
             error = DeadlineError(
                 f"backend {backend.name!r} did not sign within {self._hsm_timeout:g} s"
             )
             return [error] * len(preps)
-        return [self._verified(backend, p, r) for p, r in zip(preps, results, strict=True)]
+        return [
+            self._verified(backend, p, r, d)
+            for p, r, d in zip(preps, results, digests, strict=True)
+        ]
 
     async def _stale(self, prep: Prepared, error: TufSignerError) -> StaleKeyVersionError | None:
         """Whether the backend refused ``prep`` because its version was retired elsewhere.
@@ -181,7 +184,7 @@ class Signer:
         return await self._registry.unusable(prep.state.key_name, prep.state.key_version)
 
     def _verified(
-        self, backend: KeyBackend, prep: Prepared, result: bytes | TufSignerError
+        self, backend: KeyBackend, prep: Prepared, result: bytes | TufSignerError, digest: bytes
     ) -> bytes | TufSignerError:
         """The signature if it verifies against the registered public key, else the error.
 
@@ -198,7 +201,7 @@ class Signer:
                 prep.algorithm,
                 result,
                 prep.payload,
-                bytes.fromhex(prep.state.payload_sha256),
+                digest,
             )
         except TufSignerError as e:
             return e
@@ -289,6 +292,7 @@ class Signer:
                 signing.append(([i for i, _ in group], preps, task))
             pending.clear()
 
+        queued = 0  # items in ``pending``
         try:
             for i, item in enumerate(items):
                 prep = await self._preparer.prepare(
@@ -301,8 +305,10 @@ class Signer:
                     done.append((i, prep, prep.entry(prep.replay.signature)))
                     continue
                 pending.setdefault(prep.backend.name, []).append((i, prep))
-                if sum(len(g) for g in pending.values()) >= _PIPELINE_CHUNK:
+                queued += 1
+                if queued >= _PIPELINE_CHUNK:
                     flush()
+                    queued = 0
                     await asyncio.sleep(0)  # let the chunk reach the HSM thread now
             flush()
             stale: dict[tuple[str, int], StaleKeyVersionError | None] = {}

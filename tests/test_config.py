@@ -281,7 +281,7 @@ BAD += [
     ("i12-header-too-small", _srv("max_header_bytes = 100"),
      "server.max_header_bytes: must be between 1,024 and 1,048,576, got 100"),
     ("i12-inflight-below-batch", GOOD + "[limits]\nmax_inflight_bytes = 1048576\n",
-     "limits.max_inflight_bytes: 1048576 is below server.max_batch_bytes \\(67108864\\)"),
+     "limits.max_inflight_bytes: 1048576 is below server.max_batch_bytes \\(16777216\\)"),
     ("i12-inflight-zero", GOOD + "[limits]\nmax_inflight_bytes = 0\n",
      "limits.max_inflight_bytes: must be positive"),
 ]  # fmt: skip
@@ -300,8 +300,10 @@ def test_resource_limit_defaults(tmp_path: Path) -> None:
     assert server.max_streams_per_connection > config.limits.max_concurrent
     assert server.max_connection_age_seconds == 600
     assert server.max_header_bytes == 16 * 1024
-    # Two SignBatch calls of the largest size fit at once, not four (the 1 GiB).
-    assert config.limits.max_inflight_bytes == 2 * server.max_batch_bytes
+    # Four SignBatch calls of the largest size fit at once: 64 MiB of payloads,
+    # where four calls of the old 64 MiB size took a worker to 1 GiB.
+    assert server.max_batch_bytes == 16 * 1024 * 1024
+    assert config.limits.max_inflight_bytes == 4 * server.max_batch_bytes
 
 
 def test_limits_defaults_fit_a_pep458_resign(tmp_path: Path) -> None:

@@ -27,16 +27,30 @@ WHO = "uri:spiffe://tuf-signer.dev/test"
 # RSA-3072 signs slowly enough in SoftHSM that a large batch is still queued
 # for the HSM when it is cancelled.
 ITEMS = 2048
+QUEUED = 64  # one group of the PKCS#11 thread
 
 
 @pytest.fixture
-async def service(tmp_path: Path, softhsm: Any) -> AsyncIterator[SigningService]:
+async def service(
+    tmp_path: Path, softhsm: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SigningService]:
     store = SqliteAuditStore(tmp_path / "audit.db")
     backend = softhsm.backend("softhsm")
     await backend.start()
+    # Count what reaches the HSM: the real signing operation, counted.
+    sign_op = backend._sign_op
+    signed: list[int] = []
+
+    def counted(conn: Any, job: Any) -> bytes:
+        signed.append(1)
+        return sign_op(conn, job)
+
+    monkeypatch.setattr(backend, "_sign_op", counted)
     service = SigningService(
         store, {"softhsm": backend}, "softhsm", 64 * 1024, Guard.unrestricted()
     )
+    service.hsm_signatures = signed  # type: ignore[attr-defined]
+    service.backend = backend  # type: ignore[attr-defined]
     try:
         yield service
     finally:
@@ -62,13 +76,16 @@ async def test_a_cancelled_batch_cancels_its_signing(service: SigningService) ->
     batch = asyncio.ensure_future(service.sign_batch(WHO, items))
     seen: set[asyncio.Task[Any]] = set()
     deadline = time.monotonic() + 60
-    while len(seen) < 2:  # two chunks on their way to the HSM
+    backend = service.backend  # type: ignore[attr-defined]
+    # Two chunks on their way to the HSM, and jobs queued on its thread.
+    while len(seen) < 2 or len(backend._queue) < 2 * QUEUED:
         assert not batch.done(), "the batch ended before it could be cancelled"
         assert time.monotonic() < deadline, "the batch sent nothing to the HSM"
         seen |= _signing_tasks()
         await asyncio.sleep(0)
     pending = [t for t in seen | _signing_tasks() if not t.done()]
     assert pending, "every chunk was signed already: nothing to see"
+    queued, signed_before = len(backend._queue), len(service.hsm_signatures)  # type: ignore[attr-defined]
     batch.cancel()
     with pytest.raises(asyncio.CancelledError):
         await batch
@@ -77,6 +94,14 @@ async def test_a_cancelled_batch_cancels_its_signing(service: SigningService) ->
         assert time.monotonic() < deadline, "signing tasks outlived their batch by 60 s"
         await asyncio.sleep(0.01)
     assert all(t.cancelled() for t in pending), "signing went on for a cancelled batch"
+    # Nor does the HSM sign what was queued for it: the PKCS#11 queue drains
+    # without signing the cancelled jobs.
+    while backend._queue or backend._draining:
+        assert time.monotonic() < deadline, "the PKCS#11 queue did not drain in 60 s"
+        await asyncio.sleep(0.01)
+    # At most the group the thread was signing when the batch was cancelled.
+    signed = len(service.hsm_signatures) - signed_before  # type: ignore[attr-defined]
+    assert signed <= QUEUED, f"after the cancel the HSM signed {signed} of {queued} queued jobs"
     # The service signs on afterwards.
     result = await asyncio.wait_for(
         service.sign(WHO, SignItem("k", None, payloads.timestamp(ITEMS + 1))), 60

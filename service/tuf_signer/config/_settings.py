@@ -99,7 +99,7 @@ class ServerConfig:
     health_interval: float = 10.0
     call_deadline: float = 30.0
     max_batch_items: int = 4096
-    max_batch_bytes: int = 64 * 1024 * 1024
+    max_batch_bytes: int = 16 * 1024 * 1024
     workers: int = 1
     check_processes: int = 1
     check_timeout: float = 10.0
@@ -146,7 +146,7 @@ class LimitsConfig:
     check_cpu_rate: float = 1.0
     check_cpu_burst: float = 30.0
     summary_seconds: float = 10.0
-    max_inflight_bytes: int = 128 * 1024 * 1024
+    max_inflight_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

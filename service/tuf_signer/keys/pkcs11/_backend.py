@@ -326,18 +326,24 @@ class Pkcs11Backend(KeyBackend):
             )
         self._enqueue(jobs)
         results: list[bytes | BackendError] = []
-        for job in jobs:
-            try:
+        try:
+            for job in jobs:
                 try:
-                    signature = await job.future
-                except RefreshLater as e:  # the key may appear once the view is refreshed
-                    await asyncio.sleep(e.delay)
-                    job.future, job.retried = loop.create_future(), True
-                    self._enqueue([job])
-                    signature = await job.future
-                results.append(_algorithms.finish_signature(job.algorithm, signature))
-            except BackendError as e:
-                results.append(e)
+                    try:
+                        signature = await job.future
+                    except RefreshLater as e:  # the key may appear once the view is refreshed
+                        await asyncio.sleep(e.delay)
+                        job.future, job.retried = loop.create_future(), True
+                        self._enqueue([job])
+                        signature = await job.future
+                    results.append(_algorithms.finish_signature(job.algorithm, signature))
+                except BackendError as e:
+                    results.append(e)
+        finally:
+            # A cancelled caller (a SignBatch whose client went away) leaves
+            # nothing to sign behind it: _drain skips jobs already done.
+            for job in jobs:
+                job.future.cancel()
         return results
 
     def _enqueue(self, jobs: list[_SignJob]) -> None:
@@ -366,6 +372,11 @@ class Pkcs11Backend(KeyBackend):
                 return
         outcomes: list[tuple[_SignJob, bytes | BaseException]] = []
         for job in jobs:
+            # A cancelled caller's jobs are dropped unsigned. Reading done()
+            # from this thread races only with a cancel: at worst one more
+            # signature that nobody collects.
+            if job.future.done():
+                continue
             try:
                 signature: bytes | BaseException = self._call(
                     "signing",

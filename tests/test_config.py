@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tuf_signer.audit._note import COSIGNATURE_V1, ED25519, VerifierKey
 from tuf_signer.config import (
     AuditConfig,
     TlsConfig,
@@ -285,6 +286,84 @@ BAD += [
     ("i12-inflight-zero", GOOD + "[limits]\nmax_inflight_bytes = 0\n",
      "limits.max_inflight_bytes: must be positive"),
 ]  # fmt: skip
+
+
+# --- the transparency log (issue 13) ------------------------------------------------------
+
+_W1 = VerifierKey("w1.example/witness", COSIGNATURE_V1, bytes(range(32))).text()
+_LOGKEY = VerifierKey("w1.example/witness", ED25519, bytes(range(32))).text()
+
+
+def _log(lines: str) -> str:
+    return GOOD.replace('path = "audit.db"', 'path = "audit.db"\n' + lines)
+
+
+_KEY = 'origin = "example.org/audit"\nkey = { backend = "hsm", handle = "0a0b" }\n'
+_WITNESS = f'[[audit.witnesses]]\nurl = "https://w1.example"\nvkey = "{_W1}"\n'
+
+BAD += [
+    ("i13-origin-without-key", _log('origin = "example.org/audit"'),
+     "audit.key: expected table|audit.key.backend: missing required setting"),
+    ("i13-interval-without-origin", _log("checkpoint_interval_seconds = 1"),
+     "audit.checkpoint_interval_seconds: needs audit.origin and audit.key"),
+    ("i13-origin-with-space",
+     _log('origin = "example.org audit"\nkey = { backend = "hsm", handle = "0a" }'),
+     "audit.origin: key name contains a space"),
+    ("i13-key-unknown-backend",
+     _log('origin = "o.example"\nkey = { backend = "kms", handle = "0a" }'),
+     "audit.key.backend: no backend named 'kms'"),
+    ("i13-key-handle-empty", _log('origin = "o.example"\nkey = { backend = "hsm", handle = " " }'),
+     "audit.key.handle: is empty"),
+    ("i13-key-unknown-setting",
+     _log('origin = "o.example"\nkey = { backend = "hsm", handle = "0a", pin = "x" }'),
+     "audit.key.pin: unknown setting"),
+    ("i13-witness-not-a-cosigner",
+     _log(_KEY) + f'[[audit.witnesses]]\nurl = "https://w"\nvkey = "{_LOGKEY}"\n',
+     "audit.witnesses\\[0\\].vkey: not a cosignature/v1 \\(0x04\\) witness key"),
+    ("i13-witness-bad-vkey",
+     _log(_KEY) + '[[audit.witnesses]]\nurl = "https://w"\nvkey = "w+1234+AA"\n',
+     "audit.witnesses\\[0\\].vkey: verifier key ID"),
+    ("i13-witness-url", _log(_KEY) + f'[[audit.witnesses]]\nurl = "w1.example"\nvkey = "{_W1}"\n',
+     "audit.witnesses\\[0\\].url: must start with http:// or https://"),
+    ("i13-witness-twice", _log(_KEY) + _WITNESS + _WITNESS,
+     "audit.witnesses\\[1\\].vkey: witness 'w1.example/witness' is listed twice"),
+    ("i13-quorum-above-witnesses", _log(_KEY + "witness_quorum = 2") + _WITNESS,
+     "audit.witness_quorum: must be between 1 and the 1 witnesses, got 2"),
+    ("i13-fail-closed-without-witness", _log(_KEY + "max_unwitnessed_records = 10"),
+     "audit.max_unwitnessed_records: needs at least one \\[\\[audit.witnesses\\]\\]"),
+    ("i13-fail-closed-negative", _log(_KEY + "max_unwitnessed_seconds = -1") + _WITNESS,
+     "audit.max_unwitnessed_seconds: must be 0 \\(off\\) or positive"),
+    ("i13-fail-closed-window-below-interval",
+     _log(_KEY + "checkpoint_interval_seconds = 5\nmax_unwitnessed_seconds = 6") + _WITNESS,
+     "audit.max_unwitnessed_seconds: 6 is below twice audit.checkpoint_interval_seconds \\(5\\)"),
+    ("i13-interval-zero", _log(_KEY + "checkpoint_interval_seconds = 0"),
+     "audit.checkpoint_interval_seconds: must be between 0.01 and 3600, got 0"),
+    ("i13-witness-timeout", _log(_KEY + "witness_timeout_seconds = 1000"),
+     "audit.witness_timeout_seconds: must be between 0.1 and 300, got 1000"),
+    ("i13-witnesses-not-tables", _log(_KEY + 'witnesses = ["x"]'),
+     "audit.witnesses: expected an array of tables"),
+]  # fmt: skip
+
+
+def test_the_log_is_off_unless_configured(tmp_path: Path) -> None:
+    assert _load(tmp_path, GOOD).audit.log is None
+
+
+def test_log_settings_and_their_defaults(tmp_path: Path) -> None:
+    log = _load(tmp_path, _log(_KEY) + _WITNESS).audit.log
+    assert log is not None
+    assert (log.origin, log.key_backend, log.key_handle) == ("example.org/audit", "hsm", "0a0b")
+    assert (log.checkpoint_interval, log.witness_quorum, log.witness_timeout) == (1.0, 1, 5.0)
+    assert (log.max_unwitnessed_records, log.max_unwitnessed_seconds) == (0, 0.0)
+    (witness,) = log.witnesses
+    assert (witness.url, witness.vkey, witness.name) == (
+        "https://w1.example",
+        _W1,
+        "w1.example/witness",
+    )
+    # Without witnesses there is no quorum to wait for.
+    alone = _load(tmp_path, _log(_KEY)).audit.log
+    assert alone is not None and (alone.witnesses, alone.witness_quorum) == ((), 0)
 
 
 def test_resource_limit_defaults(tmp_path: Path) -> None:

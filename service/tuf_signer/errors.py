@@ -183,6 +183,18 @@ class StoreError(TufSignerError):
     code = "UNAVAILABLE"
 
 
+class LogUnavailableError(TufSignerError):
+    """The transparency log cannot vouch for a new signature; fail closed.
+
+    Its witnesses are further behind than ``audit.max_unwitnessed_*`` allows,
+    or the store disagrees with what they cosigned (an older copy of it, or a
+    fork): signing waits for the witnesses, or for an operator. Unlike a
+    ``StoreError``, the store works, so the refusal is recorded.
+    """
+
+    code = "UNAVAILABLE"
+
+
 class AuditChainError(TufSignerError):
     """The audit record failed verification.
 

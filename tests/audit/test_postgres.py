@@ -70,7 +70,7 @@ def test_tables_are_plain_sql(postgres_dsn: str, make: AuditFactory, other: Any)
     assert other.execute("SELECT role, version, audit_seq FROM role_state").fetchall() == [
         ("snapshot", 7, 2)
     ]
-    assert other.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+    assert other.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
     types = other.execute(
         "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema()"
         " AND table_name = 'audit_log' AND column_name IN ('seq', 'metadata_version')"
@@ -95,7 +95,7 @@ def test_every_session_commits_durably(postgres_dsn: str) -> None:
 def test_other_schema_version(postgres_dsn: str, other: Any) -> None:
     PostgresAuditStore(postgres_dsn).close()
     other.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(StoreError, match=r"schema version 99; this tuf-signer reads version 3"):
+    with pytest.raises(StoreError, match=r"schema version 99; this tuf-signer reads version 4"):
         PostgresAuditStore(postgres_dsn)
 
 

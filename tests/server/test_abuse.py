@@ -235,11 +235,11 @@ async def test_rate_limited_calls_are_counted(tls_harness: TlsHarness) -> None:
 
 
 async def test_sign_message_limit_is_far_below_signbatch(harness: Harness) -> None:
-    """f4: per-method message limits; a 20 MB key name never reaches the store."""
+    """f4: per-method message limits; a 12 MB key name never reaches the store."""
     await harness.create_key("k", roles=ROLES)
     db = harness.config.audit.path
     size_before = db.stat().st_size
-    huge = "k" * (20 * 1024 * 1024)
+    huge = "k" * (12 * 1024 * 1024)  # above a Sign's limit, below gRPC's (SignBatch)
     for _ in range(3):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await harness.sign(huge, harness.payloads.timestamp(1))

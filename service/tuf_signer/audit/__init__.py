@@ -4,7 +4,8 @@ One store holds the record, the role state and the key registry, so that a
 signature's record and the role state it advances commit together (P3, P4, P8).
 The record is a hash chain and the leaves of an RFC 6962 Merkle tree (P5, issue 13;
 ``record_leaf``); ``verify_records`` checks the chain offline, ``verify_store`` the
-chain and the tree.
+chain and the tree. ``tlog_proof`` and ``consistency`` prove records and tree sizes
+against the signed checkpoints the store keeps (``_proofs``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ from __future__ import annotations
 from tuf_signer.audit._chain import RESET, event_from_dict, event_to_dict, record_hash
 from tuf_signer.audit._open import STORE_OPENERS, open_audit_store
 from tuf_signer.audit._postgres import PostgresAuditStore, dsn_secrets
+from tuf_signer.audit._proofs import (
+    Consistency,
+    NoCheckpointError,
+    consistency,
+    find_checkpoint,
+    format_consistency,
+    merkle_inclusion,
+    parse_consistency,
+    tlog_proof,
+)
 from tuf_signer.audit._rules import RESET_HINT, advance_decision, is_reset_mark, refused_event
 from tuf_signer.audit._sqlite import SqliteAuditStore
 from tuf_signer.audit._store import (
@@ -39,22 +50,30 @@ __all__ = [
     "AuditRecord",
     "AuditStore",
     "Committed",
+    "Consistency",
     "CreateKey",
     "Entry",
+    "NoCheckpointError",
     "PostgresAuditStore",
     "ResetRole",
     "SetVersionState",
     "SqliteAuditStore",
     "VerifyReport",
     "advance_decision",
+    "consistency",
     "dsn_secrets",
     "event_from_dict",
     "event_to_dict",
+    "find_checkpoint",
+    "format_consistency",
     "is_reset_mark",
+    "merkle_inclusion",
     "open_audit_store",
+    "parse_consistency",
     "record_hash",
     "record_leaf",
     "refused_event",
+    "tlog_proof",
     "verify_records",
     "verify_store",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from tuf_signer.audit._chain import EVENT_FIELDS, canonical_json, event_from_dict
 from tuf_signer.audit._store import AddVersion, AuditRecord, CreateKey, SetVersionState
-from tuf_signer.errors import AuditChainError, StoreError
+from tuf_signer.errors import AuditChainError, RequestError, StoreError, shown
 from tuf_signer.model import (
     Algorithm,
     BinsDelegation,
@@ -27,6 +27,7 @@ from tuf_signer.model import (
 # records() reads this many rows per query, so that a long log never sits in
 # memory at once and no read transaction stays open between pages.
 PAGE = 1000
+_LOWER_HEX = frozenset("0123456789abcdef")
 
 RECORD_COLUMNS = ("seq", *EVENT_FIELDS, "prev_hash", "hash")
 SELECT_RECORDS = (
@@ -37,6 +38,11 @@ INSERT_RECORD = (
     f" VALUES ({', '.join('?' for _ in RECORD_COLUMNS)})"
 )
 HEAD = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+# Parameters: the digest, then the limit. Index ``audit_log_payload`` (schema 4).
+FIND_RECORDS = (
+    f"SELECT {', '.join(RECORD_COLUMNS)} FROM audit_log WHERE payload_sha256 = ?"
+    " ORDER BY seq LIMIT ?"
+)
 
 KEY_COLUMNS = "name, algorithm, backend, rules, created_at, bins"
 VERSION_COLUMNS = (
@@ -72,6 +78,20 @@ LIST_KEYS = f"SELECT {KEY_COLUMNS} FROM keys"
 LIST_VERSIONS = f"SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_name = ? ORDER BY version"
 LIST_ROLES = f"SELECT {ROLE_COLUMNS} FROM role_state"
 LIST_KEY_ROLES = f"SELECT {ROLE_COLUMNS} FROM role_state WHERE key_name = ?"
+
+
+def check_digest(payload_sha256: object) -> None:
+    """Refuse anything but a SHA-256 digest as records store it: 64 lowercase hex digits.
+
+    Raises:
+        RequestError: names what is wrong, without echoing more than a bounded prefix.
+    """
+    if not isinstance(payload_sha256, str):
+        raise RequestError("payload_sha256 must be a string")
+    if len(payload_sha256) != 64 or not set(payload_sha256) <= _LOWER_HEX:
+        raise RequestError(
+            f"payload_sha256 {shown(payload_sha256)} is not 64 lowercase hex digits (a SHA-256)"
+        )
 
 
 def get_roles(count: int) -> str:

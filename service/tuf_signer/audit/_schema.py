@@ -16,6 +16,8 @@ The tables are plain columns, so an auditor can read them with plain SQL:
 - ``audit_tree``: the Merkle tree over the records (issue 13, P5): the hash of
   every complete subtree ``(level, idx)``, lowercase hex, written with the
   records it covers (see ``_tree``).
+- ``audit_checkpoints``, ``audit_cosignatures``: the signed checkpoints of the
+  tree and the witnesses' cosignatures of them (see ``_checkpoints``).
 - ``schema_version``: one row, the version of this layout.
 """
 
@@ -28,12 +30,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tuf_signer.audit._checkpoints import add_checkpoint_tables, checkpoint_tables
 from tuf_signer.audit._tree import backfill
 from tuf_signer.errors import AuditChainError, StoreError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # --- the DB-API surface we use ---------------------------------------------------
@@ -122,9 +125,11 @@ def _add_tree(cur: Cursor, dialect: Dialect) -> None:
 # Schema migrations: version -> the steps that take it to version + 1.
 # 1 -> 2: keys.bins, a key's hash-bin declaration ("PREFIX:BIT_LENGTH" or "").
 # 2 -> 3: audit_tree (issue 13), filled in from the records.
+# 3 -> 4: audit_checkpoints and audit_cosignatures (issue 13), empty.
 _MIGRATIONS: dict[int, tuple[_Step, ...]] = {
     1: ("ALTER TABLE keys ADD COLUMN bins TEXT NOT NULL DEFAULT ''",),
     2: (_add_tree,),
+    3: (add_checkpoint_tables,),
 }
 
 
@@ -212,6 +217,7 @@ def schema_statements(dialect: Dialect) -> list[str]:
             FOREIGN KEY (key_name, key_version) REFERENCES key_versions (key_name, version)
         )""",
         _tree_table(dialect),
+        *checkpoint_tables(dialect),
     ]
 
 

@@ -13,12 +13,13 @@ import abc
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from tuf_signer.audit import _rows
 from tuf_signer.audit._chain import chain
+from tuf_signer.audit._checkpoints import SqlCheckpoints
 from tuf_signer.audit._rules import (
     Decision,
     KeyChange,
@@ -47,10 +48,11 @@ from tuf_signer.audit._store import (
 )
 from tuf_signer.audit._tree import Frontier, SqlTree, record_leaf
 from tuf_signer.audit._writes import Writes
-from tuf_signer.errors import StoreError
+from tuf_signer.errors import RequestError, StoreError
 from tuf_signer.model import KeyRecord, KeyVersion, RoleState
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Key versions read during one append, by (key name, version); None: no such version.
 _VersionCache = dict[tuple[str, int], KeyVersion | None]
@@ -59,7 +61,7 @@ _RoleCache = dict[tuple[str, str], RoleState | None]
 _ROLES_PER_QUERY = 200  # role names per prefetch query (SQLite allows 999 parameters)
 
 
-class SqlAuditStore(SqlTree, AuditStore):
+class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
     """``AuditStore`` on any DB-API 2.0 database; subclasses supply connections.
 
     Subclasses implement ``_connection`` (one connection per calling thread,
@@ -167,6 +169,34 @@ class SqlAuditStore(SqlTree, AuditStore):
                     self._probe_write(cur, max(deadline - time.monotonic(), 0.001))
                     self._check_before_commit()
                     conn.commit()
+                finally:
+                    cur.close()
+            except Exception as e:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                if isinstance(e, StoreError):
+                    raise
+                raise unavailable(e) from e
+
+    def _small_write(self, fn: Callable[[Cursor], _T]) -> _T:
+        """Run ``fn`` in its own write transaction (the writers' lock, as ``append``) and commit.
+
+        For the few rows written beside the records (checkpoints, cosignatures).
+
+        Raises:
+            StoreError: the database failed; nothing was written.
+        """
+        with self._writer_turn():
+            conn = self._connection()
+            try:
+                cur = conn.cursor()
+                try:
+                    for stmt in self._dialect.begin_write:
+                        cur.execute(stmt)
+                    result = fn(cur)
+                    self._check_before_commit()
+                    conn.commit()
+                    return result
                 finally:
                     cur.close()
             except Exception as e:
@@ -445,3 +475,20 @@ class SqlAuditStore(SqlTree, AuditStore):
         """
         with self._read() as cur:
             return self._head(cur)
+
+    def find_records(self, payload_sha256: str, limit: int = 100) -> list[AuditRecord]:
+        """The records of a payload digest, oldest first (one indexed SELECT).
+
+        Raises:
+            RequestError: the digest is not 64 lowercase hex digits, or
+                ``limit`` is not between 1 and 1000.
+            StoreError: the database failed.
+            AuditChainError: a row cannot be read back as a record.
+        """
+        _rows.check_digest(payload_sha256)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _rows.PAGE:
+            raise RequestError(f"limit must be an integer between 1 and {_rows.PAGE}")
+        with self._read() as cur:
+            self._exec(cur, _rows.FIND_RECORDS, (payload_sha256, limit))
+            rows = cur.fetchall()
+        return [_rows.row_to_record(row) for row in rows]

@@ -10,6 +10,7 @@ import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from tuf_signer.audit._checkpoints import StoredCheckpoint
 from tuf_signer.audit._merkle import StoredHash
 from tuf_signer.errors import TufSignerError
 from tuf_signer.model import AuditEvent, KeyRecord, KeyState, KeyVersion, RoleState
@@ -184,6 +185,25 @@ class AuditStore(abc.ABC):
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last record, ``(0, GENESIS_HASH)`` when empty."""
 
+    @abc.abstractmethod
+    def find_records(self, payload_sha256: str, limit: int = 100) -> list[AuditRecord]:
+        """The records whose payload digest is ``payload_sha256``, oldest first, unverified.
+
+        Where a client finds the record of its signature, and a monitor the
+        record of a signature it saw in a repository (issue 13). Granted and
+        refused records alike: the caller reads their outcome.
+
+        Args:
+            payload_sha256: 64 lowercase hex digits.
+            limit: at most this many records (1 to 1000).
+
+        Raises:
+            RequestError: the digest is not 64 lowercase hex digits, or
+                ``limit`` is out of range.
+            StoreError: the database failed.
+            AuditChainError: a row cannot be read back as a record.
+        """
+
     # --- the Merkle tree over the records (issue 13, P5; RFC 6962 §2.1) ----------
     # Leaf i is record seq = i + 1 as ``audit export`` prints it (``record_leaf``).
     # Each call reads the head, then the stored hashes it needs in one query.
@@ -253,6 +273,31 @@ class AuditStore(abc.ABC):
         Raises:
             StoreError: the database failed or holds an unreadable hash.
         """
+
+    # --- signed checkpoints and cosignatures (issue 13; see ``_checkpoints``) ----
+    # Stored as received, unverified: readers verify them with the keys they trust.
+
+    @abc.abstractmethod
+    def add_checkpoint(self, origin: str, size: int, note: bytes, created_at: str) -> None:
+        """Keep a checkpoint note signed by the audit key; one of the same size is ignored."""
+
+    @abc.abstractmethod
+    def add_cosignatures(
+        self, origin: str, size: int, lines: Sequence[tuple[str, str]], received_at: str
+    ) -> None:
+        """Keep cosignature lines ``(witness key name, line)`` for a stored checkpoint."""
+
+    @abc.abstractmethod
+    def latest_checkpoint(self, origin: str) -> StoredCheckpoint | None:
+        """The newest stored checkpoint of ``origin``, with its cosignatures."""
+
+    @abc.abstractmethod
+    def checkpoint_at(self, origin: str, size: int) -> StoredCheckpoint | None:
+        """The stored checkpoint of ``origin`` at ``size``, with its cosignatures."""
+
+    @abc.abstractmethod
+    def latest_witnessed(self, origin: str, quorum: int = 1) -> StoredCheckpoint | None:
+        """The newest checkpoint of ``origin`` with at least ``quorum`` cosignatures."""
 
     @abc.abstractmethod
     def probe(self, timeout: float = 5.0) -> None:

@@ -3,14 +3,18 @@
 ``verify_records`` needs nothing but the records (an export will do): it checks
 the hash chain described in ``_chain``. ``verify_store`` also holds the role
 state, the thing that stops rollback and equivocation, against the records that
-set it. Both raise ``AuditChainError`` naming the first bad record; neither
-returns a boolean to forget.
+set it, and the stored Merkle tree against the tree it rebuilds from the records
+(``RootedTreeCheck``, which also hands back the roots at the sizes asked for).
+Both raise ``AuditChainError`` naming the first bad record; neither returns a
+boolean to forget. Holding a store against signed checkpoints, which is what a
+host compromise cannot fake, is ``_witnessed``'s job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from tuf_signer.audit._chain import (
     is_granted_reset,
@@ -19,8 +23,9 @@ from tuf_signer.audit._chain import (
     sets_role_state,
     state_differences,
 )
+from tuf_signer.audit._merkle import EMPTY_ROOT, tree_hash
 from tuf_signer.audit._store import GENESIS_HASH, AuditRecord, AuditStore
-from tuf_signer.audit._tree import TreeCheck
+from tuf_signer.audit._tree import Frontier, TreeCheck
 from tuf_signer.errors import AuditChainError, StoreError
 
 # How often verify_store re-reads when appends keep landing between its reads.
@@ -36,18 +41,77 @@ class VerifyReport:
         head_seq: seq of the last verified record (0 for an empty log).
         head_hash: hash of the last verified record (``GENESIS_HASH`` when empty).
         role_states: how many role states were checked against their records.
+        root_hash: MTH of the ``head_seq`` records, recomputed from them (RFC 6962 §2.1).
+        roots: the recomputed MTH at each size asked for (``roots_at``) up to ``head_seq``.
     """
 
     records: int
     head_seq: int
     head_hash: str
     role_states: int
+    root_hash: bytes = EMPTY_ROOT
+    roots: Mapping[int, bytes] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _verified(records: Iterable[AuditRecord]) -> Iterator[AuditRecord]:
-    """Yield each record once it has passed the chain checks; raise at the first break."""
-    expected = 1
-    prev_hash = GENESIS_HASH
+class RootedTreeCheck(TreeCheck):
+    """``TreeCheck`` that may start from a proven frontier, and keeps the roots asked for.
+
+    The roots are computed from the leaves this check hashed itself (and the
+    frontier it started from), never read from the store: a checkpoint is held
+    against what the records say, not against what the store's hashes say.
+    """
+
+    def __init__(
+        self, store: AuditStore, start: Frontier | None = None, roots_at: Collection[int] = ()
+    ) -> None:
+        super().__init__(store)
+        if start is not None:  # taken over: the caller no longer appends to it
+            self._tree = start
+            self._start = start.size
+        self._wanted = frozenset(roots_at)
+        self._roots: dict[int, bytes] = {}
+        self._keep()
+
+    @property
+    def size(self) -> int:
+        """The number of leaves so far."""
+        return self._tree.size
+
+    def root(self) -> bytes:
+        """MTH of the leaves so far (RFC 6962 §2.1), folded from the frontier."""
+        return tree_hash(self._tree.size, self._tree)
+
+    @property
+    def roots(self) -> Mapping[int, bytes]:
+        """The root at each size asked for that the check has passed."""
+        return MappingProxyType(dict(self._roots))
+
+    def add(self, record: AuditRecord) -> None:
+        """Add the next record as the next leaf (see ``TreeCheck.add``).
+
+        Raises:
+            AuditChainError: a stored hash of the chunk just completed is wrong.
+            StoreError: the store cannot be read.
+        """
+        super().add(record)
+        self._keep()
+
+    def _keep(self) -> None:
+        if self._tree.size in self._wanted:
+            self._roots[self._tree.size] = self.root()
+
+
+def checked_records(
+    records: Iterable[AuditRecord], *, start: int = 1, prev_hash: str = GENESIS_HASH
+) -> Iterator[AuditRecord]:
+    """Yield each record once it has passed the chain checks; raise at the first break.
+
+    ``records`` must start at record ``start``, whose ``prev_hash`` must be
+    ``prev_hash`` (the hash of record ``start - 1``). The P3 checks see only
+    the records yielded here: a run that starts after record 1 checks P3
+    within the records it reads.
+    """
+    expected = start
     # The last record that set each role's state: a granted signature or an admin reset.
     granted: dict[tuple[str, str], AuditRecord] = {}
     for r in records:
@@ -115,7 +179,7 @@ def verify_records(records: Iterable[AuditRecord]) -> int:
         AuditChainError: at the first broken record; ``seq`` names it (for
             missing records, the first missing one).
     """
-    return sum(1 for _ in _verified(records))
+    return sum(1 for _ in checked_records(records))
 
 
 def _check_p3(prior: AuditRecord | None, r: AuditRecord) -> None:
@@ -153,7 +217,7 @@ def _check_p3(prior: AuditRecord | None, r: AuditRecord) -> None:
         )
 
 
-def verify_store(store: AuditStore) -> VerifyReport:
+def verify_store(store: AuditStore, *, roots_at: Collection[int] = ()) -> VerifyReport:
     """Verify a store's chain, then its role state against the records.
 
     After the checks of ``verify_records``, every role state must point
@@ -175,6 +239,8 @@ def verify_store(store: AuditStore) -> VerifyReport:
 
     Args:
         store: the store to check.
+        roots_at: tree sizes whose root to recompute on the way (``roots``),
+            e.g. those of checkpoints to hold the store against.
 
     Returns:
         What was checked.
@@ -199,8 +265,8 @@ def verify_store(store: AuditStore) -> VerifyReport:
     last_sign: dict[tuple[str, str], AuditRecord] = {}  # the same, up to the head read
     count = 0
     last: AuditRecord | None = None
-    tree = TreeCheck(store)
-    for r in _verified(store.records()):
+    tree = RootedTreeCheck(store, roots_at=roots_at)
+    for r in checked_records(store.records()):
         count += 1
         last = r
         tree.add(r)
@@ -266,4 +332,6 @@ def verify_store(store: AuditStore) -> VerifyReport:
         head_seq=end,
         head_hash=last.hash if last is not None else GENESIS_HASH,
         role_states=len(states),
+        root_hash=tree.root(),
+        roots=tree.roots,
     )

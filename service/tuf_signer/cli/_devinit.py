@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
 from tuf_signer._files import PUBLIC, SECRET, make_private_dir, write_new
+from tuf_signer.audit._note import VerifierKey
 from tuf_signer.cli._devcerts import DEV_IDENTITY_PREFIX, DevCa
 from tuf_signer.client import CA_ENV, CERT_ENV, KEY_ENV, SERVER_ENV
-from tuf_signer.config import DEFAULT_LISTEN, LimitsConfig, ServerConfig
+from tuf_signer.config import DEFAULT_LISTEN, LimitsConfig, LogConfig, ServerConfig
 from tuf_signer.errors import ConfigError
+from tuf_signer.witness import create_witness
 
 CONFIG_NAME = "tuf-signer.toml"
 TOKEN_LABEL = "tuf-signer"  # noqa: S105 - a label, not a secret
 DEV_KEY = "online"
+DEV_ORIGIN = "tuf-signer.dev/audit"
+DEV_WITNESS = "tuf-signer.dev/witness"
+DEFAULT_WITNESS_LISTEN = "127.0.0.1:7380"
 
 _CONFIG = """\
 # tuf-signer development config, written by `tuf-signer dev-init`.
@@ -66,6 +72,22 @@ operations = ["key-admin", "read-keys", "read-audit"]
 [audit]
 store = "sqlite"
 path = "audit.db"
+# The transparency log (README "The audit log"): the audit key signs a checkpoint
+# of the record every checkpoint_interval_seconds while records arrive, and the
+# witnesses below cosign it. The audit key is Ed25519, in the HSM, and signs
+# nothing but checkpoints.
+origin = "{origin}"
+key = {{ backend = "softhsm", handle = "{audit_handle}" }}
+checkpoint_interval_seconds = {log.checkpoint_interval:g}
+# Fail closed: refuse to sign while the witnesses are this far behind, so that
+# nobody on this host can silence the log and keep signing. Start the witness
+# first (tuf-signer witness serve --config witness.toml), then uncomment:
+# max_unwitnessed_records = 1000
+# max_unwitnessed_seconds = 60
+
+[[audit.witnesses]]          # tuf-signer witness serve --config witness.toml
+url = "http://{witness_listen}"
+vkey = "{witness_vkey}"
 
 [backends.softhsm]
 type = "pkcs11"
@@ -104,8 +126,13 @@ def _new_directory(directory: Path) -> Path:
     return directory.resolve()
 
 
-def dev_init(directory: Path, listen: str = DEFAULT_LISTEN) -> Path:
+def dev_init(
+    directory: Path, listen: str = DEFAULT_LISTEN, witness_listen: str = DEFAULT_WITNESS_LISTEN
+) -> Path:
     """Create the development signer in ``directory``; returns the config path.
+
+    Besides the signer, an audit key in the token and a witness for its log
+    (``witness.toml``, its key and state beside it) listening on ``witness_listen``.
 
     ``directory`` must be new, or empty and owned by this user (it becomes
     0700). Every file is created new (``O_EXCL|O_NOFOLLOW``) with an explicit
@@ -126,6 +153,10 @@ def dev_init(directory: Path, listen: str = DEFAULT_LISTEN) -> Path:
     _write_secret(directory / "hsm.pin", pin)
     _write_secret(directory / "hsm.so-pin", so_pin)
     init_token(conf, TOKEN_LABEL, pin, so_pin)
+    audit_handle, audit_key = asyncio.run(_create_audit_key(module, conf, pin))
+    _, witness_vkey = create_witness(
+        directory, DEV_WITNESS, witness_listen, [(DEV_ORIGIN, audit_key.text())]
+    )
     make_private_dir(directory / "tls")
     ca = DevCa(directory / "tls")
     ca.issue("server", server=True)
@@ -151,11 +182,32 @@ def dev_init(directory: Path, listen: str = DEFAULT_LISTEN) -> Path:
             token=TOKEN_LABEL,
             prefix=DEV_IDENTITY_PREFIX,
             key=DEV_KEY,
+            origin=DEV_ORIGIN,
+            audit_handle=audit_handle,
+            log=LogConfig(origin=DEV_ORIGIN, key_backend="softhsm", key_handle=audit_handle),
+            witness_listen=witness_listen,
+            witness_vkey=witness_vkey,
         ),
         PUBLIC,
     )
     asyncio.run(_create_dev_key(config_path))
     return config_path
+
+
+async def _create_audit_key(module: Path, conf: Path, pin: str) -> tuple[str, VerifierKey]:
+    """The dev log's audit key, made in the new token before the config names it."""
+    from tuf_signer.keys import Pkcs11Backend
+    from tuf_signer.server._auditkey import create_audit_key
+    from tuf_signer.server._wiring import apply_backend_env
+
+    # As the config's backends.softhsm.env will say (SoftHSM reads it once).
+    apply_backend_env({"SOFTHSM2_CONF": str(conf)}, "backends.softhsm")
+    backend = Pkcs11Backend("softhsm", module, TOKEN_LABEL, lambda: pin)
+    await backend.start()
+    try:
+        return await create_audit_key(backend, DEV_ORIGIN)
+    finally:
+        await backend.close()
 
 
 async def _create_dev_key(config_path: Path) -> None:
@@ -165,7 +217,10 @@ async def _create_dev_key(config_path: Path) -> None:
     from tuf_signer.server._guard import Guard
     from tuf_signer.server._wiring import start_parts
 
-    parts = await start_parts(load_config(config_path), guard=Guard.unrestricted())
+    config = load_config(config_path)
+    # The log starts with the signer (its witness is not running yet).
+    config = replace(config, audit=replace(config.audit, log=None))
+    parts = await start_parts(config, guard=Guard.unrestricted())
     try:
         await parts.service.create_key(
             "dev-init",

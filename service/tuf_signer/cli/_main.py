@@ -15,11 +15,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tuf_signer._text import EscapingFormatter, printable
+from tuf_signer.cli import _auditlog, _verify, _witness
 from tuf_signer.errors import RemoteError, RequestError, TufSignerError
 
 log = logging.getLogger("tuf_signer.cli")
@@ -58,11 +60,12 @@ def _read_input(path: str) -> bytes:
 
 
 def cmd_dev_init(args: argparse.Namespace) -> int:
-    from tuf_signer.cli._devinit import dev_init
+    from tuf_signer.cli._devinit import DEFAULT_WITNESS_LISTEN, dev_init
     from tuf_signer.config import DEFAULT_LISTEN
 
     listen = DEFAULT_LISTEN if args.listen is None else args.listen
-    print(dev_init(Path(args.dir), listen=listen))
+    witness = DEFAULT_WITNESS_LISTEN if args.witness_listen is None else args.witness_listen
+    print(dev_init(Path(args.dir), listen=listen, witness_listen=witness))
     return 0
 
 
@@ -220,22 +223,34 @@ def _record_json(record: Any) -> dict[str, Any]:
     }
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from tuf_signer.audit import verify_store
-    from tuf_signer.errors import AuditChainError
+def cmd_audit_create_key(args: argparse.Namespace) -> int:
+    from tuf_signer.audit._note import NoteError, check_key_name
+    from tuf_signer.config import load_config
+    from tuf_signer.server._auditkey import create_audit_key
+    from tuf_signer.server._wiring import start_backends
 
-    store = _open_store(args.config)
+    config = load_config(args.config)
+    name = args.backend or config.default_backend
+    if name not in config.backends:
+        raise RequestError(f"--backend: no backend named {name!r} in {args.config}")
     try:
-        report = verify_store(store)
-    except AuditChainError as e:
-        print(f"FAILED: {printable(e.reason)}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    print(
-        f"OK: {report.records} records, head seq {report.head_seq} "
-        f"hash {printable(str(report.head_hash))}, {report.role_states} role states cross-checked"
-    )
+        check_key_name(args.origin)
+    except NoteError as e:
+        raise RequestError(f"--origin: {e.reason}") from None
+
+    async def create() -> tuple[str, Any]:
+        backends = await start_backends(replace(config, backends={name: config.backends[name]}))
+        try:
+            return await create_audit_key(backends[name], args.origin)
+        finally:
+            for backend in backends.values():
+                await backend.close()
+
+    handle, key = asyncio.run(create())
+    print("# Add to the [audit] table of the config, then restart the signer:")
+    print(f'origin = "{args.origin}"')
+    print(f'key = {{ backend = "{name}", handle = "{handle}" }}')
+    print(f"# The log's verifier key, for witnesses and auditors:\n# {key.text()}")
     return 0
 
 
@@ -339,10 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("dev-init", help="create a SoftHSM token, an 'online' key and a config")
+    p = sub.add_parser(
+        "dev-init", help="create a SoftHSM token, an 'online' key, an audit key, a witness"
+    )
     p.add_argument("dir", help="directory to create (e.g. .dev)")
     # No default here: dev-init takes server.listen's (tuf_signer.config.DEFAULT_LISTEN).
     p.add_argument("--listen", help="HOST:PORT for the dev server")
+    p.add_argument("--witness-listen", help="HOST:PORT for the dev witness (127.0.0.1:7380)")
     p.set_defaults(func=cmd_dev_init)
 
     p = sub.add_parser("serve", help="run the signer")
@@ -436,9 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="verify, tail or export the audit log (offline)")
     aus = audit.add_subparsers(dest="audit_command", required=True)
-    p = aus.add_parser("verify", help="check the hash chain and the role state")
+    p = aus.add_parser(
+        "create-key", help="make the audit key (Ed25519, in the HSM) that signs checkpoints"
+    )
     p.add_argument("--config", required=True)
-    p.set_defaults(func=cmd_audit_verify)
+    p.add_argument("--origin", required=True, help="the log's origin line, e.g. example.org/audit")
+    p.add_argument("--backend", help="the backend to hold it (default: keys.default_backend)")
+    p.set_defaults(func=cmd_audit_create_key)
+    _verify.register(aus)
     p = aus.add_parser("tail", help="show the last records")
     p.add_argument("--config", required=True)
     p.add_argument("-n", "--lines", type=int, default=20)
@@ -449,12 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--start", type=int, default=1, help="first seq")
     p.set_defaults(func=cmd_audit_export)
+    _auditlog.register(aus)
 
     p = sub.add_parser("dev-payload", help="print a sample canonical payload to try signing")
     p.add_argument("type", choices=["timestamp", "snapshot"])
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--expires-in", type=int, default=3600, help="seconds from now")
     p.set_defaults(func=cmd_dev_payload)
+
+    _witness.register(sub)
     return parser
 
 

@@ -13,8 +13,11 @@ import grpc
 from tuf_signer.client._errors import from_rpc_error, remote_error, translated
 from tuf_signer.client._models import (
     AuditPage,
+    CheckpointInfo,
+    ConsistencyInfo,
     KeyInfo,
     KeyVersionInfo,
+    RecordLeafInfo,
     RoleStateInfo,
     SignedResult,
     SignOutcome,
@@ -372,3 +375,64 @@ class AsyncClient:
                 pb.ListRecordsRequest(start_seq=start_seq, limit=limit), timeout=self.timeout
             )
         return audit_page(r)
+
+    # --- the transparency log (README "Proofs") --------------------------------------
+
+    async def checkpoint(self, size: int = 0) -> CheckpointInfo:
+        """The log's signed checkpoint of tree ``size`` (0: the newest), with cosignatures.
+
+        Raises:
+            RemoteError: refused (``read-audit``; FAILED_PRECONDITION: the log is
+                off or has no checkpoint yet; NOT_FOUND: no checkpoint of that
+                size) or the server could not be reached.
+        """
+        with translated():
+            r = await self._audit.GetCheckpoint(
+                pb.GetCheckpointRequest(size=size), timeout=self.timeout
+            )
+        return CheckpointInfo(r.checkpoint, r.verifier_key, r.size)
+
+    async def prove_inclusion(self, seq: int, tree_size: int = 0) -> bytes:
+        """The c2sp.org/tlog-proof@v1 text of record ``seq`` in a checkpoint (0: the newest).
+
+        Verify it with the record's ``audit export`` line and the log's
+        verifier key (e.g. ``tuf_signer.audit._checkpoint.verify_tlog_proof``).
+
+        Raises:
+            RemoteError: refused (FAILED_PRECONDITION: no checkpoint covers
+                ``seq`` yet, retry later; OUT_OF_RANGE: beyond the log) or the
+                server could not be reached.
+        """
+        with translated():
+            r = await self._audit.ProveInclusion(
+                pb.ProveInclusionRequest(seq=seq, tree_size=tree_size), timeout=self.timeout
+            )
+        return r.proof
+
+    async def prove_consistency(self, from_size: int, to_size: int = 0) -> ConsistencyInfo:
+        """The consistency proof from tree ``from_size`` to a checkpoint (0: the newest).
+
+        Raises:
+            RemoteError: refused (INVALID_ARGUMENT: ``from_size`` 0 or above
+                ``to_size``; FAILED_PRECONDITION: no checkpoint covers it yet)
+                or the server could not be reached.
+        """
+        with translated():
+            r = await self._audit.ProveConsistency(
+                pb.ProveConsistencyRequest(from_size=from_size, to_size=to_size),
+                timeout=self.timeout,
+            )
+        return ConsistencyInfo(tuple(r.hashes), r.checkpoint)
+
+    async def find_records(self, payload_sha256: str) -> list[RecordLeafInfo]:
+        """The records of a payload digest (at most 100, oldest first), each as its leaf.
+
+        Raises:
+            RemoteError: refused (INVALID_ARGUMENT: not 64 lowercase hex digits)
+                or the server could not be reached.
+        """
+        with translated():
+            r = await self._audit.FindRecords(
+                pb.FindRecordsRequest(payload_sha256=payload_sha256), timeout=self.timeout
+            )
+        return [RecordLeafInfo(e.seq, e.leaf) for e in r.records]

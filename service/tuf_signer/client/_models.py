@@ -191,6 +191,50 @@ def audit_page(r: pb.ListRecordsResponse) -> AuditPage:
     }
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A signed checkpoint of the transparency log, as the server stores it (unverified).
+
+    Attributes:
+        checkpoint: the signed note (c2sp.org/tlog-checkpoint) with the
+            witnesses' cosignature lines, verbatim.
+        verifier_key: the log's verifier key, as the server states it; check
+            the note with one you got elsewhere (README "Proofs").
+        size: the tree size the checkpoint covers.
+    """
+
+    checkpoint: bytes
+    verifier_key: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ConsistencyInfo:
+    """A consistency proof (RFC 6962 §2.1.2) and the checkpoint it leads to (unverified).
+
+    Attributes:
+        hashes: the proof, 32 bytes per hash.
+        checkpoint: the signed checkpoint note of the larger tree size.
+    """
+
+    hashes: tuple[bytes, ...]
+    checkpoint: bytes
+
+
+@dataclass(frozen=True)
+class RecordLeafInfo:
+    """One audit record as the Merkle tree holds it.
+
+    Attributes:
+        seq: the record's sequence number (leaf ``seq - 1``).
+        leaf: its ``tuf-signer audit export`` line without the newline, the
+            leaf data an inclusion proof proves.
+    """
+
+    seq: int
+    leaf: bytes
+
+
 def version_info(v: pb.KeyVersionInfo) -> KeyVersionInfo:
     """A key version as plain JSON-able data, with its TUF key dict."""
     return {

@@ -30,6 +30,7 @@ Example (what ``tuf-signer dev-init`` writes)::
 
 from __future__ import annotations
 
+from tuf_signer.config._audit_only import load_audit_config
 from tuf_signer.config._backends import BACKEND_PARSERS
 from tuf_signer.config._parse import load_config, parse_config
 from tuf_signer.config._preflight import check_listen, check_secrets
@@ -44,10 +45,12 @@ from tuf_signer.config._settings import (
     Config,
     GcpKmsConfig,
     LimitsConfig,
+    LogConfig,
     Pkcs11Config,
     PolicyConfig,
     ServerConfig,
     TlsConfig,
+    WitnessConfig,
 )
 
 __all__ = [
@@ -61,14 +64,17 @@ __all__ = [
     "Config",
     "GcpKmsConfig",
     "LimitsConfig",
+    "LogConfig",
     "Pkcs11Config",
     "PolicyConfig",
     "SecretSource",
     "ServerConfig",
     "TlsConfig",
+    "WitnessConfig",
     "check_listen",
     "check_secret_file",
     "check_secrets",
+    "load_audit_config",
     "load_config",
     "parse_config",
 ]

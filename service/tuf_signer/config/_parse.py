@@ -6,12 +6,13 @@ import dataclasses
 import tomllib
 import typing
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tuf_signer._net import split_host_port
 from tuf_signer.config._backends import parse_backend
-from tuf_signer.config._reader import FIELD, Table, field_default, sub_table
+from tuf_signer.config._reader import FIELD, REQUIRED, Table, field_default, sub_table
 from tuf_signer.config._secrets import check_dsn
 from tuf_signer.config._settings import (
     ROLE_CLASSES,
@@ -19,9 +20,11 @@ from tuf_signer.config._settings import (
     BackendConfig,
     Config,
     LimitsConfig,
+    LogConfig,
     PolicyConfig,
     ServerConfig,
     TlsConfig,
+    WitnessConfig,
 )
 from tuf_signer.errors import ConfigError
 from tuf_signer.policy import AccessPolicy, AccessRule, identity_type
@@ -70,6 +73,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     default_backend = k.get("default_backend", str, next(iter(backends)))
     if default_backend not in backends:
         raise ConfigError(f"keys.default_backend: no backend named {default_backend!r}")
+    if audit.log is not None and audit.log.key_backend not in backends:
+        raise ConfigError(f"audit.key.backend: no backend named {audit.log.key_backend!r}")
     limits = _limits(top.table("limits"))
     _check_inflight(limits, server)
     return Config(
@@ -102,11 +107,119 @@ def _policy(p: Mapping[str, Any]) -> PolicyConfig:
 
 
 _STORE_SETTINGS = {"sqlite": {"path"}, "postgres": {"dsn", "dsn_env"}}
+_LOG_SETTINGS = {
+    "origin",
+    "key",
+    "checkpoint_interval_seconds",
+    "witnesses",
+    "witness_quorum",
+    "witness_timeout_seconds",
+    "max_unwitnessed_records",
+    "max_unwitnessed_seconds",
+}
 
 
 def _audit(a: Mapping[str, Any], base: Path) -> AuditConfig:
     t = Table(a, "audit.", AuditConfig)
-    t.check_known({"store", *(key for keys in _STORE_SETTINGS.values() for key in keys)})
+    t.check_known(
+        {"store", *_LOG_SETTINGS, *(key for keys in _STORE_SETTINGS.values() for key in keys)}
+    )
+    log = _log(a)
+    return replace(_store(a, t, base), log=log)
+
+
+def _log(a: Mapping[str, Any]) -> LogConfig | None:
+    """The ``[audit]`` settings of the checkpoints and witnesses (issue 13)."""
+    # Lazily: tuf_signer.audit imports this package.
+    from tuf_signer.audit._note import COSIGNATURE_V1, NoteError, check_key_name, parse_verifier_key
+
+    t = Table(a, "audit.", LogConfig)
+    given = sorted(_LOG_SETTINGS & a.keys())
+    if "origin" not in a and "key" not in a:
+        if given:
+            raise ConfigError(f"audit.{given[0]}: needs audit.origin and audit.key")
+        return None
+    origin = t.get("origin", str)
+    try:
+        check_key_name(origin)
+    except NoteError as e:
+        raise ConfigError(f"audit.origin: {e.reason} (it also names the audit key)") from None
+    k = Table(t.table("key"), "audit.key.")
+    k.check_known({"backend", "handle"})
+    backend = k.get("backend", str, REQUIRED)
+    handle = k.get("handle", str, REQUIRED)
+    if not handle.strip():
+        raise ConfigError("audit.key.handle: is empty")
+    witnesses: list[WitnessConfig] = []
+    for i, w in enumerate(_list_of_tables(a, "witnesses", "audit.")):
+        wt = Table(w, f"audit.witnesses[{i}].")
+        wt.check_known({"url", "vkey"})
+        url = wt.get("url", str, REQUIRED)
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"audit.witnesses[{i}].url: must start with http:// or https://")
+        text = wt.get("vkey", str, REQUIRED)
+        try:
+            vkey = parse_verifier_key(text)
+        except NoteError as e:
+            raise ConfigError(f"audit.witnesses[{i}].vkey: {e.reason}") from None
+        if vkey.sig_type != COSIGNATURE_V1:
+            raise ConfigError(f"audit.witnesses[{i}].vkey: not a cosignature/v1 (0x04) witness key")
+        if vkey.name in {w.name for w in witnesses}:
+            raise ConfigError(f"audit.witnesses[{i}].vkey: witness {vkey.name!r} is listed twice")
+        witnesses.append(WitnessConfig(url=url.rstrip("/"), vkey=text, name=vkey.name))
+    quorum = t.get("witness_quorum", int)
+    if witnesses and not 1 <= quorum <= len(witnesses):
+        raise ConfigError(
+            f"audit.witness_quorum: must be between 1 and the {len(witnesses)} witnesses, "
+            f"got {quorum}"
+        )
+    interval = t.number("checkpoint_interval_seconds", field="checkpoint_interval")
+    if not 0.01 <= interval <= 3600:
+        raise ConfigError(
+            f"audit.checkpoint_interval_seconds: must be between 0.01 and 3600, got {interval:g}"
+        )
+    timeout = t.number("witness_timeout_seconds", field="witness_timeout")
+    if not 0.1 <= timeout <= 300:
+        raise ConfigError(
+            f"audit.witness_timeout_seconds: must be between 0.1 and 300, got {timeout:g}"
+        )
+    max_records = t.get("max_unwitnessed_records", int)
+    max_seconds = t.number("max_unwitnessed_seconds")
+    for name, value in (
+        ("max_unwitnessed_records", max_records),
+        ("max_unwitnessed_seconds", max_seconds),
+    ):
+        if value < 0:
+            raise ConfigError(f"audit.{name}: must be 0 (off) or positive, got {value:g}")
+        if value and not witnesses:
+            raise ConfigError(f"audit.{name}: needs at least one [[audit.witnesses]]")
+    if max_seconds and max_seconds < 2 * interval:
+        raise ConfigError(
+            f"audit.max_unwitnessed_seconds: {max_seconds:g} is below twice "
+            f"audit.checkpoint_interval_seconds ({interval:g}): signing would stop "
+            "between checkpoints"
+        )
+    return LogConfig(
+        origin=origin,
+        key_backend=backend,
+        key_handle=handle,
+        checkpoint_interval=interval,
+        witnesses=tuple(witnesses),
+        witness_quorum=quorum if witnesses else 0,
+        witness_timeout=timeout,
+        max_unwitnessed_records=max_records,
+        max_unwitnessed_seconds=max_seconds,
+    )
+
+
+def _list_of_tables(a: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, Any]]:
+    value = a.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{where}{key}: expected an array of tables ([[{where}{key}]])")
+    return value
+
+
+def _store(a: Mapping[str, Any], t: Table, base: Path) -> AuditConfig:
     store = t.get("store", str)
     if store not in _STORE_SETTINGS:
         supported = ", ".join(repr(k) for k in _STORE_SETTINGS)

@@ -150,6 +150,52 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class WitnessConfig:
+    """A witness the signer asks to cosign its checkpoints (c2sp.org/tlog-witness).
+
+    Attributes:
+        url: the witness's submission prefix (``add-checkpoint`` is under it),
+            which is also its monitoring prefix.
+        vkey: its cosignature/v1 verifier key, ``name+hex(id)+base64(0x04 || key)``.
+        name: the key name in ``vkey``.
+    """
+
+    url: str
+    vkey: str
+    name: str
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The transparency log's checkpoints (issue 13): the audit key signs, witnesses cosign.
+
+    Attributes:
+        origin: the checkpoints' origin line, which also names the audit key.
+        key_backend: the backend holding the audit key.
+        key_handle: the audit key's handle in that backend (an Ed25519 key
+            that signs nothing but checkpoints; ``tuf-signer audit create-key``).
+        checkpoint_interval: seconds between checkpoints while records arrive.
+        witnesses: who cosigns them.
+        witness_quorum: cosignatures a checkpoint needs to count as witnessed.
+        witness_timeout: seconds one witness request may take.
+        max_unwitnessed_records: refuse Sign (UNAVAILABLE) while this many
+            records or more are newer than the newest witnessed checkpoint; 0: off.
+        max_unwitnessed_seconds: refuse Sign while the oldest unwitnessed
+            record is this old or older; 0: off.
+    """
+
+    origin: str
+    key_backend: str
+    key_handle: str
+    checkpoint_interval: float = 1.0
+    witnesses: tuple[WitnessConfig, ...] = ()
+    witness_quorum: int = 1
+    witness_timeout: float = 5.0
+    max_unwitnessed_records: int = 0
+    max_unwitnessed_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """Where the audit record, role state and key registry live.
 
@@ -161,12 +207,15 @@ class AuditConfig:
             holds a password (store ``postgres``; this or ``dsn_env``).
         dsn_env: the environment variable that holds the connection string,
             which may hold a password (store ``postgres``).
+        log: checkpoints and witnesses; None when ``audit.origin`` and
+            ``audit.key`` are not set (the tree is kept, but not checkpointed).
     """
 
     store: str = "sqlite"
     path: Path = Path("audit.db")
     dsn: str | None = None
     dsn_env: str | None = None
+    log: LogConfig | None = None
 
     def read_dsn(self) -> str:
         """The PostgreSQL connection string, read from the environment if need be.

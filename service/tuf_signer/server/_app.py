@@ -30,6 +30,7 @@ from tuf_signer.server._harden import harden_process
 from tuf_signer.server._health import Health, HealthServicer
 from tuf_signer.server._identity import Authenticator, IdentitySettings
 from tuf_signer.server._interceptor import ErrorInterceptor, admitted_identity
+from tuf_signer.server._log import WITNESS_HEALTH, TransparencyLog
 from tuf_signer.server._revocation import load_revocation
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import Clock, utc_now
@@ -69,6 +70,7 @@ class SignerServer:
         )
         self._health_task: asyncio.Task[None] | None = None
         self._summary_task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
         self._parts: Parts | None = None
         self._backends: Mapping[str, KeyBackend] = {}
         self.service: SigningService | None = None
@@ -95,7 +97,12 @@ class SignerServer:
             credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
             revocation = load_revocation(cfg.tls)
             self.authenticator.update(identity_settings(cfg.tls), revocation)
-            self._parts = await start_parts(self.config, guard=self.guard, clock=self._clock)
+            self._parts = await start_parts(
+                self.config,
+                guard=self.guard,
+                clock=self._clock,
+                on_witness_state=lambda ok: self._health.set_status(WITNESS_HEALTH, ok),
+            )
         except BaseException:
             await self._release()
             raise
@@ -129,7 +136,16 @@ class SignerServer:
                 SignerServicer(self.service, identity, on_fault=self.health.fault), server
             )
             pb_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(self.service, identity), server)
-            pb_grpc.add_AuditLogServicer_to_server(AuditLogServicer(self.service, identity), server)
+            transparency = self._parts.log
+            pb_grpc.add_AuditLogServicer_to_server(
+                AuditLogServicer(
+                    self.service,
+                    identity,
+                    origin=None if transparency is None else transparency.origin,
+                    verifier_key=None if transparency is None else transparency.key.text(),
+                ),
+                server,
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -151,6 +167,8 @@ class SignerServer:
         self._summary_task = asyncio.create_task(
             self._write_summaries(self.config.limits.summary_seconds)
         )
+        if self._parts.log is not None:
+            self._log_task = asyncio.create_task(self._parts.log.run())
         log.info(
             "tuf-signer listening on %s (port %d, %s)",
             cfg.listen,
@@ -158,6 +176,11 @@ class SignerServer:
             "plaintext loopback" if credentials is None else "mutual TLS",
         )
         return self.port
+
+    @property
+    def log(self) -> TransparencyLog | None:
+        """The transparency log, once started with ``audit.origin`` and ``audit.key`` set."""
+        return None if self._parts is None else self._parts.log
 
     def reload(self) -> bool:
         """Re-read the config file; put its access policy, limits, identity
@@ -194,13 +217,15 @@ class SignerServer:
         return ok
 
     async def _probe(self) -> None:
-        """The health probe: every backend, and a write on the store's lock path.
+        """The health probe: every backend, a write on the store's lock path, the log's gate.
 
         Raises:
             TufSignerError: the first part that failed.
         """
-        assert self.service is not None
+        assert self.service is not None and self._parts is not None
         await self.service.check_health()
+        if self._parts.log is not None:
+            self._parts.log.check()
 
     async def _write_summaries(self, interval: float) -> None:
         """Write the counted refusals' summary records every ``interval`` seconds."""
@@ -220,7 +245,7 @@ class SignerServer:
             return
         grace = self._server_cfg.drain_seconds if grace is None else grace
         self._health.enter_graceful_shutdown()
-        for task in (self._health_task, self._summary_task):
+        for task in (self._health_task, self._summary_task, self._log_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -7,8 +7,19 @@ from typing import Any
 
 import grpc
 
-from tuf_signer.audit import event_to_dict
-from tuf_signer.errors import BackendUnavailableError, RequestError, StoreError, TufSignerError
+from tuf_signer.audit import (
+    AuditRecord,
+    AuditStore,
+    Consistency,
+    consistency,
+    event_to_dict,
+    find_checkpoint,
+    record_leaf,
+    tlog_proof,
+)
+from tuf_signer.audit._checkpoints import StoredCheckpoint
+from tuf_signer.audit._note import ED25519, NoteError, VerifierKey, parse_verifier_key
+from tuf_signer.errors import ConfigError, RequestError, TufSignerError, shown
 from tuf_signer.model import (
     Algorithm,
     BinsDelegation,
@@ -19,6 +30,7 @@ from tuf_signer.model import (
 )
 from tuf_signer.server._identity import identity_of
 from tuf_signer.server._interceptor import (
+    FAULTS,
     ErrorInterceptor,
     IdentityOf,
     OnFault,
@@ -159,9 +171,7 @@ class SignerServicer(pb_grpc.SignerServicer):
             ],
         )
         results = []
-        fault = next(
-            (o for o in outcomes if isinstance(o, StoreError | BackendUnavailableError)), None
-        )
+        fault = next((o for o in outcomes if isinstance(o, FAULTS)), None)
         if fault is not None and self._on_fault is not None:
             await self._on_fault(fault)
         for outcome in outcomes:
@@ -272,11 +282,36 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
 
 
 class AuditLogServicer(pb_grpc.AuditLogServicer):
-    """``tuf_signer.v1.AuditLog``."""
+    """``tuf_signer.v1.AuditLog``: the records, and the transparency log's proofs.
 
-    def __init__(self, service: SigningService, identity: IdentityOf = identity_of) -> None:
+    Every checkpoint handed out (alone or in a proof) is a stored one whose
+    signature verifies with ``verifier_key`` and whose root is the store's
+    tree hash (``tuf_signer.audit._proofs``).
+
+    Args:
+        service: the signing service.
+        identity: the caller's identity for a call.
+        origin: the log's origin line (``audit.origin``); None when the log
+            is off, and the checkpoint and proof RPCs answer FAILED_PRECONDITION.
+        verifier_key: the audit key's verifier key text (signed-note
+            ``origin+keyid+base64``); None exactly when ``origin`` is.
+
+    Raises:
+        ConfigError: only one of ``origin`` and ``verifier_key`` is given, or
+            the key does not parse or is not an Ed25519 key named after the origin.
+    """
+
+    def __init__(
+        self,
+        service: SigningService,
+        identity: IdentityOf = identity_of,
+        *,
+        origin: str | None = None,
+        verifier_key: str | None = None,
+    ) -> None:
         self._service = service
         self._identity_of = identity
+        self._log = _log_key(origin, verifier_key)
 
     async def ListRecords(
         self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -299,8 +334,80 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
             head_hash=head_hash,
         )
 
+    async def GetCheckpoint(
+        self, request: pb.GetCheckpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetCheckpointResponse:
+        def read(store: AuditStore) -> tuple[StoredCheckpoint, VerifierKey]:
+            origin, key = self._log_on()
+            return find_checkpoint(store, origin, request.size or None, log_key=key), key
+
+        found, key = await self._service.audit_read(self._identity_of(context), read)
+        return pb.GetCheckpointResponse(
+            checkpoint=found.note, verifier_key=key.text(), size=found.size
+        )
+
+    async def ProveInclusion(
+        self, request: pb.ProveInclusionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ProveInclusionResponse:
+        def read(store: AuditStore) -> bytes:
+            origin, key = self._log_on()
+            return tlog_proof(store, origin, request.seq, request.tree_size or None, log_key=key)
+
+        proof = await self._service.audit_read(self._identity_of(context), read)
+        return pb.ProveInclusionResponse(proof=proof)
+
+    async def ProveConsistency(
+        self, request: pb.ProveConsistencyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ProveConsistencyResponse:
+        def read(store: AuditStore) -> Consistency:
+            origin, key = self._log_on()
+            return consistency(
+                store, origin, request.from_size, request.to_size or None, log_key=key
+            )
+
+        proof = await self._service.audit_read(self._identity_of(context), read)
+        return pb.ProveConsistencyResponse(hashes=proof.hashes, checkpoint=proof.checkpoint)
+
+    async def FindRecords(
+        self, request: pb.FindRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.FindRecordsResponse:
+        def read(store: AuditStore) -> list[AuditRecord]:
+            return store.find_records(request.payload_sha256, MAX_FOUND)
+
+        records = await self._service.audit_read(self._identity_of(context), read)
+        return pb.FindRecordsResponse(
+            records=[pb.RecordLeaf(seq=r.seq, leaf=record_leaf(r)) for r in records]
+        )
+
+    def _log_on(self) -> tuple[str, VerifierKey]:
+        if self._log is None:
+            raise ConfigError(
+                "the transparency log is off on this server (audit.origin and audit.key "
+                "are not set): it has no checkpoints or proofs"
+            )
+        return self._log
+
+
+MAX_FOUND = 100  # FindRecords answers at most this many records, oldest first
+
+
+def _log_key(origin: str | None, text: str | None) -> tuple[str, VerifierKey] | None:
+    """The log's origin and parsed verifier key; None when the log is off."""
+    if origin is None and text is None:
+        return None
+    if origin is None or text is None:
+        raise ConfigError("the AuditLog servicer needs both the log's origin and verifier key")
+    try:
+        key = parse_verifier_key(text)
+    except NoteError as e:
+        raise ConfigError(f"the log's verifier key does not parse: {e.reason}") from None
+    if key.name != origin or key.sig_type != ED25519:
+        raise ConfigError(f"the log's verifier key is not an Ed25519 key named {shown(origin)}")
+    return origin, key
+
 
 __all__ = [
+    "MAX_FOUND",
     "AuditLogServicer",
     "ErrorInterceptor",
     "KeyAdminServicer",

@@ -24,6 +24,7 @@ from tuf_signer.errors import (
     BackendUnavailableError,
     DeadlineError,
     LimitError,
+    LogUnavailableError,
     RequestError,
     StoreError,
     TufSignerError,
@@ -57,7 +58,7 @@ OnFault = Callable[[TufSignerError], Awaitable[None]]
 
 # Errors that tell health the HSM or the store is failing (``on_fault``): a
 # backend that did not answer within its timeout is one.
-_FAULTS = (StoreError, BackendUnavailableError, DeadlineError)
+FAULTS = (StoreError, BackendUnavailableError, DeadlineError, LogUnavailableError)
 
 # Methods outside the identity step and the access policy.
 _OPEN_METHODS = ("/grpc.health.v1.Health/",)
@@ -213,7 +214,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await self._on_fault(DeadlineError(f"a {name} call: {reason}"))
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
             except TufSignerError as e:
-                if self._on_fault is not None and isinstance(e, _FAULTS):
+                if self._on_fault is not None and isinstance(e, FAULTS):
                     await self._on_fault(e)
                 await context.abort(grpc.StatusCode[e.code], e.reason)
             except (asyncio.CancelledError, grpc.aio.AbortError):

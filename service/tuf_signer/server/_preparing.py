@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from tuf_signer import policy
@@ -84,6 +84,8 @@ class Preparer:
         max_payload_bytes: largest Sign payload accepted.
         max_version_step: the largest version step above a role's mark, by
             role class; a class not named is unbounded.
+        sign_gate: the first check; raises to refuse every Sign (the
+            transparency log when it cannot vouch for one).
     """
 
     def __init__(
@@ -95,8 +97,10 @@ class Preparer:
         clock: Clock,
         max_payload_bytes: int,
         max_version_step: Mapping[str, int],
+        sign_gate: Callable[[], None],
     ) -> None:
         self._registry = registry
+        self._sign_gate = sign_gate
         self._recorder = recorder
         self._guard = guard
         self._checker = checker
@@ -125,6 +129,7 @@ class Preparer:
         item = request.item
         event = request.event
         try:
+            self._sign_gate()
             validate_key_name(item.key)
             if item.expected_keyid and _KEYID_RE.fullmatch(item.expected_keyid) is None:
                 raise RequestError(

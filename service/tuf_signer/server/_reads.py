@@ -1,4 +1,4 @@
-"""The read RPCs: public keys, the admin key list, role states, audit records.
+"""The read RPCs: public keys, the admin key list, role states, audit records and proofs.
 
 A read is admitted like any call and runs its store reads off the event loop;
 only its refusals are recorded.
@@ -102,6 +102,18 @@ class Reads:
             return records, head
 
         return await self._read(identity, policy.READ_AUDIT, read)
+
+    async def audit_read(self, identity: str, fn: Callable[[AuditStore], T]) -> T:
+        """``fn(store)`` off the event loop, for callers allowed ``read-audit``.
+
+        The transparency log's reads (checkpoints, proofs, records by digest):
+        ``fn`` validates the request itself, after admission, so that its
+        refusals are recorded like any other.
+
+        Raises:
+            TufSignerError: refused (recorded).
+        """
+        return await self._read(identity, policy.READ_AUDIT, lambda: fn(self._store))
 
     def _list_keys(self, name: str = "") -> list[KeyView]:
         """The keys as stored now (blocking: runs in a worker thread)."""

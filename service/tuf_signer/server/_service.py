@@ -14,8 +14,8 @@ granted or refused (P4); ``Recorder`` sees to that. The parts:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from tuf_signer.audit import AuditRecord, AuditStore
 from tuf_signer.config import PolicyConfig
@@ -32,6 +32,8 @@ from tuf_signer.server._registry import KeyRegistry
 from tuf_signer.server._signing import Signer
 from tuf_signer.server._values import Clock, KeyView, SignItem, SignResult, utc_now
 from tuf_signer.server._writer import AuditWriter
+
+T = TypeVar("T")
 
 
 class SigningService:
@@ -54,6 +56,8 @@ class SigningService:
             role class ("timestamp", "snapshot", "targets"); a class not
             named is unbounded; None for the documented defaults
             (``config.PolicyConfig``).
+        sign_gate: called before each Sign's checks; raises to refuse it (on
+            the record). The transparency log's ``check``.
 
     Raises:
         StoreError: the key registry cannot be read.
@@ -72,6 +76,7 @@ class SigningService:
         max_batch: int = 4096,
         checker: PayloadChecker | None = None,
         max_version_step: Mapping[str, int] | None = None,
+        sign_gate: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._backends = dict(backends)
@@ -80,7 +85,14 @@ class SigningService:
         registry = KeyRegistry(store, self._backends)
         self._recorder = Recorder(store, writer or AuditWriter(store), guard, clock)
         preparer = Preparer(
-            registry, self._recorder, guard, self._checker, clock, max_payload_bytes, steps
+            registry,
+            self._recorder,
+            guard,
+            self._checker,
+            clock,
+            max_payload_bytes,
+            steps,
+            sign_gate or (lambda: None),
         )
         self._signer = Signer(preparer, registry, self._recorder, hsm_timeout, max_batch)
         self._reads = Reads(store, registry, self._recorder)
@@ -170,6 +182,14 @@ class SigningService:
             TufSignerError: refused (recorded).
         """
         return await self._reads.audit_records(identity, start_seq, limit)
+
+    async def audit_read(self, identity: str, fn: Callable[[AuditStore], T]) -> T:
+        """``fn(store)`` off the event loop for a ``read-audit`` caller (``Reads.audit_read``).
+
+        Raises:
+            TufSignerError: refused (recorded).
+        """
+        return await self._reads.audit_read(identity, fn)
 
     # --- KeyAdmin ------------------------------------------------------------------
 

@@ -18,18 +18,21 @@ from tuf_signer.audit import AuditStore, open_audit_store
 from tuf_signer.config import (
     Config,
     GcpKmsConfig,
+    LogConfig,
     Pkcs11Config,
     check_secret_file,
 )
 from tuf_signer.errors import ConfigError
 from tuf_signer.keys import GcpKmsBackend, KeyBackend, Pkcs11Backend, kms_transport
+from tuf_signer.server._auditkey import CheckpointSigner, audit_verifier_key
 from tuf_signer.server._checker import PayloadChecker
 from tuf_signer.server._guard import Guard
+from tuf_signer.server._log import TransparencyLog
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import Clock, utc_now
 
 
-def _apply_backend_env(env: Mapping[str, str], setting: str) -> None:
+def apply_backend_env(env: Mapping[str, str], setting: str) -> None:
     """Export a backend's environment (e.g. ``SOFTHSM2_CONF``) before its library loads.
 
     The PKCS#11 library reads it once per process, so two backends that need
@@ -48,7 +51,7 @@ def _apply_backend_env(env: Mapping[str, str], setting: str) -> None:
 
 
 def _pkcs11(name: str, cfg: Pkcs11Config) -> KeyBackend:
-    _apply_backend_env(cfg.env, f"backends.{name}")
+    apply_backend_env(cfg.env, f"backends.{name}")
     return Pkcs11Backend(
         name=name, module=cfg.module, token_label=cfg.token_label, pin=cfg.pin.reader()
     )
@@ -107,12 +110,15 @@ class Parts:
         checker: the service's payload checker (its processes start on first
             use, or when ``start`` is awaited).
         service: the signing service over all of them.
+        log: the transparency log's checkpoints and witnesses; None when
+            ``audit.origin`` and ``audit.key`` are not set.
     """
 
     store: AuditStore
     backends: Mapping[str, KeyBackend]
     checker: PayloadChecker
     service: SigningService
+    log: TransparencyLog | None = None
 
     async def close(self) -> None:
         """Commit what the service has queued, then close the backends and the store."""
@@ -122,13 +128,54 @@ class Parts:
         self.store.close()
 
 
-async def start_parts(config: Config, *, guard: Guard, clock: Clock = utc_now) -> Parts:
+async def open_log(
+    config: LogConfig,
+    store: AuditStore,
+    backends: Mapping[str, KeyBackend],
+    on_witness_state: Callable[[bool], None] = lambda _ok: None,
+) -> TransparencyLog:
+    """The transparency log over ``store``, signing with the audit key in its backend.
+
+    Raises:
+        ConfigError: the audit key is missing or unusable, or it is a key of
+            the registry (it must sign nothing but checkpoints).
+        BackendUnavailableError: its backend cannot be reached.
+        StoreError: the registry could not be read.
+    """
+    backend = backends[config.key_backend]
+    key = await audit_verifier_key(backend, config)
+    for record in store.list_keys():
+        if record.backend != config.key_backend:
+            continue
+        for version in store.list_versions(record.name):
+            if version.handle == config.key_handle:
+                raise ConfigError(
+                    f"audit.key.handle: is key {record.name!r} version {version.version}; "
+                    "the audit key must sign nothing but checkpoints "
+                    "(tuf-signer audit create-key makes one)"
+                )
+    signer = CheckpointSigner(backend, config.key_handle, key)
+    return TransparencyLog(store, signer, config, on_witness_state)
+
+
+async def start_parts(
+    config: Config,
+    *,
+    guard: Guard,
+    clock: Clock = utc_now,
+    on_witness_state: Callable[[bool], None] = lambda _ok: None,
+) -> Parts:
     """Open the store, start the backends and build the service ``config`` describes.
+
+    With ``audit.origin`` and ``audit.key`` set, also the transparency log:
+    it checks the store against the witnesses and signs a first checkpoint
+    before this returns.
 
     Args:
         config: the validated configuration.
         guard: the access policy and limits the service enforces.
         clock: injected into the service (tests freeze it).
+        on_witness_state: told whether the witnesses cosign the newest checkpoint.
 
     Raises:
         ConfigError: the store or a backend is refused by its settings.
@@ -140,6 +187,10 @@ async def start_parts(config: Config, *, guard: Guard, clock: Clock = utc_now) -
     backends: dict[str, KeyBackend] = {}
     try:
         backends = await start_backends(config)
+        log = None
+        if config.audit.log is not None:
+            log = await open_log(config.audit.log, store, backends, on_witness_state)
+            await log.start()
         checker = PayloadChecker(server.check_processes, timeout=server.check_timeout)
         service = SigningService(
             store,
@@ -153,10 +204,11 @@ async def start_parts(config: Config, *, guard: Guard, clock: Clock = utc_now) -
             max_batch=server.max_batch_items,
             checker=checker,
             max_version_step=config.policy.max_version_step,
+            sign_gate=None if log is None else log.check,
         )
     except BaseException:
         for backend in backends.values():
             await backend.close()
         store.close()
         raise
-    return Parts(store, backends, checker, service)
+    return Parts(store, backends, checker, service, log)

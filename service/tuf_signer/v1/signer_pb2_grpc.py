@@ -545,6 +545,26 @@ class AuditLogStub:
                 request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsRequest.SerializeToString,
                 response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsResponse.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/tuf_signer.v1.AuditLog/GetCheckpoint',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.ProveInclusion = channel.unary_unary(
+                '/tuf_signer.v1.AuditLog/ProveInclusion',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ProveInclusionRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ProveInclusionResponse.FromString,
+                _registered_method=True)
+        self.ProveConsistency = channel.unary_unary(
+                '/tuf_signer.v1.AuditLog/ProveConsistency',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ProveConsistencyRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ProveConsistencyResponse.FromString,
+                _registered_method=True)
+        self.FindRecords = channel.unary_unary(
+                '/tuf_signer.v1.AuditLog/FindRecords',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.FindRecordsRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.FindRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditLogServicer:
@@ -559,6 +579,40 @@ class AuditLogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """The transparency log (README "Proofs"). Every proof is against a signed
+        checkpoint the server stores, so it verifies with the log's verifier key
+        alone; get that key from somewhere other than this server.
+
+        A checkpoint (c2sp.org/tlog-checkpoint) as the audit key signed it, with
+        every witness cosignature the server holds, and the log's verifier key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProveInclusion(self, request, context):
+        """The inclusion proof of one record, as a c2sp.org/tlog-proof@v1 text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProveConsistency(self, request, context):
+        """The RFC 6962 consistency proof from an earlier tree size to a checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindRecords(self, request, context):
+        """The records of a payload digest (at most 100, oldest first), each as its
+        Merkle leaf: where a client or a monitor finds the record of a signature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditLogServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -566,6 +620,26 @@ def add_AuditLogServicer_to_server(servicer, server):
                     servicer.ListRecords,
                     request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsRequest.FromString,
                     response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ListRecordsResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'ProveInclusion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveInclusion,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ProveInclusionRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ProveInclusionResponse.SerializeToString,
+            ),
+            'ProveConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveConsistency,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ProveConsistencyRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ProveConsistencyResponse.SerializeToString,
+            ),
+            'FindRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindRecords,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.FindRecordsRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.FindRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -595,6 +669,114 @@ class AuditLog:
             '/tuf_signer.v1.AuditLog/ListRecords',
             tuf__signer_dot_v1_dot_signer__pb2.ListRecordsRequest.SerializeToString,
             tuf__signer_dot_v1_dot_signer__pb2.ListRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.AuditLog/GetCheckpoint',
+            tuf__signer_dot_v1_dot_signer__pb2.GetCheckpointRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveInclusion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.AuditLog/ProveInclusion',
+            tuf__signer_dot_v1_dot_signer__pb2.ProveInclusionRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.ProveInclusionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.AuditLog/ProveConsistency',
+            tuf__signer_dot_v1_dot_signer__pb2.ProveConsistencyRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.ProveConsistencyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.AuditLog/FindRecords',
+            tuf__signer_dot_v1_dot_signer__pb2.FindRecordsRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.FindRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -222,6 +222,22 @@ class AuditLogStub:
     and the current head, for callers allowed `read-audit`. Verify them with
     the hash chain described in the README; do not trust this server's word.
     """
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_signer_pb2.GetCheckpointRequest, _signer_pb2.GetCheckpointResponse]
+    """The transparency log (README "Proofs"). Every proof is against a signed
+    checkpoint the server stores, so it verifies with the log's verifier key
+    alone; get that key from somewhere other than this server.
+
+    A checkpoint (c2sp.org/tlog-checkpoint) as the audit key signed it, with
+    every witness cosignature the server holds, and the log's verifier key.
+    """
+    ProveInclusion: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ProveInclusionRequest, _signer_pb2.ProveInclusionResponse]
+    """The inclusion proof of one record, as a c2sp.org/tlog-proof@v1 text."""
+    ProveConsistency: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ProveConsistencyRequest, _signer_pb2.ProveConsistencyResponse]
+    """The RFC 6962 consistency proof from an earlier tree size to a checkpoint."""
+    FindRecords: _grpc.UnaryUnaryMultiCallable[_signer_pb2.FindRecordsRequest, _signer_pb2.FindRecordsResponse]
+    """The records of a payload digest (at most 100, oldest first), each as its
+    Merkle leaf: where a client or a monitor finds the record of a signature.
+    """
 
 @_typing.type_check_only
 class AuditLogAsyncStub(AuditLogStub):
@@ -230,6 +246,22 @@ class AuditLogAsyncStub(AuditLogStub):
     """Records from `start_seq` on (at most `limit`; default 100, at most 1000)
     and the current head, for callers allowed `read-audit`. Verify them with
     the hash chain described in the README; do not trust this server's word.
+    """
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_signer_pb2.GetCheckpointRequest, _signer_pb2.GetCheckpointResponse]  # type: ignore[assignment]
+    """The transparency log (README "Proofs"). Every proof is against a signed
+    checkpoint the server stores, so it verifies with the log's verifier key
+    alone; get that key from somewhere other than this server.
+
+    A checkpoint (c2sp.org/tlog-checkpoint) as the audit key signed it, with
+    every witness cosignature the server holds, and the log's verifier key.
+    """
+    ProveInclusion: _aio.UnaryUnaryMultiCallable[_signer_pb2.ProveInclusionRequest, _signer_pb2.ProveInclusionResponse]  # type: ignore[assignment]
+    """The inclusion proof of one record, as a c2sp.org/tlog-proof@v1 text."""
+    ProveConsistency: _aio.UnaryUnaryMultiCallable[_signer_pb2.ProveConsistencyRequest, _signer_pb2.ProveConsistencyResponse]  # type: ignore[assignment]
+    """The RFC 6962 consistency proof from an earlier tree size to a checkpoint."""
+    FindRecords: _aio.UnaryUnaryMultiCallable[_signer_pb2.FindRecordsRequest, _signer_pb2.FindRecordsResponse]  # type: ignore[assignment]
+    """The records of a payload digest (at most 100, oldest first), each as its
+    Merkle leaf: where a client or a monitor finds the record of a signature.
     """
 
 class AuditLogServicer(metaclass=_abc_1.ABCMeta):
@@ -242,6 +274,46 @@ class AuditLogServicer(metaclass=_abc_1.ABCMeta):
         """Records from `start_seq` on (at most `limit`; default 100, at most 1000)
         and the current head, for callers allowed `read-audit`. Verify them with
         the hash chain described in the README; do not trust this server's word.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _signer_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.GetCheckpointResponse, _abc.Awaitable[_signer_pb2.GetCheckpointResponse]]:
+        """The transparency log (README "Proofs"). Every proof is against a signed
+        checkpoint the server stores, so it verifies with the log's verifier key
+        alone; get that key from somewhere other than this server.
+
+        A checkpoint (c2sp.org/tlog-checkpoint) as the audit key signed it, with
+        every witness cosignature the server holds, and the log's verifier key.
+        """
+
+    @_abc_1.abstractmethod
+    def ProveInclusion(
+        self,
+        request: _signer_pb2.ProveInclusionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ProveInclusionResponse, _abc.Awaitable[_signer_pb2.ProveInclusionResponse]]:
+        """The inclusion proof of one record, as a c2sp.org/tlog-proof@v1 text."""
+
+    @_abc_1.abstractmethod
+    def ProveConsistency(
+        self,
+        request: _signer_pb2.ProveConsistencyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ProveConsistencyResponse, _abc.Awaitable[_signer_pb2.ProveConsistencyResponse]]:
+        """The RFC 6962 consistency proof from an earlier tree size to a checkpoint."""
+
+    @_abc_1.abstractmethod
+    def FindRecords(
+        self,
+        request: _signer_pb2.FindRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.FindRecordsResponse, _abc.Awaitable[_signer_pb2.FindRecordsResponse]]:
+        """The records of a payload digest (at most 100, oldest first), each as its
+        Merkle leaf: where a client or a monitor finds the record of a signature.
         """
 
 def add_AuditLogServicer_to_server(servicer: AuditLogServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

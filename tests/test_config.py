@@ -13,6 +13,7 @@ from tuf_signer.config import (
     AuditConfig,
     TlsConfig,
     check_listen,
+    load_audit_config,
     load_config,
     parse_config,
 )
@@ -599,3 +600,17 @@ def test_typed_identities_and_tls_identity_settings_parse(tmp_path: Path) -> Non
         None,
         None,
     )
+
+
+def test_an_auditors_copy_needs_only_the_audit_table(tmp_path: Path) -> None:
+    """audit verify reads [audit] alone, and the audit key may be left out (nothing signs)."""
+    path = tmp_path / "auditor.toml"
+    path.write_text('[audit]\npath = "audit.db"\norigin = "example.org/audit"\n' + _WITNESS)
+    audit = load_audit_config(path)
+    assert audit.path == tmp_path / "audit.db"
+    assert audit.log is not None and audit.log.origin == "example.org/audit"
+    assert (audit.log.key_backend, audit.log.key_handle) == ("", "")
+    assert [w.name for w in audit.log.witnesses] == ["w1.example/witness"]
+    # The server's reading of the same table still wants the key.
+    with pytest.raises(ConfigError, match="audit.key.backend: missing required setting"):
+        _load(tmp_path, _log('origin = "example.org/audit"'))

@@ -13,7 +13,8 @@ import pytest
 from tests.witness.conftest import Log, WitnessProcess
 from tuf_signer.audit._checkpoint import open_checkpoint
 from tuf_signer.errors import StoreError
-from tuf_signer.witness import Cosigned, WitnessState
+from tuf_signer.witness import Cosigned, WitnessState, _state
+from tuf_signer.witness._protocol import InconsistentCheckpoint, Misbehaviour
 
 ORIGIN = "log.test/a"
 
@@ -99,3 +100,23 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="schema version 99"):
         WitnessState(path)
+
+
+def test_evidence_is_kept_once_per_tree_head_and_bounded_per_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_state, "MAX_EVIDENCE", 3)
+    state = WitnessState(tmp_path / "state.db")
+
+    def refuse(size: int) -> Callable[[Cosigned | None], Cosigned]:
+        def decide(current: Cosigned | None) -> Cosigned:
+            evidence = Misbehaviour("proof", ORIGIN, size, bytes(32), 0, (), b"cp", None)
+            raise InconsistentCheckpoint("the proof fails", evidence)
+
+        return decide
+
+    for size in (1, 1, 2, 3, 4, 5):
+        with pytest.raises(InconsistentCheckpoint):
+            state.advance(ORIGIN, refuse(size))
+    assert [e.misbehaviour.size for e in state.evidence()] == [1, 2, 3]
+    assert state.latest(ORIGIN) is None  # evidence only: nothing was cosigned

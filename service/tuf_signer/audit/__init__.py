@@ -5,12 +5,14 @@ signature's record and the role state it advances commit together (P3, P4, P8).
 The record is a hash chain and the leaves of an RFC 6962 Merkle tree (P5, issue 13;
 ``record_leaf``); ``verify_records`` checks the chain offline, ``verify_store`` the
 chain and the tree. ``tlog_proof`` and ``consistency`` prove records and tree sizes
-against the signed checkpoints the store keeps (``_proofs``).
+against the signed checkpoints the store keeps (``_proofs``); ``verify_log`` holds
+the store against checkpoints kept elsewhere (``_witnessed``).
 """
 
 from __future__ import annotations
 
 from tuf_signer.audit._chain import RESET, event_from_dict, event_to_dict, record_hash
+from tuf_signer.audit._checkpoints import StoredCheckpoint
 from tuf_signer.audit._open import STORE_OPENERS, open_audit_store
 from tuf_signer.audit._postgres import PostgresAuditStore, dsn_secrets
 from tuf_signer.audit._proofs import (
@@ -39,6 +41,16 @@ from tuf_signer.audit._store import (
 )
 from tuf_signer.audit._tree import record_leaf
 from tuf_signer.audit._verify import VerifyReport, verify_records, verify_store
+from tuf_signer.audit._witnessed import (
+    Anchor,
+    CheckpointError,
+    LogKeys,
+    LogReport,
+    StoreBehindError,
+    StoreForkError,
+    UntrustedCheckpointError,
+    verify_log,
+)
 
 __all__ = [
     "GENESIS_HASH",
@@ -47,17 +59,25 @@ __all__ = [
     "STORE_OPENERS",
     "AddVersion",
     "AdvanceRole",
+    "Anchor",
     "AuditRecord",
     "AuditStore",
+    "CheckpointError",
     "Committed",
     "Consistency",
     "CreateKey",
     "Entry",
+    "LogKeys",
+    "LogReport",
     "NoCheckpointError",
     "PostgresAuditStore",
     "ResetRole",
     "SetVersionState",
     "SqliteAuditStore",
+    "StoreBehindError",
+    "StoreForkError",
+    "StoredCheckpoint",
+    "UntrustedCheckpointError",
     "VerifyReport",
     "advance_decision",
     "consistency",
@@ -74,6 +94,7 @@ __all__ = [
     "record_leaf",
     "refused_event",
     "tlog_proof",
+    "verify_log",
     "verify_records",
     "verify_store",
 ]

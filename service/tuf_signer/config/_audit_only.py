@@ -2,19 +2,17 @@
 
 ``tuf-signer audit verify`` reads the store and checks it with verifier keys;
 it needs no ``[backends]``, no HSM and no TLS. So it reads the ``[audit]``
-table with the very parser the server uses (``_parse._audit``) and ignores
+table with the very parser the server uses (``parse_audit``) and ignores
 every other table, which an auditor's copy may leave out.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
-from tuf_signer.config._parse import _audit
+from tuf_signer.config._parse import parse_audit, read_toml
 from tuf_signer.config._reader import Table
 from tuf_signer.config._settings import AuditConfig
-from tuf_signer.errors import ConfigError
 
 
 def load_audit_config(path: Path | str) -> AuditConfig:
@@ -24,17 +22,11 @@ def load_audit_config(path: Path | str) -> AuditConfig:
     relative to the file's directory, every error names its setting); the
     other tables are not read, so they may be missing or hold settings this
     host cannot use. The audit key's ``backend`` is not checked against
-    ``[backends]``: nothing here signs.
+    ``[backends]``, and ``audit.key`` may be left out: nothing here signs.
 
     Raises:
         ConfigError: the file cannot be read, is not TOML, or an ``[audit]``
             setting is wrong.
     """
     path = Path(path).resolve()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config: {path} is not valid TOML: {e}") from e
-    return _audit(Table(data, "").table("audit"), path.parent)
+    return parse_audit(Table(read_toml(path), "").table("audit"), path.parent, signing=False)

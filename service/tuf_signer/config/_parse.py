@@ -37,13 +37,21 @@ def load_config(path: Path | str) -> Config:
         ConfigError: the file cannot be read, is not TOML, or a setting is wrong.
     """
     path = Path(path).resolve()
+    return parse_config(read_toml(path), path)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML of a config file.
+
+    Raises:
+        ConfigError: the file cannot be read or is not TOML.
+    """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"config: cannot read {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: {path} is not valid TOML: {e}") from e
-    return parse_config(data, path)
 
 
 def parse_config(data: Mapping[str, Any], path: Path) -> Config:
@@ -57,7 +65,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     top.check_known({"server", "audit", "backends", "keys", "authz", "limits", "policy"})
     server = _server(top.table("server"), base)
 
-    audit = _audit(top.table("audit"), base)
+    audit = parse_audit(top.table("audit"), base)
 
     b = top.table("backends")
     if not b:
@@ -119,23 +127,34 @@ _LOG_SETTINGS = {
 }
 
 
-def _audit(a: Mapping[str, Any], base: Path) -> AuditConfig:
+def parse_audit(a: Mapping[str, Any], base: Path, *, signing: bool = True) -> AuditConfig:
+    """The ``[audit]`` table.
+
+    Args:
+        a: the table.
+        base: the directory relative paths are relative to.
+        signing: False for an auditor's copy of the config (``audit verify``),
+            where ``audit.key`` may be left out: nothing signs there.
+
+    Raises:
+        ConfigError: naming the first wrong setting.
+    """
     t = Table(a, "audit.", AuditConfig)
     t.check_known(
         {"store", *_LOG_SETTINGS, *(key for keys in _STORE_SETTINGS.values() for key in keys)}
     )
-    log = _log(a)
+    log = _log(a, signing)
     return replace(_store(a, t, base), log=log)
 
 
-def _log(a: Mapping[str, Any]) -> LogConfig | None:
+def _log(a: Mapping[str, Any], signing: bool) -> LogConfig | None:
     """The ``[audit]`` settings of the checkpoints and witnesses (issue 13)."""
     # Lazily: tuf_signer.audit imports this package.
     from tuf_signer.audit._note import COSIGNATURE_V1, NoteError, check_key_name, parse_verifier_key
 
     t = Table(a, "audit.", LogConfig)
     given = sorted(_LOG_SETTINGS & a.keys())
-    if "origin" not in a and "key" not in a:
+    if "origin" not in a and ("key" not in a or not signing):
         if given:
             raise ConfigError(f"audit.{given[0]}: needs audit.origin and audit.key")
         return None
@@ -146,9 +165,10 @@ def _log(a: Mapping[str, Any]) -> LogConfig | None:
         raise ConfigError(f"audit.origin: {e.reason} (it also names the audit key)") from None
     k = Table(t.table("key"), "audit.key.")
     k.check_known({"backend", "handle"})
-    backend = k.get("backend", str, REQUIRED)
-    handle = k.get("handle", str, REQUIRED)
-    if not handle.strip():
+    unsigned = "" if not signing else REQUIRED
+    backend = k.get("backend", str, unsigned)
+    handle = k.get("handle", str, unsigned)
+    if signing and not handle.strip():
         raise ConfigError("audit.key.handle: is empty")
     witnesses: list[WitnessConfig] = []
     for i, w in enumerate(_list_of_tables(a, "witnesses", "audit.")):

@@ -171,7 +171,8 @@ class LogConfig:
 
     Attributes:
         origin: the checkpoints' origin line, which also names the audit key.
-        key_backend: the backend holding the audit key.
+        key_backend: the backend holding the audit key ("" in an auditor's
+            copy of the config, ``load_audit_config``, which may leave it out).
         key_handle: the audit key's handle in that backend (an Ed25519 key
             that signs nothing but checkpoints; ``tuf-signer audit create-key``).
         checkpoint_interval: seconds between checkpoints while records arrive.

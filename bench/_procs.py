@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -46,6 +47,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _wait_port(port: int) -> None:
+    """Wait until something listens on 127.0.0.1:``port`` (bounded by START_TIMEOUT)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"nothing listens on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -250,6 +264,7 @@ class ServerFeatures:
 
     workers: bool  # `server.workers` (multi-process serving)
     max_batch_items: int | None  # default of `server.max_batch_items`, if it exists
+    log: bool  # the transparency log: audit key, checkpoints, witnesses (issue 13)
 
 
 def server_features() -> ServerFeatures:
@@ -259,10 +274,18 @@ def server_features() -> ServerFeatures:
     fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
     batch = fields.get("max_batch_items")
     default = batch.default if batch is not None else None
+    import tuf_signer.config as config
+
     return ServerFeatures(
         workers="workers" in fields,
         max_batch_items=default if isinstance(default, int) else None,
+        log=hasattr(config, "LogConfig"),
     )
+
+
+# The transparency log is on in the bench (as in production) unless BENCH_LOG=0.
+LOG_ENV = "BENCH_LOG"
+LOG_ORIGIN = "bench.tuf-signer.test/audit"
 
 
 _CONFIG = """\
@@ -282,7 +305,7 @@ burst = 1000000000
 [audit]
 store = "sqlite"
 path = "audit.db"
-
+{audit_extra}
 [backends.softhsm]
 type = "pkcs11"
 module = "{module}"
@@ -366,18 +389,53 @@ class TufSigner(Service):
         if self.features.workers:
             server_extra = f"workers = {self.workers}\n" + server_extra
         self.config = root / "tuf-signer.toml"
-        self.config.write_text(
-            _CONFIG.format(
-                listen=self.address,
-                server_extra=server_extra,
-                module=self.hsm.module,
-                token=self.hsm.label,
-                conf=self.hsm.conf,
-                identity=BENCH_IDENTITY if tls else "anonymous",
-            )
+        config = functools.partial(
+            _CONFIG.format,
+            listen=self.address,
+            server_extra=server_extra,
+            module=self.hsm.module,
+            token=self.hsm.label,
+            conf=self.hsm.conf,
+            identity=BENCH_IDENTITY if tls else "anonymous",
         )
+        self.config.write_text(config(audit_extra=""))
+        self.log = self.features.log and os.environ.get(LOG_ENV, "1") != "0"
+        self.witness: Path | None = None
+        if self.log:
+            self.config.write_text(config(audit_extra=self._log_settings(root)))
         self.keyids: dict[str, str] = {}
         self._next_version = 1
+
+    def _log_settings(self, root: Path) -> str:
+        """Make the audit key and a witness; the ``[audit]`` settings that use them."""
+        from tuf_signer.witness import create_witness
+
+        made = subprocess.run(
+            [
+                *(str(BIN / "tuf-signer"), "audit", "create-key"),
+                *("--config", str(self.config), "--origin", LOG_ORIGIN),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.splitlines()
+        key = next(line for line in made if line.startswith("key = "))
+        vkey = next(line for line in made if line.startswith(f"# {LOG_ORIGIN}+"))[2:]
+        self.witness_port = free_port()
+        self.witness, witness_vkey = create_witness(
+            root / "witness",
+            "bench.tuf-signer.test/witness",
+            f"127.0.0.1:{self.witness_port}",
+            [(LOG_ORIGIN, vkey)],
+        )
+        return (
+            f'origin = "{LOG_ORIGIN}"\n{key}\n'
+            # On, far above what a run signs: the gate runs on every Sign.
+            "max_unwitnessed_records = 100000000\n"
+            f'[[audit.witnesses]]\nurl = "http://127.0.0.1:{self.witness_port}"\n'
+            f'vkey = "{witness_vkey}"\n'
+        )
 
     def take_versions(self, count: int) -> int:
         """Reserve ``count`` metadata versions; returns the first.
@@ -391,6 +449,12 @@ class TufSigner(Service):
 
     def start(self, keys: dict[str, int] | None = None) -> TufSigner:
         """Start the server and create ``keys`` (name -> pb algorithm), ACTIVE."""
+        if self.witness is not None:  # counted with the server: same machine, same cores
+            self._spawn(
+                [str(BIN / "tuf-signer"), "witness", "serve", "--config", str(self.witness)],
+                "witness.log",
+            )
+            _wait_port(self.witness_port)
         self._spawn([str(BIN / "tuf-signer"), "serve", "--config", str(self.config)], "server.log")
         self.wait_ready(lambda ch: pb_grpc.SignerStub(ch).GetPublicKeys(pb.GetPublicKeysRequest()))
         # One channel, so one connection and one worker creates every key, as

@@ -11,6 +11,7 @@ import pytest
 from tuf_signer.audit._note import COSIGNATURE_V1, ED25519, VerifierKey
 from tuf_signer.config import (
     AuditConfig,
+    LogConfig,
     TlsConfig,
     check_listen,
     load_audit_config,
@@ -55,7 +56,14 @@ def test_good_config_resolves_paths(tmp_path: Path) -> None:
 # The configuration reference in the README: `setting` | default | meaning.
 _README = Path(__file__).resolve().parents[1] / "README.md"
 _ROW = re.compile(r"^\| (`(?:server|limits|audit|policy)\.[^|]*) \| ([^|]+) \|", re.MULTILINE)
-_ATTRIBUTE = {"call_deadline_seconds": "call_deadline", "check_timeout_seconds": "check_timeout"}
+_ATTRIBUTE = {
+    "call_deadline_seconds": "call_deadline",
+    "check_timeout_seconds": "check_timeout",
+    "checkpoint_interval_seconds": "checkpoint_interval",
+    "witness_timeout_seconds": "witness_timeout",
+}
+# The log's settings exist only with audit.origin and audit.key: their defaults are the dataclass's.
+_LOG_DEFAULTS = LogConfig(origin="o", key_backend="b", key_handle="h")
 _UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 
 
@@ -91,6 +99,8 @@ def test_the_readme_documents_the_defaults_the_parser_applies(tmp_path: Path) ->
         *path, key = name.split(".")
         if path == ["server", "tls"]:  # TLS needs files: its defaults are the dataclass's
             owner: object = TlsConfig(cert=Path(), key=Path(), client_ca=Path())
+        elif path == ["audit"] and hasattr(_LOG_DEFAULTS, _ATTRIBUTE.get(key, key)):
+            owner = _LOG_DEFAULTS
         else:
             owner = getattr(config, path[0])
         actual = getattr(owner, _ATTRIBUTE.get(key, key))
@@ -612,5 +622,5 @@ def test_an_auditors_copy_needs_only_the_audit_table(tmp_path: Path) -> None:
     assert (audit.log.key_backend, audit.log.key_handle) == ("", "")
     assert [w.name for w in audit.log.witnesses] == ["w1.example/witness"]
     # The server's reading of the same table still wants the key.
-    with pytest.raises(ConfigError, match="audit.key.backend: missing required setting"):
+    with pytest.raises(ConfigError, match=r"audit.key.backend: missing required setting"):
         _load(tmp_path, _log('origin = "example.org/audit"'))

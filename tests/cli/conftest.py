@@ -118,16 +118,25 @@ def dev_signer(tmp_path: Path) -> Iterator[DevSigner]:
     """``tuf-signer dev-init DIR`` then ``tuf-signer serve`` on a free loopback port."""
     directory = tmp_path / "dev"
     address = f"127.0.0.1:{free_port()}"
-    config = Path(run("dev-init", str(directory), "--listen", address).stdout.strip())
-    proc = subprocess.Popen(
+    witness = f"127.0.0.1:{free_port()}"
+    config = Path(
+        run(
+            "dev-init", str(directory), "--listen", address, "--witness-listen", witness
+        ).stdout.strip()
+    )
+    signer = DevSigner(directory, config, address, serve(config))
+    try:
+        wait_healthy(address, signer.proc, credentials(directory, "admin"))
+        yield signer
+    finally:
+        signer.stop()
+
+
+def serve(config: Path) -> subprocess.Popen:
+    """``tuf-signer serve --config CONFIG`` as a child process."""
+    return subprocess.Popen(
         [*CLI, "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(),
     )
-    signer = DevSigner(directory, config, address, proc)
-    try:
-        wait_healthy(address, proc, credentials(directory, "admin"))
-        yield signer
-    finally:
-        signer.stop()

@@ -123,7 +123,6 @@ class WitnessProcess:
     config: Path
     url: str
     vkey: VerifierKey
-    logs: dict[str, Log]
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> None:
@@ -147,11 +146,16 @@ class WitnessProcess:
         raise AssertionError(f"the witness did not listen: {self.log()}")
 
     def stop(self) -> int:
-        """SIGTERM and wait; the exit code."""
+        """SIGTERM and wait; the exit code (killed, and a failure, after 30 s)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
         return self.proc.returncode
 
     def alive(self) -> bool:
@@ -160,8 +164,8 @@ class WitnessProcess:
     def log(self) -> str:
         return (self.directory / "witness.log").read_text(errors="replace")
 
-    def post(self, body: bytes, **kw: object) -> Reply:
-        return request(self.url, "POST", "/add-checkpoint", body, **kw)  # type: ignore[arg-type]
+    def post(self, body: bytes) -> Reply:
+        return request(self.url, "POST", "/add-checkpoint", body)
 
     def latest(self, origin: str) -> Reply:
         return request(self.url, "GET", f"/{origin_hash(origin)}/checkpoint")
@@ -188,9 +192,7 @@ def make_witness(
         if not replaced:
             text = text.replace("[witness]\n", f"[witness]\n{line}\n", 1)
     config.write_text(text)
-    return WitnessProcess(
-        directory, config, url, parse_verifier_key(vkey), {log.origin: log for log in logs}
-    )
+    return WitnessProcess(directory, config, url, parse_verifier_key(vkey))
 
 
 @pytest.fixture

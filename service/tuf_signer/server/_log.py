@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from tuf_signer._text import printable
 from tuf_signer.audit import AuditStore
 from tuf_signer.audit._checkpoint import Checkpoint, open_checkpoint
 from tuf_signer.audit._checkpoints import StoredCheckpoint
@@ -121,6 +122,11 @@ class TransparencyLog:
     def halted(self) -> LogUnavailableError | None:
         """Why signing is halted for good (until an operator acts), or None."""
         return self._halted
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """The tree's size and the size the witness quorum cosigned, as of the last tick."""
+        return self._tree_size, self._witnessed_size
 
     # --- the gate --------------------------------------------------------------
 
@@ -332,9 +338,11 @@ class TransparencyLog:
     def _mark(self, w: _Witness, up: bool, reason: str) -> None:
         if w.up != up or (not up and w.reason != reason):
             if up:
-                log.info("transparency log: witness %r cosigns again", w.key.name)
+                again = "" if w.up is None else " again"
+                log.info("transparency log: witness %r cosigns%s", w.key.name, again)
             else:
-                log.warning("transparency log: witness %r: %s", w.key.name, reason)
+                # A witness's refusal carries its own text: escaped, like any remote input.
+                log.warning("transparency log: witness %r: %s", w.key.name, printable(reason))
         w.up, w.reason = up, reason
 
     # --- the gate's state ------------------------------------------------------------

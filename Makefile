@@ -45,6 +45,12 @@ test-deps:
 	  echo "installing golang-go and golang-golang-x-mod-dev (Debian) for the Go cross-checks"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-golang-x-mod-dev; \
 	fi
+	@# tests/deploy: `systemd-analyze verify` and `security --offline` check deploy/systemd
+	@# (kubectl, for kustomize, and kubernetes-validate come with the dev extra).
+	@if ! command -v systemd-analyze >/dev/null; then \
+	  echo "installing systemd (Debian) for systemd-analyze (the deploy/systemd checks)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; \
+	fi
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

@@ -55,7 +55,7 @@ def test_good_config_resolves_paths(tmp_path: Path) -> None:
 
 # The configuration reference in the README: `setting` | default | meaning.
 _README = Path(__file__).resolve().parents[1] / "README.md"
-_ROW = re.compile(r"^\| (`(?:server|limits|audit|policy)\.[^|]*) \| ([^|]+) \|", re.MULTILINE)
+_ROW = re.compile(r"^\| (`(?:server|limits|audit|policy|ops)\.[^|]*) \| ([^|]+) \|", re.MULTILINE)
 _ATTRIBUTE = {
     "call_deadline_seconds": "call_deadline",
     "check_timeout_seconds": "check_timeout",

@@ -108,7 +108,7 @@ def open_v1(request: pytest.FixtureRequest) -> Iterator[Callable[[], AuditStore]
 
 
 def test_version_1_store_is_migrated(open_v1: Callable[[], AuditStore], make: AuditFactory) -> None:
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     store = open_v1()
     old = store.get_key("old")
     assert old is not None

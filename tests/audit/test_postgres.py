@@ -70,7 +70,7 @@ def test_tables_are_plain_sql(postgres_dsn: str, make: AuditFactory, other: Any)
     assert other.execute("SELECT role, version, audit_seq FROM role_state").fetchall() == [
         ("snapshot", 7, 2)
     ]
-    assert other.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+    assert other.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
     types = other.execute(
         "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema()"
         " AND table_name = 'audit_log' AND column_name IN ('seq', 'metadata_version')"
@@ -95,7 +95,7 @@ def test_every_session_commits_durably(postgres_dsn: str) -> None:
 def test_other_schema_version(postgres_dsn: str, other: Any) -> None:
     PostgresAuditStore(postgres_dsn).close()
     other.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(StoreError, match=r"schema version 99; this tuf-signer reads version 4"):
+    with pytest.raises(StoreError, match=r"schema version 99; this tuf-signer reads version 5"):
         PostgresAuditStore(postgres_dsn)
 
 
@@ -304,8 +304,8 @@ def test_repr_and_log_never_show_the_password(
 # updates or deletes a record, or the schema version.
 WRITER_GRANTS = (
     "GRANT SELECT ON schema_version TO {role}",
-    "GRANT SELECT, INSERT ON audit_log, audit_tree, keys TO {role}",
-    "GRANT SELECT, INSERT, UPDATE ON key_versions, role_state TO {role}",
+    "GRANT SELECT, INSERT ON audit_log, audit_tree TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON keys, key_versions, role_state, role_coherence TO {role}",
 )
 AUDITOR_GRANTS = ("GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",)
 

@@ -57,7 +57,7 @@ def test_tables_are_plain_sql(db: Path, make: AuditFactory) -> None:
     assert conn.execute("SELECT role, version, audit_seq FROM role_state").fetchall() == [
         ("snapshot", 7, 2)
     ]
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
     conn.close()
 
 
@@ -87,7 +87,7 @@ def test_other_schema_version(db: Path) -> None:
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match=r"schema version 99; this tuf-signer reads version 4"):
+    with pytest.raises(StoreError, match=r"schema version 99; this tuf-signer reads version 5"):
         SqliteAuditStore(db)
 
 

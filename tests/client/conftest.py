@@ -19,14 +19,13 @@ from typing import Any, TypeVar
 import pytest
 
 from tuf_signer.client import (
-    CA_ENV,
-    CERT_ENV,
-    KEY_ENV,
-    SERVER_ENV,
+    CONFIG_ENV,
+    ONLINE_KEY_DIR_ENV,
     Client,
     KeyVersionInfo,
     close_shared_clients,
 )
+from tuf_signer.client._settings import SETTINGS_ENVS
 from tuf_signer.config import load_config
 from tuf_signer.server import SignerServer
 
@@ -107,5 +106,5 @@ def signer_server(tmp_path: Path, softhsm: Any) -> Iterator[RunningSigner]:
 @pytest.fixture(autouse=True)
 def _no_client_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests say what they want: no TLS or server settings from the developer's shell."""
-    for name in (SERVER_ENV, CA_ENV, CERT_ENV, KEY_ENV):
+    for name in (*SETTINGS_ENVS, CONFIG_ENV, ONLINE_KEY_DIR_ENV):
         monkeypatch.delenv(name, raising=False)

@@ -146,11 +146,16 @@ REFUSALS: list[tuple[Call, type[RemoteError], type[TufSignerError], str, str]] =
         "not canonical JSON",
     ),
     (
-        lambda s: s.client.sign("online", bin_payload(s)),
+        # A key with a bins declaration attributes a role-less bin by its paths (issue
+        # 14); one without has nothing to infer the role from.
+        lambda s: (
+            s.client.create_key("plain", [("timestamp", 60)], activate=True),
+            s.client.sign("plain", bin_payload(s)),
+        ),
         RemoteRequestError,
         RequestError,
         "INVALID_ARGUMENT",
-        "role name required",
+        "role name required for targets metadata: key 'plain' declares no hash-bin",
     ),
     (
         lambda s: s.client.sign("online", timestamp(s, 1, expires_in=2 * 86400)),

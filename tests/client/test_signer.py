@@ -12,6 +12,7 @@ from tuf.api.metadata import (
     Root,
     Snapshot,
     SuccinctRoles,
+    TargetFile,
     Targets,
     Timestamp,
 )
@@ -155,11 +156,24 @@ def test_round_trip_through_metadata_sign_and_verify_delegate(signer_server: Run
         targets.verify_delegate(name, bin_md.signed_bytes, bin_md.signatures)
 
 
-def test_bin_without_role_in_uri_is_refused(signer_server: RunningSigner) -> None:
+def test_bin_without_role_in_uri_is_its_paths_bin(signer_server: RunningSigner) -> None:
+    """One signer for every role (RSTUF): the server attributes a bin by its target paths."""
     s = signer_server
-    payload = Metadata(Targets(version=1, expires=s.expires())).signed_bytes
+    path = "packages/ab/cd/example-1.0.tar.gz"
+    name = SuccinctRoles([], 1, 8, "bins").get_role_for_target(path)
+    bin_md = Metadata(Targets(version=1, expires=s.expires()))
+    bin_md.signed.targets[path] = TargetFile.from_data(path, b"example", ["sha256"])
+    bin_md.sign(signer_for(s))
+    (state,) = s.client.role_state("online", name)
+    assert state["version"] == 1
+
+    s.client.create_key("plain", [("bins-a3", 3600)], activate=True)  # declares no bins
+    (plain,) = s.client.public_keys("plain")
+    plain_signer = Signer.from_priv_key_uri(
+        str(SignerUri(s.address, "plain")), sslib_key(plain["versions"][0])
+    )
     with pytest.raises(RemoteRequestError, match="role name required") as raised:
-        signer_for(s).sign(payload)
+        plain_signer.sign(bin_md.signed_bytes)
     assert raised.value.code == "INVALID_ARGUMENT"
 
 

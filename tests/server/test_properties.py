@@ -37,8 +37,10 @@ from tuf_signer.policy import (
     TUF_EXPIRES_FORMAT,
     bin_for_path,
     bin_index,
+    bin_name,
     bins_pattern,
     check_sign_request,
+    is_empty_bin_role,
 )
 from tuf_signer.v1 import signer_pb2 as pb
 
@@ -218,7 +220,14 @@ def _check_accepted(payload: bytes, role: str, resolved: str, info: Any, rule: R
     text = payload.decode("utf-8")
     obj = json.loads(text, strict=False)
     assert str(encode_canonical(obj)) == text, "accepted bytes are canonical JSON"
-    assert resolved == (role or obj["_type"])
+    if role or obj["_type"] != "targets":
+        assert resolved == (role or obj["_type"])
+    else:  # inferred (issue 14): the top-level targets, a bin, or an empty bin
+        empty = is_empty_bin_role(resolved)
+        assert resolved == "targets" or bin_index(PROPERTY_BINS, resolved) is not None or empty
+        if empty:
+            assert obj["targets"] == {} and "delegations" not in obj
+            resolved = bin_name(PROPERTY_BINS, 0)  # allowed as every bin is
     assert obj["_type"] == info.type == TYPE_FOR_ROLE.get(resolved, "targets")
     assert resolved != "root" and fnmatchcase(resolved, rule.pattern)
     if resolved.startswith("bins-"):  # a declared bin: exactly a bin, its paths hash into it
@@ -336,12 +345,20 @@ class Rpc:
         if op.defect == "expired":
             kw["expires"] = self.h.clock.now - timedelta(seconds=1)
         elif op.defect == "beyond-max-validity":
-            kw["expires"] = self.h.clock.now + timedelta(days=1, seconds=1)
+            skew = self.h.config.policy.max_clock_skew  # the bound's tolerance (issue 14)
+            kw["expires"] = self.h.clock.now + timedelta(days=1, seconds=skew + 1)
         kind = {"timestamp": "timestamp", "snapshot": "snapshot"}.get(op.role, "targets")
         if op.defect == "wrong-type":
             kind = {"timestamp": "snapshot", "snapshot": "targets"}.get(op.role, "timestamp")
         if kind == "timestamp":
-            payload = p.timestamp(version, snapshot_version=op.salt + 1, **kw)
+            # Coherence (issue 14): name a snapshot version the key signed
+            # before this step (marks only grow), so that the model's rules
+            # alone decide; the salt varies the expiry instead.
+            snapshot = self.model.marks.get((op.key, "snapshot"))
+            kw.setdefault("expires", p.expires() - timedelta(seconds=op.salt))
+            payload = p.timestamp(
+                version, snapshot_version=snapshot.version if snapshot else 1, **kw
+            )
         elif kind == "snapshot":
             payload = p.snapshot(version, bins=op.salt + 1, **kw)
         else:

@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -22,75 +19,19 @@ import grpc
 import pytest
 
 from tests.conftest import free_port
+from tests.witnesses import ORIGIN, SOON, WITNESS, WitnessProcess, audit_key, set_log
 from tuf_signer.audit import Entry, SqliteAuditStore, record_leaf
 from tuf_signer.audit._checkpoint import open_checkpoint, parse_tlog_proof, verify_tlog_proof
 from tuf_signer.audit._merkle import leaf_hash
 from tuf_signer.audit._note import parse_verifier_key
 from tuf_signer.audit._proofs import merkle_inclusion
 from tuf_signer.errors import ConfigError
-from tuf_signer.server._auditkey import create_audit_key
 from tuf_signer.server._log import WITNESS_HEALTH
 from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 from tuf_signer.witness import create_witness
 
 from .conftest import Clock, Harness, start_harness, stop_harness, write_config
-
-ORIGIN = "tuf-signer.test/audit"
-WITNESS = "tuf-signer.test/witness"
-SOON = 20.0  # seconds: a bound far above what each wait takes on a busy machine
-
-
-@dataclass
-class WitnessProcess:
-    """A real `tuf-signer witness serve`, stopped and started at will."""
-
-    config: Path
-    port: int
-    vkey: str
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("tuf-signer")),
-                "witness",
-                "serve",
-                "--config",
-                str(self.config),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        end = time.monotonic() + SOON
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, "the witness exited"
-                assert time.monotonic() < end, "the witness did not listen"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-
-async def _audit_key(softhsm: Any) -> tuple[str, str]:
-    backend = softhsm.backend("softhsm")
-    await backend.start()
-    try:
-        handle, key = await create_audit_key(backend, ORIGIN)
-    finally:
-        await backend.close()
-    return handle, key.text()
 
 
 @dataclass
@@ -102,30 +43,19 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path, softhsm: Any) -> AsyncIterator[Setup]:
-    handle, log_vkey = await _audit_key(softhsm)
+    handle, log_vkey = await audit_key(softhsm)
     port = free_port()
     witness_config, witness_vkey = create_witness(
         tmp_path / "witness", WITNESS, f"127.0.0.1:{port}", [(ORIGIN, log_vkey)]
     )
     witness = WitnessProcess(witness_config, port, witness_vkey)
     config = write_config(tmp_path / "signer", softhsm)
-    _set_log(config, handle, witness, "checkpoint_interval_seconds = 0.2\n")
+    set_log(config, handle, witness, "checkpoint_interval_seconds = 0.2\n")
     witness.start()
     try:
         yield Setup(config, witness, log_vkey)
     finally:
         witness.stop()
-
-
-def _set_log(config: Path, handle: str, witness: WitnessProcess, extra: str = "") -> None:
-    text = config.read_text()
-    start = text.index('path = "audit.db"\n') + len('path = "audit.db"\n')
-    end = text.index("[backends.softhsm]")
-    log = (
-        f'origin = "{ORIGIN}"\nkey = {{ backend = "softhsm", handle = "{handle}" }}\n{extra}\n'
-        f'[[audit.witnesses]]\nurl = "{witness.url}"\nvkey = "{witness.vkey}"\n\n'
-    )
-    config.write_text(text[:start] + log + text[end:])
 
 
 def _with(config: Path, line: str) -> None:

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuf_signer.audit._chain import EVENT_FIELDS, canonical_json, event_from_dict
-from tuf_signer.audit._store import AddVersion, AuditRecord, CreateKey, SetVersionState
+from tuf_signer.audit._store import (
+    AddVersion,
+    AuditRecord,
+    CreateKey,
+    SetKeyRules,
+    SetVersionState,
+)
 from tuf_signer.errors import AuditChainError, RequestError, StoreError, shown
 from tuf_signer.model import (
     Algorithm,
@@ -78,6 +84,39 @@ LIST_KEYS = f"SELECT {KEY_COLUMNS} FROM keys"
 LIST_VERSIONS = f"SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_name = ? ORDER BY version"
 LIST_ROLES = f"SELECT {ROLE_COLUMNS} FROM role_state"
 LIST_KEY_ROLES = f"SELECT {ROLE_COLUMNS} FROM role_state WHERE key_name = ?"
+SET_KEY_RULES = "UPDATE keys SET rules = ? WHERE name = ?"
+
+# role_coherence (schema 5, issue 14): per (key, role), what the key's last
+# snapshot listed (for "snapshot": what its last timestamp named), the digest
+# of the delegations last signed, and a digest an admin approved.
+COHERENCE_COLUMNS = ("listed", "delegations", "approved")
+# What coherence reads of every role of a key: the mark and whether a signature set it.
+LIST_KEY_MARKS = "SELECT role, version, payload_sha256 FROM role_state WHERE key_name = ?"
+LIST_KEY_COHERENCE = (
+    "SELECT role, listed, delegations, approved FROM role_coherence WHERE key_name = ?"
+)
+
+
+def get_coherence(count: int) -> str:
+    """The ``role_coherence`` rows of ``count`` roles of one key: parameters key_name, roles."""
+    marks = ", ".join("?" for _ in range(count))
+    return (
+        "SELECT role, listed, delegations, approved FROM role_coherence"
+        f" WHERE key_name = ? AND role IN ({marks})"
+    )
+
+
+def upsert_coherence(column: str) -> str:
+    """The statement that sets one ``role_coherence`` column: parameters key_name, role, value.
+
+    ``INSERT … ON CONFLICT DO UPDATE`` (SQLite 3.24+, PostgreSQL 9.5+).
+    """
+    if column not in COHERENCE_COLUMNS:
+        raise ValueError(f"unknown role_coherence column {column!r}")
+    return (
+        f"INSERT INTO role_coherence (key_name, role, {column}) VALUES (?, ?, ?)"
+        f" ON CONFLICT (key_name, role) DO UPDATE SET {column} = excluded.{column}"
+    )
 
 
 def check_digest(payload_sha256: object) -> None:
@@ -158,13 +197,12 @@ def row_to_key(row: Sequence[Any]) -> KeyRecord:
 
 def key_params(key: KeyRecord) -> tuple[Any, ...]:
     """The ``keys`` row of ``key``, in ``KEY_COLUMNS`` order."""
-    rules = [{"pattern": r.pattern, "max_validity": r.max_validity} for r in key.rules]
     bins = str(key.bins) if key.bins is not None else ""
     return (
         key.name,
         key.algorithm.value,
         key.backend,
-        canonical_json(rules),
+        rules_json(key.rules),
         key.created_at,
         bins,
     )
@@ -239,8 +277,13 @@ def role_params(s: RoleState) -> tuple[Any, ...]:
     )
 
 
+def rules_json(rules: Sequence[RoleRule]) -> str:
+    """A key's rules as the ``keys.rules`` column holds them."""
+    return canonical_json([{"pattern": r.pattern, "max_validity": r.max_validity} for r in rules])
+
+
 def key_change_writes(
-    change: CreateKey | AddVersion | SetVersionState,
+    change: CreateKey | AddVersion | SetVersionState | SetKeyRules,
 ) -> list[tuple[str, tuple[Any, ...]]]:
     """The statements, with their parameters, that write a key change the rules allowed."""
     match change:
@@ -253,3 +296,5 @@ def key_change_writes(
             return [(RETIRE_ACTIVE, (at, name)), (ACTIVATE_VERSION, (at, name, number))]
         case SetVersionState(key_name=name, version=number, at=at):  # to RETIRED
             return [(RETIRE_VERSION, (at, name, number))]
+        case SetKeyRules(key_name=name, rules=rules):
+            return [(SET_KEY_RULES, (rules_json(rules), name))]

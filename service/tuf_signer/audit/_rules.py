@@ -58,16 +58,19 @@ from tuf_signer.audit._chain import (
 from tuf_signer.audit._store import (
     AddVersion,
     AdvanceRole,
+    ApproveDelegations,
     Change,
     CreateKey,
     Entry,
     ResetRole,
+    SetKeyRules,
     SetVersionState,
 )
 from tuf_signer.errors import (
     AlreadyExistsError,
     KeyStateError,
     NotFoundError,
+    PolicyError,
     RollbackError,
     StaleKeyVersionError,
     StaleReplayError,
@@ -81,7 +84,16 @@ RESET_HINT = "tuf-signer keys reset-role KEY ROLE --version N --reason TEXT"
 
 REPLAY_REASON = "replay of an identical request"
 
-KeyChange = CreateKey | AddVersion | SetVersionState
+KeyChange = CreateKey | AddVersion | SetVersionState | SetKeyRules
+
+# The operations that approve delegations and set a key's rules (issue 14, item 4).
+APPROVE = "approve-delegations"
+SET_RULES = "set-key-rules"
+APPROVE_HINT = "tuf-signer keys approve-delegations KEY ROLE SHA256 --reason TEXT"
+
+# A write to role_coherence: (column, key name, role, value); column is one of
+# "listed", "delegations", "approved".
+CoherenceWrite = tuple[str, str, str, int | str]
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class Decision:
         advance: the role state to write; None when it does not change.
         insert: ``advance`` is the role's first state (inserted, not updated).
         key_change: the key change to write; None when nothing changes.
+        coherence: the ``role_coherence`` values to write (issue 14).
     """
 
     error: TufSignerError | None = None
@@ -104,6 +117,7 @@ class Decision:
     advance: RoleState | None = None
     insert: bool = False
     key_change: KeyChange | None = None
+    coherence: tuple[CoherenceWrite, ...] = ()
 
 
 def _refuse(error: TufSignerError, current: RoleState | None = None) -> Decision:
@@ -151,6 +165,15 @@ def check_entry(entry: Entry, index: int = 0) -> None:
     elif isinstance(change, AddVersion):
         if change.version.state is not KeyState.PENDING:
             raise ValueError(f"{where}: a new version starts PENDING")
+    elif isinstance(change, ApproveDelegations):
+        if event.operation != APPROVE or event.key_name != change.key_name:
+            raise ValueError(f"{where}: ApproveDelegations belongs to its key's {APPROVE!r} event")
+        digest = change.delegations_sha256
+        if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+            raise ValueError(f"{where}: delegations_sha256 is not 64 lowercase hex digits")
+    elif isinstance(change, SetKeyRules):
+        if event.operation != SET_RULES or event.key_name != change.key_name:
+            raise ValueError(f"{where}: SetKeyRules belongs to its key's {SET_RULES!r} event")
     elif not isinstance(change, SetVersionState):
         raise ValueError(f"{where}: unknown change {type(change).__name__}")
 
@@ -265,8 +288,147 @@ def advance_decision(
     )
 
 
+# A role's mark as coherence reads it: (version, whether a signature set it).
+# Plain tuples: a 16,384-bin snapshot reads one per bin.
+Mark = tuple[int, bool]
+
+
+def mark_of(state: RoleState) -> Mark:
+    """The mark ``state`` sets (an admin reset's has no payload)."""
+    return (state.version, not is_reset_mark(state))
+
+
+@dataclass
+class CoherenceView:
+    """What the coherence rules read of one key, inside one write transaction.
+
+    Read once per transaction and kept up to date by the entries of the batch
+    (``note_advance``, ``note_writes``), so a bin and the snapshot listing it
+    may be signed in one batch.
+
+    Attributes:
+        marks: the key's marks by role (a lower bound is not enough: the
+            stored ones, as the batch has left them), each (version, whether a
+            signature set it rather than an admin reset).
+        empty: the versions of the empty bins the key signed
+            (``policy.empty_bin_role``; their roles hold ``*``).
+        listed: by role, the version the key's last snapshot listed (for
+            "snapshot": the version its last timestamp named).
+        delegations: by role, the digest of the delegations last signed.
+        approved: by role, the digest an admin approved for the next signature.
+    """
+
+    marks: dict[str, Mark]
+    empty: set[int]
+    listed: dict[str, int]
+    delegations: dict[str, str]
+    approved: dict[str, str]
+
+    def note_advance(self, state: RoleState) -> None:
+        """An entry of the batch advanced ``state``'s role."""
+        self.marks[state.role] = mark_of(state)
+        if "*" in state.role:
+            self.empty.add(state.version)
+
+    def note_writes(self, writes: tuple[CoherenceWrite, ...]) -> None:
+        """An entry of the batch wrote these values."""
+        for column, _key, role, value in writes:
+            if column == "listed":
+                self.listed[role] = int(value)
+            elif column == "delegations":
+                self.delegations[role] = str(value)
+                self.approved.pop(role, None)
+            else:
+                self.approved[role] = str(value)
+
+
+def coherence_writes(change: AdvanceRole, view: CoherenceView) -> tuple[CoherenceWrite, ...]:
+    """Hold a signature's listing and delegations against the key (P9, issue 14).
+
+    A snapshot may list a role the key signs neither below the version the
+    key's last snapshot listed (a rollback a client would trust) nor at a
+    version the key never signed: above the role's mark, at an admin reset
+    mark, or a bin the key never signed, unless the key signed an empty bin
+    at that version (an empty bin verifies as any bin). A role other than a
+    bin that the key never signed at all is held to the first rule only (its
+    metadata may be another key's, e.g. top-level targets signed offline).
+    Each entry of ``change.lists`` is (role, version, whether it is a bin). A timestamp may name
+    a snapshot version neither below the one its last timestamp named nor
+    above the key's snapshot mark (a key that never signed a snapshot is held
+    to the first rule only: its snapshots may come from another key).
+
+    Targets metadata other than a bin may carry delegations other than the
+    ones last signed for its role only with an admin's approval.
+
+    Returns:
+        The values to write when the signature applies.
+
+    Raises:
+        RollbackError: a listing below the last one (names role and versions).
+        PolicyError: a version the key never signed, or changed delegations
+            without approval (FAILED_PRECONDITION; names role and versions).
+    """
+    new = change.state
+    writes: list[CoherenceWrite] = []
+    key = new.key_name
+    what = f"{new.role} version {new.version}"
+    for role, version, bin_role in change.lists or ():
+        listed = view.listed.get(role, 0)
+        if new.role == "timestamp":
+            if version < listed:
+                raise RollbackError(
+                    f"coherence: {what} names snapshot version {version}, below version "
+                    f"{listed} that the last timestamp of key {key!r} named"
+                )
+            mark = view.marks.get(role)
+            if mark is not None and (version > mark[0] or (version == mark[0] and not mark[1])):
+                raise PolicyError(
+                    f"coherence: {what} names snapshot version {version}, which key {key!r} "
+                    f"never signed (its snapshot mark is version {mark[0]})"
+                )
+        else:
+            if version < listed:
+                raise RollbackError(
+                    f"coherence: {what} lists {role!r} at version {version}, below version "
+                    f"{listed} that the last snapshot of key {key!r} listed"
+                )
+            mark = view.marks.get(role)
+            signed = mark is not None and (version < mark[0] or (version == mark[0] and mark[1]))
+            # A role other than a bin that this key never signed may be
+            # another key's (top-level targets signed offline): not held.
+            other_key = mark is None and not bin_role
+            if not signed and not other_key and version not in view.empty:
+                had = (
+                    f"its mark for {role!r} is version {mark[0]}"
+                    if mark is not None
+                    else f"it never signed {role!r}"
+                )
+                raise PolicyError(
+                    f"coherence: {what} lists {role!r} at version {version}, which key "
+                    f"{key!r} never signed ({had}, and no empty bin at version {version})"
+                )
+        if version != listed:
+            writes.append(("listed", key, role, version))
+    digest = change.delegations
+    if digest:
+        last = view.delegations.get(new.role, "")
+        if last and digest != last and view.approved.get(new.role) != digest:
+            raise PolicyError(
+                f"delegations of {new.role!r} version {new.version} (sha256 {digest}) differ "
+                f"from the last ones key {key!r} signed for it (sha256 {last}); an admin "
+                f"approves the change first: {APPROVE_HINT}"
+            )
+        if digest != last:
+            writes.append(("delegations", key, new.role, digest))
+    return tuple(writes)
+
+
 def decide_advance(
-    change: AdvanceRole, seq: int, stored: RoleState | None, kv: KeyVersion | None
+    change: AdvanceRole,
+    seq: int,
+    stored: RoleState | None,
+    kv: KeyVersion | None,
+    view: CoherenceView | None = None,
 ) -> Decision:
     """Decide a signature's ``AdvanceRole`` as record ``seq``.
 
@@ -275,6 +437,8 @@ def decide_advance(
         seq: the record the entry becomes (the new state's ``audit_seq``).
         stored: the role's state as earlier entries left it; None for none.
         kv: the key version ``change.state`` names; None when it does not exist.
+        view: the key's coherence state, when ``change`` carries a listing or
+            delegations (``coherence_writes``).
     """
     new = dataclasses.replace(change.state, audit_seq=seq)
     what = f"key version {new.key_version} of {new.key_name!r}"
@@ -302,20 +466,74 @@ def decide_advance(
             ),
             stored,
         )
-    return Decision(current=new, advance=new, insert=stored is None)
+    writes: tuple[CoherenceWrite, ...] = ()
+    if view is not None:
+        try:
+            writes = coherence_writes(change, view)
+        except PolicyError as e:
+            return _refuse(e, stored)
+    return Decision(current=new, advance=new, insert=stored is None, coherence=writes)
 
 
 def decide_reset(
-    change: ResetRole, seq: int, stored: RoleState | None, kv: KeyVersion | None
+    change: ResetRole,
+    seq: int,
+    stored: RoleState | None,
+    kv: KeyVersion | None,
+    view: CoherenceView | None = None,
 ) -> Decision:
-    """Decide an admin's ``ResetRole`` as record ``seq`` (arguments as ``decide_advance``)."""
+    """Decide an admin's ``ResetRole`` as record ``seq`` (arguments as ``decide_advance``).
+
+    A listing above the new mark comes down to it (``view``), so that a
+    repository that starts again (RSTUF's re-bootstrap) can list the role again.
+    """
     new = dataclasses.replace(change.state, audit_seq=seq)
     what = f"key version {new.key_version} of {new.key_name!r}"
     if kv is None:
         return _refuse(NotFoundError(f"{what} does not exist"), stored)
     if kv.keyid != new.keyid:
         return _refuse(KeyStateError(f"keyid {new.keyid} is not the keyid of {what}"), stored)
-    return Decision(current=new, advance=new, insert=stored is None)
+    return Decision(
+        current=new,
+        advance=new,
+        insert=stored is None,
+        coherence=reset_listings(new, view) if view is not None else (),
+    )
+
+
+def reset_listings(new: RoleState, view: CoherenceView) -> tuple[CoherenceWrite, ...]:
+    """What an admin reset of ``new.role`` does to the listings (issue 14).
+
+    The role starts again: what the key's last snapshot (or timestamp) listed
+    of it comes down to the new mark, and what it listed itself is forgotten
+    (a snapshot's bins, a timestamp's snapshot), so that a repository that
+    starts again from scratch (RSTUF's re-bootstrap) can list them again.
+    The reset is on the record; so is every signature after it.
+    """
+    key, role = new.key_name, new.role
+    writes: list[CoherenceWrite] = []
+    if view.listed.get(role, 0) > new.version:
+        writes.append(("listed", key, role, new.version))
+    if role == "timestamp" and view.listed.get("snapshot", 0):
+        writes.append(("listed", key, "snapshot", 0))
+    if role == "snapshot":
+        writes.extend(("listed", key, r, 0) for r, v in view.listed.items() if v and r != role)
+    return tuple(writes)
+
+
+def decide_approve(change: ApproveDelegations, key_exists: bool) -> Decision:
+    """Decide an admin's ``ApproveDelegations``: NOT_FOUND without the key."""
+    if not key_exists:
+        return _refuse(NotFoundError(f"key {change.key_name!r} does not exist"))
+    write: CoherenceWrite = ("approved", change.key_name, change.role, change.delegations_sha256)
+    return Decision(coherence=(write,))
+
+
+def decide_set_rules(change: SetKeyRules, key_exists: bool) -> Decision:
+    """Decide an admin's ``SetKeyRules``: NOT_FOUND without the key."""
+    if not key_exists:
+        return _refuse(NotFoundError(f"key {change.key_name!r} does not exist"))
+    return Decision(key_change=change)
 
 
 # --- key changes --------------------------------------------------------------------
@@ -360,18 +578,29 @@ def decide_set_state(change: SetVersionState, kv: KeyVersion | None) -> Decision
 
 
 __all__ = [
+    "APPROVE",
+    "APPROVE_HINT",
     "REPLAY_REASON",
     "RESET_HINT",
+    "SET_RULES",
+    "CoherenceView",
+    "CoherenceWrite",
     "Decision",
     "KeyChange",
+    "Mark",
     "advance_decision",
     "change_of",
     "check_entry",
+    "coherence_writes",
     "decide_add",
     "decide_advance",
+    "decide_approve",
     "decide_create",
     "decide_reset",
+    "decide_set_rules",
     "decide_set_state",
     "is_reset_mark",
+    "mark_of",
     "recorded_event",
+    "reset_listings",
 ]

@@ -18,6 +18,11 @@ The tables are plain columns, so an auditor can read them with plain SQL:
   records it covers (see ``_tree``).
 - ``audit_checkpoints``, ``audit_cosignatures``: the signed checkpoints of the
   tree and the witnesses' cosignatures of them (see ``_checkpoints``).
+- ``role_coherence``: per (key, role), what the key's last snapshot listed of
+  the role (for ``snapshot``: what its last timestamp named), the digest of the
+  delegations it last signed for the role, and a digest an admin approved
+  (issue 14, P9). Not part of the record: each value follows from the granted
+  records before it.
 - ``schema_version``: one row, the version of this layout.
 """
 
@@ -36,7 +41,7 @@ from tuf_signer.errors import AuditChainError, StoreError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 # --- the DB-API surface we use ---------------------------------------------------
@@ -122,14 +127,22 @@ def _add_tree(cur: Cursor, dialect: Dialect) -> None:
     backfill(cur, dialect)
 
 
+def _add_coherence(cur: Cursor, dialect: Dialect) -> None:
+    """4 -> 5: the coherence table (issue 14), empty."""
+    cur.execute(_coherence_table(dialect))
+
+
 # Schema migrations: version -> the steps that take it to version + 1.
 # 1 -> 2: keys.bins, a key's hash-bin declaration ("PREFIX:BIT_LENGTH" or "").
 # 2 -> 3: audit_tree (issue 13), filled in from the records.
 # 3 -> 4: audit_checkpoints and audit_cosignatures (issue 13), empty.
+# 4 -> 5: role_coherence (issue 14), empty: coherence starts from the next
+#   snapshot and timestamp each key signs.
 _MIGRATIONS: dict[int, tuple[_Step, ...]] = {
     1: ("ALTER TABLE keys ADD COLUMN bins TEXT NOT NULL DEFAULT ''",),
     2: (_add_tree,),
     3: (add_checkpoint_tables,),
+    4: (_add_coherence,),
 }
 
 
@@ -153,6 +166,17 @@ def _tree_table(dialect: Dialect) -> str:
             idx {i} NOT NULL,
             hash TEXT NOT NULL,
             PRIMARY KEY (level, idx)
+        )"""
+
+
+def _coherence_table(dialect: Dialect) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS role_coherence (
+            key_name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            listed {dialect.bigint} NOT NULL DEFAULT 0,
+            delegations TEXT NOT NULL DEFAULT '',
+            approved TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (key_name, role)
         )"""
 
 
@@ -218,6 +242,7 @@ def schema_statements(dialect: Dialect) -> list[str]:
         )""",
         _tree_table(dialect),
         *checkpoint_tables(dialect),
+        _coherence_table(dialect),
     ]
 
 

@@ -21,15 +21,21 @@ from tuf_signer.audit import _rows
 from tuf_signer.audit._chain import chain
 from tuf_signer.audit._checkpoints import SqlCheckpoints
 from tuf_signer.audit._rules import (
+    CoherenceView,
+    CoherenceWrite,
     Decision,
     KeyChange,
+    Mark,
     change_of,
     check_entry,
     decide_add,
     decide_advance,
+    decide_approve,
     decide_create,
     decide_reset,
+    decide_set_rules,
     decide_set_state,
+    mark_of,
     recorded_event,
 )
 from tuf_signer.audit._schema import Connection, Cursor, Dialect, open_schema, unavailable
@@ -37,6 +43,7 @@ from tuf_signer.audit._store import (
     GENESIS_HASH,
     AddVersion,
     AdvanceRole,
+    ApproveDelegations,
     AuditRecord,
     AuditStore,
     Change,
@@ -44,6 +51,7 @@ from tuf_signer.audit._store import (
     CreateKey,
     Entry,
     ResetRole,
+    SetKeyRules,
     SetVersionState,
 )
 from tuf_signer.audit._tree import Frontier, SqlTree, record_leaf
@@ -58,6 +66,8 @@ _T = TypeVar("_T")
 _VersionCache = dict[tuple[str, int], KeyVersion | None]
 # Role states as one append has left them so far, by (key name, role); None: none yet.
 _RoleCache = dict[tuple[str, str], RoleState | None]
+# The coherence state of each key an append's entries needed, read once (issue 14).
+_ViewCache = dict[str, CoherenceView]
 _ROLES_PER_QUERY = 200  # role names per prefetch query (SQLite allows 999 parameters)
 
 
@@ -161,22 +171,11 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
                 or its commit failed (rolled back).
         """
         deadline = time.monotonic() + timeout
-        with self._writer_turn(timeout):
-            conn = self._connection()
-            try:
-                cur = conn.cursor()
-                try:
-                    self._probe_write(cur, max(deadline - time.monotonic(), 0.001))
-                    self._check_before_commit()
-                    conn.commit()
-                finally:
-                    cur.close()
-            except Exception as e:
-                with contextlib.suppress(Exception):
-                    conn.rollback()
-                if isinstance(e, StoreError):
-                    raise
-                raise unavailable(e) from e
+
+        def write(cur: Cursor) -> None:
+            self._probe_write(cur, max(deadline - time.monotonic(), 0.001))
+
+        self._committed(write, timeout)
 
     def _small_write(self, fn: Callable[[Cursor], _T]) -> _T:
         """Run ``fn`` in its own write transaction (the writers' lock, as ``append``) and commit.
@@ -186,14 +185,27 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
         Raises:
             StoreError: the database failed; nothing was written.
         """
-        with self._writer_turn():
+
+        def write(cur: Cursor) -> _T:
+            for stmt in self._dialect.begin_write:
+                cur.execute(stmt)
+            return fn(cur)
+
+        return self._committed(write)
+
+    def _committed(self, write: Callable[[Cursor], _T], timeout: float | None = None) -> _T:
+        """In the writers' turn: ``write`` (which opens the transaction), then commit.
+
+        Raises:
+            StoreError: the turn did not come within ``timeout``, or the
+                database failed (rolled back).
+        """
+        with self._writer_turn(timeout):
             conn = self._connection()
             try:
                 cur = conn.cursor()
                 try:
-                    for stmt in self._dialect.begin_write:
-                        cur.execute(stmt)
-                    result = fn(cur)
+                    result = write(cur)
                     self._check_before_commit()
                     conn.commit()
                     return result
@@ -256,10 +268,12 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
             out: list[Committed] = []
             versions: _VersionCache = {}
             roles = self._fetch_roles(cur, changes)
+            views: _ViewCache = {}
+            coherence: list[CoherenceWrite] = []
             writes = Writes(cur, self._dialect)
             for entry, change in zip(entries, changes, strict=True):
                 seq += 1
-                decision = self._decide(cur, change, seq, versions, roles)
+                decision = self._decide(cur, change, seq, versions, roles, (views, coherence))
                 event = recorded_event(entry.event, decision)
                 if decision.error is not None:
                     logger.info("record %d: %s refused: %s", seq, event.operation, event.reason)
@@ -270,6 +284,13 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
                     new = decision.advance
                     roles[(new.key_name, new.role)] = new
                     writes.role(new, decision.insert)
+                    if new.key_name in views:
+                        views[new.key_name].note_advance(new)
+                if decision.coherence:
+                    coherence.extend(decision.coherence)
+                    for view_key in {w[1] for w in decision.coherence}:
+                        if view_key in views:
+                            views[view_key].note_writes(decision.coherence)
                 if decision.key_change is not None:
                     writes.key_change(decision.key_change)
                 prev_hash = record.hash
@@ -282,6 +303,7 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
                     )
                 )
             writes.flush()
+            self._write_coherence(cur, coherence)
             self._check_before_commit()
             conn.commit()
         except BaseException as e:
@@ -310,8 +332,13 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
         seq: int,
         versions: _VersionCache,
         roles: _RoleCache,
+        coherence: tuple[_ViewCache, list[CoherenceWrite]],
     ) -> Decision:
-        """Read what ``change`` depends on and ask its rule: one path per kind of change."""
+        """Read what ``change`` depends on and ask its rule: one path per kind of change.
+
+        ``coherence``: the keys' coherence views read so far in this
+        transaction, and the coherence values earlier entries decided.
+        """
         if isinstance(change, KeyChange):
             versions.clear()  # versions read earlier in this batch may be stale
         match change:
@@ -319,10 +346,22 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
                 return Decision()
             case AdvanceRole(state=state):
                 stored, kv = self._role_and_version(cur, state, versions, roles)
-                return decide_advance(change, seq, stored, kv)
+                view = None
+                if state.role == "snapshot" and change.lists is not None:
+                    view = self._view(cur, state.key_name, roles, *coherence)
+                elif change.lists is not None or change.delegations:
+                    # A timestamp or a targets role needs a few roles, not all.
+                    wanted = {state.role, *(r for r, _, _ in change.lists or ())}
+                    view = self._narrow_view(cur, state.key_name, wanted, roles, *coherence)
+                return decide_advance(change, seq, stored, kv, view)
             case ResetRole(state=state):
                 stored, kv = self._role_and_version(cur, state, versions, roles)
-                return decide_reset(change, seq, stored, kv)
+                view = self._view(cur, state.key_name, roles, *coherence)
+                return decide_reset(change, seq, stored, kv, view)
+            case ApproveDelegations(key_name=name):
+                return decide_approve(change, self._key_exists(cur, name))
+            case SetKeyRules(key_name=name):
+                return decide_set_rules(change, self._key_exists(cur, name))
             case CreateKey(key=key):
                 return decide_create(change, self._key_exists(cur, key.name))
             case AddVersion(version=v):
@@ -331,6 +370,98 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
                 return decide_add(change, exists, version)
             case SetVersionState(key_name=name, version=number):
                 return decide_set_state(change, self._fetch_version(cur, name, number))
+
+    def _view(
+        self,
+        cur: Cursor,
+        key_name: str,
+        roles: _RoleCache,
+        views: _ViewCache,
+        pending: Sequence[CoherenceWrite],
+    ) -> CoherenceView:
+        """The coherence state of ``key_name``, read once per transaction in two bulk
+        SELECTs (every role state of the key, every coherence row of the key),
+        whatever the number of bins: a 16,384-bin snapshot costs two queries.
+
+        Role states earlier entries of this batch advanced (``roles``), and the
+        coherence values they decided (``pending``), win over the stored ones.
+        """
+        view = views.get(key_name)
+        if view is not None:
+            return view
+        self._exec(cur, _rows.LIST_KEY_MARKS, (key_name,))
+        marks: dict[str, Mark] = {
+            role: (int(version), bool(digest)) for role, version, digest in cur.fetchall()
+        }
+        for (name, role), cached in roles.items():
+            if name == key_name:
+                if cached is None:
+                    marks.pop(role, None)
+                else:
+                    marks[role] = mark_of(cached)
+        self._exec(cur, _rows.LIST_KEY_COHERENCE, (key_name,))
+        view = self._coherence_view(marks, cur.fetchall())
+        view.note_writes(tuple(w for w in pending if w[1] == key_name))
+        views[key_name] = view
+        return view
+
+    def _narrow_view(
+        self,
+        cur: Cursor,
+        key_name: str,
+        wanted: set[str],
+        roles: _RoleCache,
+        views: _ViewCache,
+        pending: Sequence[CoherenceWrite],
+    ) -> CoherenceView:
+        """The coherence view of ``wanted`` roles only (no empty bins): a timestamp's
+        or a targets role's, two small reads instead of the key's every role.
+
+        The key's full view, when this transaction read it already, serves as it is.
+        """
+        if key_name in views:
+            return views[key_name]
+        marks: dict[str, Mark] = {}
+        for role in sorted(wanted):
+            if (key_name, role) not in roles:
+                roles[(key_name, role)] = self._fetch_role(cur, key_name, role)
+            state = roles[(key_name, role)]
+            if state is not None:
+                marks[role] = mark_of(state)
+        names = sorted(wanted)
+        self._exec(cur, _rows.get_coherence(len(names)), (key_name, *names))
+        view = self._coherence_view(marks, cur.fetchall())
+        view.note_writes(tuple(w for w in pending if w[1] == key_name))
+        return view
+
+    @staticmethod
+    def _coherence_view(marks: dict[str, Mark], rows: Sequence[Any]) -> CoherenceView:
+        listed: dict[str, int] = {}
+        delegations: dict[str, str] = {}
+        approved: dict[str, str] = {}
+        for role, listed_version, digest, approval in rows:
+            if listed_version:
+                listed[role] = int(listed_version)
+            if digest:
+                delegations[role] = str(digest)
+            if approval:
+                approved[role] = str(approval)
+        # Empty bins signed (their roles hold '*'), not the marks an admin reset set.
+        empty = {version for role, (version, signed) in marks.items() if "*" in role and signed}
+        return CoherenceView(marks, empty, listed, delegations, approved)
+
+    def _write_coherence(self, cur: Cursor, writes: Sequence[CoherenceWrite]) -> None:
+        """Write the decided ``role_coherence`` values, the last of each (key, role, column)."""
+        last: dict[tuple[str, str, str], int | str] = {}
+        for column, key_name, role, value in writes:
+            last[(column, key_name, role)] = value
+            if column == "delegations":  # a signature uses up the approval
+                last[("approved", key_name, role)] = ""
+        by_column: dict[str, list[tuple[str, str, int | str]]] = {}
+        for (column, key_name, role), value in last.items():
+            by_column.setdefault(column, []).append((key_name, role, value))
+        for column, rows in sorted(by_column.items()):
+            cur.executemany(self._dialect.translate(_rows.upsert_coherence(column)), rows)
 
     def _head(self, cur: Cursor) -> tuple[int, str]:
         cur.execute(_rows.HEAD)

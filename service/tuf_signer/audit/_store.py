@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tuf_signer.audit._checkpoints import StoredCheckpoint
 from tuf_signer.audit._merkle import StoredHash
 from tuf_signer.errors import TufSignerError
-from tuf_signer.model import AuditEvent, KeyRecord, KeyState, KeyVersion, RoleState
+from tuf_signer.model import AuditEvent, KeyRecord, KeyState, KeyVersion, RoleRule, RoleState
 
 GENESIS_HASH = "0" * 64
 
@@ -56,6 +56,43 @@ class AdvanceRole:
     state: RoleState
     max_step: int | None = None
     replay_only: bool = False
+    lists: tuple[tuple[str, int, bool], ...] | None = None
+    delegations: str = ""
+
+
+# AdvanceRole.lists and .delegations (issue 14, P9) are decided in the same
+# transaction as the mark: ``lists``, for a snapshot or timestamp of a key that
+# declares bins, the (role, version, is a bin) entries it lists of roles the
+# key signs (``policy.listing``), held against the key's marks and against what its last
+# snapshot or timestamp listed; ``delegations``, for targets metadata other
+# than a bin, the digest of its ``delegations``, which may differ from the last
+# one this key signed for the role only with an admin's approval
+# (``ApproveDelegations``).
+
+
+@dataclass(frozen=True)
+class ApproveDelegations:
+    """An admin approves the next ``delegations`` of a targets role (issue 14, item 4).
+
+    The next signature of ``role`` with ``key_name`` may carry delegations
+    whose digest (``policy.delegations_digest``) is ``delegations_sha256``
+    although they differ from the last ones signed; the approval is used up
+    by that signature. Rides on a granted ``approve-delegations`` event.
+    """
+
+    key_name: str
+    role: str
+    delegations_sha256: str
+
+
+@dataclass(frozen=True)
+class SetKeyRules:
+    """An admin replaces a key's role rules (issue 14, item 4). Rides on a
+    granted ``set-key-rules`` event; the service checks the rules
+    (``policy.validate_rules``) before."""
+
+    key_name: str
+    rules: tuple[RoleRule, ...]
 
 
 @dataclass(frozen=True)
@@ -103,7 +140,15 @@ class SetVersionState:
     at: str
 
 
-Change = AdvanceRole | ResetRole | CreateKey | AddVersion | SetVersionState
+Change = (
+    AdvanceRole
+    | ResetRole
+    | CreateKey
+    | AddVersion
+    | SetVersionState
+    | ApproveDelegations
+    | SetKeyRules
+)
 
 
 @dataclass(frozen=True)

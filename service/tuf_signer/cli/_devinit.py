@@ -3,7 +3,8 @@
 DIR gets a SoftHSM token (config, token files, PIN files with mode 0600), a
 development PKI under ``tls/`` (a CA, the server's certificate, and client
 certificates for ``backend`` and ``admin``), ``backend.env`` and ``admin.env``
-that turn the CLI into either client, a config file with mutual TLS and an
+that turn the CLI into either client, ``tuf-signer-client.toml`` (the backend's
+Signer plugin settings, for ``ONLINE_KEY_DIR=DIR``), a config file with mutual TLS and an
 access policy, an audit database, and an Ed25519 key ``online`` allowed to
 sign ``timestamp``, ``snapshot`` and PEP 458's hashed bins (it declares
 ``bins:14``: ``bins-0000`` … ``bins-3fff``) for at most one day each (PEP 458).
@@ -20,8 +21,9 @@ from pathlib import Path
 from tuf_signer._files import PUBLIC, SECRET, make_private_dir, write_new
 from tuf_signer.audit._note import VerifierKey
 from tuf_signer.cli._devcerts import DEV_IDENTITY_PREFIX, DevCa
-from tuf_signer.client import CA_ENV, CERT_ENV, KEY_ENV, SERVER_ENV
+from tuf_signer.client import CA_ENV, CERT_ENV, KEY_ENV, SERVER_ENV, SETTINGS_FILE_NAME
 from tuf_signer.config import DEFAULT_LISTEN, LimitsConfig, LogConfig, ServerConfig
+from tuf_signer.config._settings import OpsConfig
 from tuf_signer.errors import ConfigError
 from tuf_signer.witness import create_witness
 
@@ -31,6 +33,8 @@ DEV_KEY = "online"
 DEV_ORIGIN = "tuf-signer.dev/audit"
 DEV_WITNESS = "tuf-signer.dev/witness"
 DEFAULT_WITNESS_LISTEN = "127.0.0.1:7380"
+# The dev signer's ops listener (metrics and probes, plaintext, loopback).
+DEFAULT_OPS_LISTEN = "127.0.0.1:9464"
 
 _CONFIG = """\
 # tuf-signer development config, written by `tuf-signer dev-init`.
@@ -98,6 +102,14 @@ env = {{ SOFTHSM2_CONF = "softhsm2.conf" }}
 
 [keys]
 default_backend = "softhsm"
+
+# Operations (README "Metrics and probes"): /metrics, /healthz, /readyz and the
+# gRPC health service, in plaintext, for Prometheus and kubelet. Loopback only,
+# unless allow_non_loopback = true.
+[ops]
+{ops_comment}listen = "{ops_listen}"
+expiry_margin_seconds = {ops.expiry_margin_seconds:g}  # warn when a role expires this soon
+# log_format = "json"        # one JSON object per line (or: serve --log-format json)
 """
 
 
@@ -127,12 +139,20 @@ def _new_directory(directory: Path) -> Path:
 
 
 def dev_init(
-    directory: Path, listen: str = DEFAULT_LISTEN, witness_listen: str = DEFAULT_WITNESS_LISTEN
+    directory: Path,
+    listen: str = DEFAULT_LISTEN,
+    witness_listen: str = DEFAULT_WITNESS_LISTEN,
+    ops_listen: str | None = None,
 ) -> Path:
     """Create the development signer in ``directory``; returns the config path.
 
     Besides the signer, an audit key in the token and a witness for its log
     (``witness.toml``, its key and state beside it) listening on ``witness_listen``.
+
+    ``ops_listen`` is the ops listener's address; by default
+    ``DEFAULT_OPS_LISTEN`` when ``listen`` is the default, and written
+    commented out otherwise (a signer on another port must not take the
+    default ops port of another one).
 
     ``directory`` must be new, or empty and owned by this user (it becomes
     0700). Every file is created new (``O_EXCL|O_NOFOLLOW``) with an explicit
@@ -171,6 +191,19 @@ def dev_init(
             f"{KEY_ENV}={issued.key}\n",
             PUBLIC,
         )
+        if client == "backend":
+            # The Signer plugin's settings for a repository that passes only
+            # ONLINE_KEY_DIR=DIR (RSTUF): paths relative to this file.
+            write_new(
+                directory / SETTINGS_FILE_NAME,
+                f"# The {client} client, for tufsigner:///{DEV_KEY} URIs with "
+                f"ONLINE_KEY_DIR={directory}.\n"
+                f'server = "{listen}"\n'
+                f'ca = "{ca.cert.relative_to(directory)}"\n'
+                f'cert = "{issued.cert.relative_to(directory)}"\n'
+                f'key = "{issued.key.relative_to(directory)}"\n',
+                PUBLIC,
+            )
     write_new(
         config_path,
         _CONFIG.format(
@@ -187,6 +220,9 @@ def dev_init(
             log=LogConfig(origin=DEV_ORIGIN, key_backend="softhsm", key_handle=audit_handle),
             witness_listen=witness_listen,
             witness_vkey=witness_vkey,
+            ops=OpsConfig(),
+            ops_listen=ops_listen or DEFAULT_OPS_LISTEN,
+            ops_comment="" if ops_listen or listen == DEFAULT_LISTEN else "# ",
         ),
         PUBLIC,
     )

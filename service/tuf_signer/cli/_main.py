@@ -20,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tuf_signer._text import EscapingFormatter, printable
-from tuf_signer.cli import _auditlog, _verify, _witness
+from tuf_signer._logs import LOG_FORMATS, log_handler, use_log_format
+from tuf_signer._text import printable
+from tuf_signer.cli import _auditlog, _migrate, _monitor, _verify, _witness
 from tuf_signer.errors import RemoteError, RequestError, TufSignerError
 
 log = logging.getLogger("tuf_signer.cli")
@@ -65,7 +66,8 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
 
     listen = DEFAULT_LISTEN if args.listen is None else args.listen
     witness = DEFAULT_WITNESS_LISTEN if args.witness_listen is None else args.witness_listen
-    print(dev_init(Path(args.dir), listen=listen, witness_listen=witness))
+    ops = args.ops_listen
+    print(dev_init(Path(args.dir), listen=listen, witness_listen=witness, ops_listen=ops))
     return 0
 
 
@@ -77,6 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tuf_signer.server._workers import secret_env_names, supervise, worker_index
 
     config = load_config(args.config)
+    if args.log_format is None and config.ops.log_format != "text":
+        use_log_format(config.ops.log_format, worker_index())  # ``[ops] log_format``
     if config.server.workers > 1 and worker_index() is None:
         server = replace(config.server, listen=args.listen or config.server.listen)
         check_listen(server)
@@ -88,12 +92,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.drain_seconds,
             secret_env=secret_env_names(config),
             address=server.listen,
+            ops_address=config.ops.listen or None,
+            worker_args=["--log-level", args.log_level]
+            + (["--log-format", args.log_format] if args.log_format else []),
         )
     asyncio.run(serve(config, listen=args.listen))
     return 0
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    if args.in_place and not args.metadata:
+        # A bare payload has no `signatures` list to add to: writing the file would
+        # replace the payload with something else, so refuse before signing.
+        raise RequestError(
+            "--in-place needs --metadata: only a whole TUF metadata file has a "
+            "'signatures' list to add the signature to"
+        )
+    if args.in_place and args.file == "-":
+        raise RequestError("--in-place needs a FILE, not standard input (-)")
     data = _read_input(args.file)
     metadata: dict[str, Any] | None = None
     if args.metadata:
@@ -196,6 +212,26 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
 def cmd_keys_reset_role(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_json(client.reset_role(args.name, args.role, args.version, args.reason))
+    return 0
+
+
+def cmd_keys_reset_roles(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        count, first, last = client.reset_roles(args.name, args.version, args.reason)
+        _print_json({"roles": count, "first_audit_seq": first, "last_audit_seq": last})
+    return 0
+
+
+def cmd_keys_set_rules(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_json(client.set_key_rules(args.name, args.role, args.reason))
+    return 0
+
+
+def cmd_keys_approve_delegations(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        seq = client.approve_delegations(args.name, args.role, args.sha256, args.reason)
+        _print_json({"audit_seq": seq})
     return 0
 
 
@@ -352,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sign TUF metadata with online keys kept in an HSM, on the record.",
     )
     parser.add_argument("-v", "--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text (default) or json, one object per line (serve: overrides ops.log_format)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -361,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     # No default here: dev-init takes server.listen's (tuf_signer.config.DEFAULT_LISTEN).
     p.add_argument("--listen", help="HOST:PORT for the dev server")
     p.add_argument("--witness-listen", help="HOST:PORT for the dev witness (127.0.0.1:7380)")
+    p.add_argument(
+        "--ops-listen",
+        help="HOST:PORT for the dev signer's metrics and probes (default 127.0.0.1:9464 "
+        "with the default --listen; else left commented out)",
+    )
     p.set_defaults(func=cmd_dev_init)
 
     p = sub.add_parser("serve", help="run the signer")
@@ -385,7 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="payload file, or - for standard input")
     p.set_defaults(func=cmd_sign)
 
-    keys = sub.add_parser("keys", help="list, create, rotate, activate, retire keys; reset-role")
+    keys = sub.add_parser(
+        "keys",
+        help="list, create, rotate, activate, retire keys; reset-role(s), set-rules, "
+        "approve-delegations",
+    )
     ks = keys.add_subparsers(dest="keys_command", required=True)
     p = ks.add_parser("list", help="every key version with its state")
     _add_client_args(p)
@@ -445,6 +495,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=_non_negative, required=True, help="the new mark")
     p.add_argument("--reason", required=True, help="why, for the audit record")
     p.set_defaults(func=cmd_keys_reset_role)
+    p = ks.add_parser(
+        "reset-roles",
+        help="move every role mark of a key (a repository starting again: RSTUF re-bootstrap)",
+    )
+    _add_client_args(p)
+    p.add_argument("name")
+    p.add_argument("--version", type=_non_negative, default=0, help="the new marks (default 0)")
+    p.add_argument("--reason", required=True, help="why, for the audit record")
+    p.set_defaults(func=cmd_keys_reset_roles)
+    p = ks.add_parser("set-rules", help="replace a key's role policy (recorded)")
+    _add_client_args(p)
+    p.add_argument("name")
+    p.add_argument(
+        "--role",
+        action="append",
+        type=_parse_role,
+        required=True,
+        metavar="PATTERN[:SECONDS]",
+        help="as for keys create; the new rules replace all the old ones",
+    )
+    p.add_argument("--reason", required=True, help="why, for the audit record")
+    p.set_defaults(func=cmd_keys_set_rules)
+    p = ks.add_parser(
+        "approve-delegations",
+        help="let the next signature of a targets role carry changed delegations",
+    )
+    _add_client_args(p)
+    p.add_argument("name")
+    p.add_argument("role")
+    p.add_argument("sha256", help="the delegations digest the refused Sign named")
+    p.add_argument("--reason", required=True, help="why, for the audit record")
+    p.set_defaults(func=cmd_keys_approve_delegations)
 
     p = sub.add_parser("role-state", help="highest version signed per (key, role)")
     _add_client_args(p, key_flag=False)
@@ -462,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="the backend to hold it (default: keys.default_backend)")
     p.set_defaults(func=cmd_audit_create_key)
     _verify.register(aus)
+    _monitor.register(aus)
+    _migrate.register(aus)
     p = aus.add_parser("tail", help="show the last records")
     p.add_argument("--config", required=True)
     p.add_argument("-n", "--lines", type=int, default=20)
@@ -484,18 +568,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plaintext_hint(args: argparse.Namespace, error: RemoteError) -> str | None:
+    """Why a client without TLS settings could not connect, and where the settings are.
+
+    A mutual-TLS server closes a plaintext connection during the handshake, which
+    gRPC reports only as UNAVAILABLE ("Socket closed"); a server that is not
+    there refuses the connection instead, and gets no hint.
+    """
+    from tuf_signer.client import TlsConfig
+    from tuf_signer.client._tls import CA_ENV
+
+    if error.code != "UNAVAILABLE" or not hasattr(args, "ca") or "refused" in error.reason:
+        return None
+    try:
+        if TlsConfig.from_env(args.ca, args.cert, args.tls_key).secure:
+            return None
+    except TufSignerError:
+        return None
+    if "failed to connect" not in error.reason:
+        return None  # the server answered: its HSM or store is unavailable
+    return (
+        f"hint: no TLS settings (--ca or ${CA_ENV}), so this client spoke plaintext, and "
+        "a server with mutual TLS (the default) closes such connections; load a client's "
+        "settings first, e.g. `set -a; . .dev/backend.env; set +a` (or admin.env), "
+        "or pass --ca, --cert and --key"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tuf-signer`` console script."""
     args = build_parser().parse_args(argv)
     worker = os.environ.get("TUF_SIGNER_WORKER")
-    handler = logging.StreamHandler(sys.stderr)
     # Log lines carry client strings (key names, roles, identities): escaped at the sink.
-    handler.setFormatter(
-        EscapingFormatter(
-            "%(asctime)s %(levelname)s "
-            + (f"[worker {worker}] " if worker and worker.isdigit() else "")
-            + "%(name)s: %(message)s"
-        )
+    handler = log_handler(
+        args.log_format or "text", int(worker) if worker and worker.isdigit() else None
     )
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
@@ -503,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RemoteError as e:
         # The code and reason come from the server, which echoes client strings.
         print(f"refused: {printable(e.code)}: {printable(e.reason)}", file=sys.stderr)
+        if hint := _plaintext_hint(args, e):
+            print(hint, file=sys.stderr)
         return 1
     except TufSignerError as e:
         print(f"error: {printable(e.reason)}", file=sys.stderr)

@@ -8,7 +8,9 @@
   ``$TUF_SIGNER_CERT``, ``$TUF_SIGNER_KEY``; plaintext only to loopback unless
   ``insecure`` (``$TUF_SIGNER_INSECURE``).
 - ``TufSignerSigner`` and ``register()``: the ``tufsigner://HOST:PORT/KEY?role=ROLE``
-  private-key URI for python-tuf and RSTUF.
+  private-key URI for python-tuf and RSTUF, registered in every process by the
+  installed ``.pth`` hook; ``ClientSettings`` (where a signer finds its server and
+  TLS files) and ``RetryPolicy`` (how long its Sign retries).
 """
 
 from tuf_signer.client._aio import DEFAULT_MAX_IN_FLIGHT, AsyncClient
@@ -40,6 +42,13 @@ from tuf_signer.client._models import (
     SignRequest,
     sslib_key,
 )
+from tuf_signer.client._retry import DEFAULT_RETRY, RETRYABLE, RetryPolicy
+from tuf_signer.client._settings import (
+    CONFIG_ENV,
+    ONLINE_KEY_DIR_ENV,
+    SETTINGS_FILE_NAME,
+    ClientSettings,
+)
 from tuf_signer.client._signer import (
     SCHEME,
     SignerUri,
@@ -64,18 +73,24 @@ __all__ = [
     "ALGORITHMS",
     "CA_ENV",
     "CERT_ENV",
+    "CONFIG_ENV",
     "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_RETRY",
     "DEFAULT_SERVER",
     "INSECURE_ENV",
     "KEY_ENV",
+    "ONLINE_KEY_DIR_ENV",
+    "RETRYABLE",
     "SCHEME",
     "SERVER_ENV",
+    "SETTINGS_FILE_NAME",
     "AsyncClient",
     "AuditPage",
     "AuditRecordInfo",
     "BinsInfo",
     "CheckpointInfo",
     "Client",
+    "ClientSettings",
     "ConsistencyInfo",
     "KeyInfo",
     "KeyVersionInfo",
@@ -89,6 +104,7 @@ __all__ = [
     "RemoteResourceExhaustedError",
     "RemoteUnauthenticatedError",
     "RemoteUnavailableError",
+    "RetryPolicy",
     "RoleRuleInfo",
     "RoleStateInfo",
     "SignOutcome",

@@ -357,6 +357,63 @@ class AsyncClient:
             )
         return role_state_info(r.state)
 
+    async def reset_roles(self, key: str, version: int, reason: str) -> tuple[int, int, int]:
+        """Move the mark of every role ``key`` has signed to ``version`` (a re-bootstrap).
+
+        One transaction, one record per role, each with ``reason``. Needs ``key-admin``.
+
+        Returns:
+            How many marks moved, and the first and last record's ``seq``.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = await self._admin.ResetRoleStates(
+                pb.ResetRoleStatesRequest(key=key, version=version, reason=reason),
+                timeout=self.timeout,
+            )
+        return r.roles, r.first_audit_seq, r.last_audit_seq
+
+    async def set_key_rules(
+        self, key: str, roles: Sequence[tuple[str, int]], reason: str
+    ) -> KeyInfo:
+        """Replace ``key``'s role rules: ``(pattern, max_validity_seconds)`` pairs.
+
+        Checked as ``create_key`` checks them; on the record with ``reason``.
+        Needs ``key-admin``.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        request = pb.SetKeyRulesRequest(
+            key=key,
+            roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in roles],
+            reason=reason,
+        )
+        with translated():
+            r = await self._admin.SetKeyRules(request, timeout=self.timeout)
+        return key_info(r.key)
+
+    async def approve_delegations(
+        self, key: str, role: str, delegations_sha256: str, reason: str
+    ) -> int:
+        """Let the next ``role`` signature carry delegations with this SHA-256.
+
+        The digest is the one a refused Sign names (``policy.delegations_digest``
+        of the payload). On the record with ``reason``; used up by that
+        signature. Needs ``key-admin``. Returns the record's ``seq``.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        request = pb.ApproveDelegationsRequest(
+            key=key, role=role, delegations_sha256=delegations_sha256, reason=reason
+        )
+        with translated():
+            r = await self._admin.ApproveDelegations(request, timeout=self.timeout)
+        return int(r.audit_seq)
+
     # --- AuditLog -----------------------------------------------------------------
 
     async def audit_records(self, start_seq: int = 1, limit: int = 100) -> AuditPage:

@@ -111,6 +111,9 @@ class Client:
         payload: bytes,
         role: str | None = None,
         expected_keyid: str = "",
+        *,
+        timeout: float | None = None,
+        wait_for_ready: bool | None = None,
     ) -> SignedResult:
         """Sign a canonical-JSON TUF ``signed`` payload.
 
@@ -119,6 +122,9 @@ class Client:
             payload: canonical JSON of the ``signed`` object (``Metadata.signed_bytes``).
             role: role name; required for targets-type roles such as bins.
             expected_keyid: refuse unless this is the ACTIVE version's keyid.
+            timeout: this call's deadline in seconds (default the client's ``timeout``).
+            wait_for_ready: wait (within the deadline) for a channel that is
+                reconnecting instead of failing UNAVAILABLE at once.
 
         Raises:
             RemoteError: the server refused or could not be reached; the
@@ -126,7 +132,11 @@ class Client:
         """
         request = SignRequest(key, payload, role, expected_keyid)
         with translated():
-            r = self._signer.Sign(request.to_pb(), timeout=self.timeout)
+            r = self._signer.Sign(
+                request.to_pb(),
+                timeout=self.timeout if timeout is None else timeout,
+                wait_for_ready=wait_for_ready,
+            )
         return SignedResult.from_pb(r)
 
     def sign_many(
@@ -271,6 +281,59 @@ class Client:
                 timeout=self.timeout,
             )
         return role_state_info(r.state)
+
+    def reset_roles(self, key: str, version: int, reason: str) -> tuple[int, int, int]:
+        """Move the mark of every role ``key`` has signed to ``version`` (a re-bootstrap).
+
+        One transaction, one record per role, each with ``reason``. Needs ``key-admin``.
+
+        Returns:
+            How many marks moved, and the first and last record's ``seq``.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        with translated():
+            r = self._admin.ResetRoleStates(
+                pb.ResetRoleStatesRequest(key=key, version=version, reason=reason),
+                timeout=self.timeout,
+            )
+        return r.roles, r.first_audit_seq, r.last_audit_seq
+
+    def set_key_rules(self, key: str, roles: Sequence[tuple[str, int]], reason: str) -> KeyInfo:
+        """Replace ``key``'s role rules: ``(pattern, max_validity_seconds)`` pairs.
+
+        Checked as ``create_key`` checks them; on the record with ``reason``.
+        Needs ``key-admin``.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        request = pb.SetKeyRulesRequest(
+            key=key,
+            roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in roles],
+            reason=reason,
+        )
+        with translated():
+            r = self._admin.SetKeyRules(request, timeout=self.timeout)
+        return key_info(r.key)
+
+    def approve_delegations(self, key: str, role: str, delegations_sha256: str, reason: str) -> int:
+        """Let the next ``role`` signature carry delegations with this SHA-256.
+
+        The digest is the one a refused Sign names (``policy.delegations_digest``
+        of the payload). On the record with ``reason``; used up by that
+        signature. Needs ``key-admin``. Returns the record's ``seq``.
+
+        Raises:
+            RemoteError: the server refused or could not be reached.
+        """
+        request = pb.ApproveDelegationsRequest(
+            key=key, role=role, delegations_sha256=delegations_sha256, reason=reason
+        )
+        with translated():
+            r = self._admin.ApproveDelegations(request, timeout=self.timeout)
+        return int(r.audit_seq)
 
     # --- AuditLog -----------------------------------------------------------------
 

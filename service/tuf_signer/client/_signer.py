@@ -5,11 +5,17 @@ python-tuf's ``Metadata.sign(signer)`` and RSTUF sign through securesystemslib's
 key into tuf-signer by changing the key's private-key URI::
 
     from securesystemslib.signer import Signer
-    import tuf_signer.client
 
-    tuf_signer.client.register()  # securesystemslib 1.x has no plugin entry points
-    signer = Signer.from_priv_key_uri("tufsigner://signer:50051/online", public_key)
+    signer = Signer.from_priv_key_uri("tufsigner:///online", public_key)
     metadata.sign(signer)
+
+Installing tuf-signer registers the scheme in every process (``_tuf_signer_hook``,
+started by a ``.pth`` file), so a repository such as RSTUF needs no import of
+``tuf_signer``; ``register()`` does the same explicitly. The server and TLS files
+come from the URI and the client settings (``ClientSettings``: ``TUF_SIGNER_*``,
+else ``$TUF_SIGNER_CLIENT_CONFIG``, else ``$ONLINE_KEY_DIR/tuf-signer-client.toml``),
+read when the signer is built. A Sign that fails UNAVAILABLE, DEADLINE_EXCEEDED
+or ABORTED is tried again within a budget (``RetryPolicy``).
 
 Each Sign pins the expected keyid to ``public_key.keyid``, so a repository whose
 idea of the key is stale (it missed a rotation) is refused instead of producing
@@ -33,7 +39,9 @@ from securesystemslib.signer import (
 )
 
 from tuf_signer.client._client import Client
-from tuf_signer.client._models import sslib_key
+from tuf_signer.client._models import SignedResult, sslib_key
+from tuf_signer.client._retry import DEFAULT_RETRY, RetryPolicy
+from tuf_signer.client._settings import ClientSettings
 from tuf_signer.client._tls import TlsConfig, resolve_server
 from tuf_signer.errors import KeyStateError, NotFoundError, RemoteError
 
@@ -44,8 +52,8 @@ SCHEME = "tufsigner"
 class SignerUri:
     """A parsed ``tufsigner://HOST:PORT/KEY?role=ROLE`` URI.
 
-    An empty ``HOST:PORT`` (``tufsigner:///KEY``) means ``$TUF_SIGNER_SERVER``,
-    else ``127.0.0.1:50051``.
+    An empty ``HOST:PORT`` (``tufsigner:///KEY``) means the ``server`` of the
+    client settings (``ClientSettings``); there is no default server.
 
     Attributes:
         server: ``HOST:PORT``, or None for the default.
@@ -104,16 +112,24 @@ class TufSignerSigner(Signer):
         public_key: the public key the repository lists for this role. Its
             keyid is sent as the expected keyid of every Sign.
         role: role name; needed for targets-type roles (bins).
+        retry: how long ``sign`` retries UNAVAILABLE, DEADLINE_EXCEEDED and
+            ABORTED (default ``RetryPolicy()``: 30 s); None tries once.
     """
 
     SCHEME = SCHEME
 
     def __init__(
-        self, client: Client, key: str, public_key: SSlibKey, role: str | None = None
+        self,
+        client: Client,
+        key: str,
+        public_key: SSlibKey,
+        role: str | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         self.client = client
         self.key = key
         self.role = role
+        self.retry = retry
         self._public_key = public_key
 
     @property
@@ -130,8 +146,9 @@ class TufSignerSigner(Signer):
     ) -> TufSignerSigner:
         """A signer for ``tufsigner://HOST:PORT/KEY?role=ROLE``.
 
-        TLS settings come from ``$TUF_SIGNER_CA``, ``$TUF_SIGNER_CERT`` and
-        ``$TUF_SIGNER_KEY``. Nothing is sent to the server until ``sign``.
+        The server (when the URI names none) and the TLS files come from the
+        client settings, read now and kept (``ClientSettings.load``). Nothing
+        is sent to the server until ``sign``.
 
         Args:
             priv_key_uri: the URI.
@@ -140,12 +157,16 @@ class TufSignerSigner(Signer):
 
         Raises:
             ValueError: a malformed URI, or a public key that is not an ``SSlibKey``.
-            ConfigError: contradictory or unreadable TLS settings.
+            ConfigError: no server in the URI nor in the settings, plaintext
+                to a host that is not loopback, or bad settings (a settings
+                file missing, unreadable, not TOML, with unknown keys, or
+                naming a TLS file that cannot be read); names where it looked.
         """
         uri = SignerUri.parse(priv_key_uri)
         if not isinstance(public_key, SSlibKey):
             raise ValueError(f"expected an SSlibKey for {priv_key_uri}, got {type(public_key)}")
-        return cls(shared_client(uri.server), uri.key, public_key, uri.role)
+        server, tls = ClientSettings.load().endpoint(uri.server, priv_key_uri)
+        return cls(shared_client(server, tls), uri.key, public_key, uri.role)
 
     @classmethod
     def import_(
@@ -198,11 +219,26 @@ class TufSignerSigner(Signer):
         Raises:
             RemotePolicyError: FAILED_PRECONDITION, e.g. the server's ACTIVE key
                 is not ``public_key`` any more, or a rollback or equivocation.
+            RemoteUnavailableError: still UNAVAILABLE when the retry budget ran out.
             RemoteError: any other refusal, or the server could not be reached.
         """
-        result = self.client.sign(
-            self.key, payload, role=self.role, expected_keyid=self._public_key.keyid
-        )
+        keyid = self._public_key.keyid
+
+        def attempt(timeout: float, number: int) -> SignedResult:
+            return self.client.sign(
+                self.key,
+                payload,
+                role=self.role,
+                expected_keyid=keyid,
+                timeout=min(timeout, self.client.timeout),
+                # A retry waits for a reconnecting channel rather than fail at once.
+                wait_for_ready=number > 1 or None,
+            )
+
+        if self.retry is None:
+            result = self.client.sign(self.key, payload, role=self.role, expected_keyid=keyid)
+        else:
+            result = self.retry.call(attempt)
         if result.keyid != self._public_key.keyid:
             # The server checked the pin; this would be a server bug, not a stale repository.
             raise RemoteError(
@@ -216,8 +252,10 @@ def register() -> None:
     """Register ``TufSignerSigner`` for ``tufsigner:`` URIs in securesystemslib.
 
     securesystemslib 1.x finds signers only in ``SIGNER_FOR_URI_SCHEME`` (it has
-    no entry-point discovery), so call this once before
-    ``Signer.from_priv_key_uri``. Calling it again does nothing more.
+    no entry-point discovery). An installed tuf-signer registers a stand-in in
+    every process (``_tuf_signer_hook``), so this is needed only where that
+    ``.pth`` hook does not run (``python -S``, a zipapp). Calling it again does
+    nothing more.
     """
     SIGNER_FOR_URI_SCHEME[SCHEME] = TufSignerSigner
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tuf_signer._net import split_host_port
+from tuf_signer._net import is_loopback, split_host_port
 from tuf_signer.config._backends import parse_backend
 from tuf_signer.config._reader import FIELD, REQUIRED, Table, field_default, sub_table
 from tuf_signer.config._secrets import check_dsn
@@ -21,6 +21,7 @@ from tuf_signer.config._settings import (
     Config,
     LimitsConfig,
     LogConfig,
+    OpsConfig,
     PolicyConfig,
     ServerConfig,
     TlsConfig,
@@ -62,7 +63,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     """
     base = path.parent
     top = Table(data, "")
-    top.check_known({"server", "audit", "backends", "keys", "authz", "limits", "policy"})
+    top.check_known({"server", "audit", "backends", "keys", "authz", "limits", "policy", "ops"})
     server = _server(top.table("server"), base)
 
     audit = parse_audit(top.table("audit"), base)
@@ -97,11 +98,54 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         ),
         limits=limits,
         policy=_policy(top.table("policy")),
+        ops=_ops(top.table("ops")),
     )
 
 
+def _ops(o: Mapping[str, Any]) -> OpsConfig:
+    t = Table(o, "ops.", OpsConfig)
+    t.check_known(
+        {
+            "listen",
+            "allow_non_loopback",
+            "expiry_margin_seconds",
+            "freshness_interval_seconds",
+            "log_format",
+        }
+    )
+    ops = OpsConfig(
+        listen=t.get("listen", str),
+        allow_non_loopback=t.get("allow_non_loopback", bool),
+        expiry_margin_seconds=t.number("expiry_margin_seconds"),
+        freshness_interval_seconds=t.number("freshness_interval_seconds"),
+        log_format=t.get("log_format", str),
+    )
+    if ops.listen:
+        # Plaintext, like server.insecure: loopback unless explicitly allowed.
+        host, _port = split_host_port(ops.listen, "ops.listen")
+        if not is_loopback(host) and not ops.allow_non_loopback:
+            raise ConfigError(
+                f"ops.listen: the plaintext ops listener must be on a loopback address, "
+                f"not {host!r}, unless ops.allow_non_loopback = true"
+            )
+    if not ops.expiry_margin_seconds > 0:
+        raise ConfigError("ops.expiry_margin_seconds: must be positive")
+    if not 0 < ops.freshness_interval_seconds <= 3600:
+        raise ConfigError("ops.freshness_interval_seconds: must be between 0 and 3600")
+    if ops.log_format not in ("text", "json"):
+        raise ConfigError(f"ops.log_format: expected text or json, got {ops.log_format!r}")
+    return ops
+
+
 def _policy(p: Mapping[str, Any]) -> PolicyConfig:
-    Table(p, "policy.").check_known({"max_version_step"})
+    top = Table(p, "policy.")
+    top.check_known({"max_version_step", "max_clock_skew", "activate_on_pinned_sign"})
+    activate = top.get(
+        "activate_on_pinned_sign", bool, field_default(PolicyConfig, "activate_on_pinned_sign")
+    )
+    skew = top.get("max_clock_skew", int, field_default(PolicyConfig, "max_clock_skew"))
+    if not 0 <= skew <= 3600:
+        raise ConfigError(f"policy.max_clock_skew: must be between 0 and 3600 seconds, got {skew}")
     defaults = field_default(PolicyConfig, "max_version_step")
     t = Table(sub_table(p, "max_version_step", "policy."), "policy.max_version_step.")
     t.check_known(ROLE_CLASSES)
@@ -111,7 +155,9 @@ def _policy(p: Mapping[str, Any]) -> PolicyConfig:
         if not 1 <= step <= 2**63 - 1:
             raise ConfigError(f"{t.where}{role_class}: must be between 1 and 2**63-1, got {step}")
         steps[role_class] = step
-    return PolicyConfig(max_version_step=steps)
+    return PolicyConfig(
+        max_version_step=steps, max_clock_skew=skew, activate_on_pinned_sign=activate
+    )
 
 
 _STORE_SETTINGS = {"sqlite": {"path"}, "postgres": {"dsn", "dsn_env"}}

@@ -23,6 +23,12 @@ class SecretSource:
     file: Path | None = None
     env: str | None = None
 
+    @property
+    def named_by(self) -> str:
+        """The setting that names this source as the config spells it (``…pin_env``)."""
+        suffix = "_file" if self.file is not None else "_env"
+        return self.setting if self.setting.endswith(suffix) else self.setting + suffix
+
     def reader(self) -> Callable[[], str]:
         """A callable that reads the secret when it is needed.
 
@@ -36,15 +42,22 @@ class SecretSource:
                     value = self.file.read_text(encoding="utf-8").strip()
                 except OSError as e:
                     raise ConfigError(
-                        f"{self.setting}: cannot read {self.file}: {e.strerror}"
+                        f"{self.named_by}: cannot read {self.file}: {e.strerror}"
                     ) from e
                 where = str(self.file)
             else:
                 assert self.env is not None
-                value = os.environ.get(self.env, "").strip()
+                raw = os.environ.get(self.env)
+                value = (raw or "").strip()
+                if not value:
+                    state = "it is not set" if raw is None else "it is set but empty"
+                    raise ConfigError(
+                        f"{self.named_by}: environment variable {self.env} is empty or "
+                        f"missing ({state} in the environment this process started with)"
+                    )
                 where = f"environment variable {self.env}"
             if not value:
-                raise ConfigError(f"{self.setting}: {where} is empty or missing")
+                raise ConfigError(f"{self.named_by}: {where} is empty or missing")
             return value
 
         return read

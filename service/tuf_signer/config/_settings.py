@@ -305,11 +305,42 @@ class PolicyConfig:
             version signed, 0 for a role never signed). A repository that
             starts or moves on beyond it needs an admin reset first
             (``tuf-signer keys reset-role``).
+        max_clock_skew: how far ahead of this server's clock a repository's
+            clock may run, in seconds: added to every role's expiry bound, so
+            that a repository asking for exactly its now + the maximum
+            validity is not refused for a clock a little ahead (issue 14).
+        activate_on_pinned_sign: a Sign that pins the keyid of a PENDING
+            version activates it (recorded), so that a repository moves to a
+            new key version by itself once its root lists it (issue 14).
     """
 
     max_version_step: Mapping[str, int] = field(
         default_factory=lambda: dict.fromkeys(ROLE_CLASSES, DEFAULT_MAX_VERSION_STEP)
     )
+    max_clock_skew: int = 300  # seconds
+    activate_on_pinned_sign: bool = False
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """Operations: the plaintext metrics and probes listener, the freshness watch, the log.
+
+    Attributes:
+        listen: ``HOST:PORT`` of the ops listener (``/metrics``, ``/healthz``,
+            ``/readyz`` and the gRPC health service, in plaintext); "" runs none.
+        allow_non_loopback: let ``listen`` be an address that is not loopback
+            (a pod IP, for kubelet and Prometheus); off by default.
+        expiry_margin_seconds: warn (log and one audit record) when the last
+            signed version of a role expires within this many seconds.
+        freshness_interval_seconds: seconds between two reads of the role states.
+        log_format: ``text`` or ``json`` (one object per line).
+    """
+
+    listen: str = ""
+    allow_non_loopback: bool = False
+    expiry_margin_seconds: float = 6 * 3600.0
+    freshness_interval_seconds: float = 60.0
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -324,3 +355,4 @@ class Config:
     authz: AccessPolicy = field(default_factory=AccessPolicy)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)

@@ -51,9 +51,19 @@ from tuf_signer.policy._checks import (
     resolve_role,
     validate_rules,
 )
+from tuf_signer.policy._coherence import (
+    EMPTY_BIN,
+    Listing,
+    delegations_digest,
+    empty_bin_role,
+    infer_targets_role,
+    is_empty_bin_role,
+    listing,
+)
 
 __all__ = [
     "ANONYMOUS",
+    "EMPTY_BIN",
     "IDENTITY_TYPES",
     "KEY_ADMIN",
     "MAX_IDENTITY_CHARS",
@@ -67,6 +77,7 @@ __all__ = [
     "UNRESTRICTED",
     "AccessPolicy",
     "AccessRule",
+    "Listing",
     "NeedsExactCheck",
     "SignedInfo",
     "authorize",
@@ -84,8 +95,13 @@ __all__ = [
     "check_sign_request",
     "check_spec_version",
     "check_type_fits_role",
+    "delegations_digest",
+    "empty_bin_role",
     "identity_type",
+    "infer_targets_role",
     "inspect_signed",
+    "is_empty_bin_role",
+    "listing",
     "parse_bins",
     "parse_canonical",
     "pep458_online_rules",

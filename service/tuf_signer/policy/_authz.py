@@ -89,7 +89,8 @@ class AccessRule:
         identity: the typed client identity (``uri:…``, ``dns:…`` or ``cn:…``),
             or ``anonymous`` for callers on a plaintext loopback listener.
         operations: a subset of ``OPERATIONS``.
-        keys: key names this identity may sign with (``*`` for any).
+        keys: key-name patterns (``fnmatch``, case-sensitive, like ``roles``)
+            this identity may sign with: ``*`` for any, ``pypi-*`` for a family.
         roles: role-name patterns (``fnmatch``, case-sensitive) it may sign.
         max_concurrent: per-identity override of ``limits.max_concurrent``.
         rate: per-identity override of ``limits.rate`` (requests/s).
@@ -198,12 +199,12 @@ def authorize(policy: AccessPolicy, identity: str, operation: str) -> AccessRule
 
 
 def authorize_key(rule: AccessRule, key_name: str) -> None:
-    """Refuse a key outside the rule's ``keys``.
+    """Refuse a key that matches none of the rule's ``keys`` patterns (issue 14, item 4).
 
     Raises:
         PermissionError_: the identity may not sign with ``key_name``.
     """
-    if "*" not in rule.keys and key_name not in rule.keys:
+    if not any(fnmatch.fnmatchcase(key_name, pattern) for pattern in rule.keys):
         raise PermissionError_(
             f"identity {shown(rule.identity)} may not sign with key {shown(key_name)}"
         )

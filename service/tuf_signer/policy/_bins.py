@@ -288,14 +288,13 @@ def class_ranges(element: str) -> tuple[bool, list[tuple[int, int]]]:
         characters matched are the ranges' union, or its complement if negated.
     """
     body = element[1:-1]
-    negated = body.startswith("!")
     if "-" not in body:
         chunks = [body]
     else:
         # fnmatch.translate: split on the '-' that make ranges, drop empty ranges.
         chunks = []
         i, j = 0, len(body)
-        k = 2 if negated else 1
+        k = 2 if body.startswith("!") else 1
         while True:
             k = body.find("-", k, j)
             if k < 0:
@@ -312,6 +311,11 @@ def class_ranges(element: str) -> tuple[bool, list[tuple[int, int]]]:
             if chunks[k - 1][-1] > chunks[k][0]:
                 chunks[k - 1] = chunks[k - 1][:-1] + chunks[k][1:]
                 del chunks[k]
+    # fnmatch decides negation on what is left once empty ranges are gone:
+    # "[9-0!]" leaves "!", a negated empty class, which matches any character.
+    if chunks == ["!"]:
+        return True, []
+    negated = chunks[0].startswith("!")
     if negated:
         chunks[0] = chunks[0][1:]
     ranges = [(ord(c), ord(c)) for chunk in chunks for c in chunk]

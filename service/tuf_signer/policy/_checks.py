@@ -12,7 +12,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
@@ -20,12 +20,22 @@ from typing import Any, TypeVar
 from tuf_signer.errors import PayloadError, PermissionError_, PolicyError, RequestError, shown
 from tuf_signer.model import BinsDelegation, RoleRule
 from tuf_signer.policy._bins import (
+    bin_index,
     bins_pattern,
     check_bin_payload,
     check_bins_delegation,
     check_rules_fit_bins,
 )
 from tuf_signer.policy._canonical import parse_canonical
+from tuf_signer.policy._coherence import (
+    Listing,
+    check_role_agrees,
+    delegations_digest,
+    empty_bin_rule,
+    infer_targets_role,
+    is_empty_bin_role,
+    listing,
+)
 
 DAY = 86400  # seconds
 
@@ -86,6 +96,12 @@ class SignedInfo:
         expires: the ``expires`` field as an aware UTC datetime.
         spec_version: the ``spec_version`` field, e.g. "1.0.31".
         payload_sha256: hex SHA-256 of the exact payload bytes.
+        lists: for a key that declares bins, what a snapshot or timestamp
+            lists of the roles the key signs (``_coherence.listing``); None
+            when coherence does not apply.
+        delegations_sha256: for targets metadata other than a bin, the
+            digest of its ``delegations`` (``_coherence.delegations_digest``);
+            "" otherwise.
     """
 
     type: str
@@ -93,6 +109,8 @@ class SignedInfo:
     expires: datetime
     spec_version: str
     payload_sha256: str
+    lists: Listing | None = None
+    delegations_sha256: str = ""
 
 
 def inspect_signed(
@@ -239,17 +257,23 @@ def check_spec_version(spec_version: str, supported_major: int = 1) -> None:
         )
 
 
-def check_expiry(expires: datetime, now: datetime, max_validity: int) -> None:
+def check_expiry(
+    expires: datetime, now: datetime, max_validity: int, max_clock_skew: int = 0
+) -> None:
     """Check that ``expires`` is in the future and within the role's maximum.
 
     Args:
         expires: the payload's expiry (aware).
         now: the current time (aware), passed in by the caller.
         max_validity: the longest ``expires - now`` allowed, in seconds.
+        max_clock_skew: how far ahead of ours a repository's clock may run, in
+            seconds (``policy.max_clock_skew``): a repository that asks for
+            exactly its now + the maximum is not refused for a clock a few
+            seconds ahead (issue 14, obstacle 5).
 
     Raises:
         PolicyError: ``expires`` is not after ``now``, or is later than
-            ``now + max_validity``.
+            ``now + max_validity + max_clock_skew``.
         ValueError: ``now`` or ``expires`` is naive (a programming error).
     """
     if now.tzinfo is None or expires.tzinfo is None:
@@ -257,10 +281,11 @@ def check_expiry(expires: datetime, now: datetime, max_validity: int) -> None:
     shown = _format_time(expires)
     if expires <= now:
         raise PolicyError(f"expires {shown} is in the past (now {_format_time(now)})")
-    latest = now + timedelta(seconds=max_validity)
+    latest = now + timedelta(seconds=max_validity + max_clock_skew)
     if expires > latest:
+        skew = f" plus max_clock_skew {max_clock_skew} s" if max_clock_skew else ""
         raise PolicyError(
-            f"expires {shown} is beyond the maximum validity of {max_validity} s "
+            f"expires {shown} is beyond the maximum validity of {max_validity} s{skew} "
             f"for this role (latest allowed {_format_time(latest)})"
         )
 
@@ -320,14 +345,18 @@ def check_sign_request(
     *,
     exact: bool = True,
     bins: BinsDelegation | None = None,
+    max_clock_skew: int = 0,
 ) -> tuple[str, SignedInfo, RoleRule]:
     """Apply every stateless P3 check to one Sign request, in a fixed order.
 
-    Order: size, canonical JSON, required fields, role name, ``_type`` fits
-    role, role allowed for the key, hash bin (``check_bin_payload``, targets
-    only), ``spec_version``, ``expires``. The rollback
-    check (version above the last one signed) is the caller's, with the role
-    state.
+    Order: size, canonical JSON, required fields, role name (inferred for
+    role-less targets metadata from a key that declares bins, else it must
+    agree with the inference: ``_coherence``), ``_type`` fits role, role
+    allowed for the key, hash bin (``check_bin_payload``, targets only),
+    ``spec_version``, ``expires``, then what the store needs for coherence
+    (``SignedInfo.lists``, ``SignedInfo.delegations_sha256``). The rollback
+    check (version above the last one signed) and coherence are the caller's,
+    with the role state.
 
     Args:
         payload: the canonical JSON ``signed`` object to be signed.
@@ -340,6 +369,7 @@ def check_sign_request(
         exact: False to raise ``NeedsExactCheck`` rather than run the slow
             exact canonical check (see ``parse_canonical``).
         bins: the hash-bin delegation the key declares, if any.
+        max_clock_skew: seconds added to the expiry bound (``check_expiry``).
 
     Returns:
         The resolved role, the payload's fields and the rule that allowed it.
@@ -363,13 +393,30 @@ def check_sign_request(
         )
     obj = parse_canonical(payload, exact=exact)
     info = inspect_signed(obj, payload, payload_sha256)
-    resolved = resolve_role(role, info.type)
+    if not role and info.type == "targets":
+        resolved = infer_targets_role(obj, bins, key_name, info.payload_sha256)
+    else:
+        resolved = resolve_role(role, info.type)
     check_type_fits_role(resolved, info.type)
-    rule = check_role_allowed(resolved, rules, key_name)
-    if info.type == "targets":
-        check_bin_payload(resolved, obj, rule, bins, key_name)
+    if bins is not None and is_empty_bin_role(resolved):
+        rule = empty_bin_rule(rules, bins, key_name)
+    else:
+        rule = check_role_allowed(resolved, rules, key_name)
+        if info.type == "targets":
+            check_bin_payload(resolved, obj, rule, bins, key_name)
+            if role:
+                check_role_agrees(resolved, obj, bins, info.payload_sha256)
     check_spec_version(info.spec_version)
-    check_expiry(info.expires, now, rule.max_validity)
+    check_expiry(info.expires, now, rule.max_validity, max_clock_skew)
+    lists = listing(obj, info.type, bins, rules)
+    delegations = ""
+    is_bin = bins is not None and (
+        bin_index(bins, resolved) is not None or is_empty_bin_role(resolved)
+    )
+    if info.type == "targets" and not is_bin:
+        delegations = delegations_digest(obj)
+    if lists is not None or delegations:
+        info = replace(info, lists=lists, delegations_sha256=delegations)
     return resolved, info, rule
 
 

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -23,7 +23,9 @@ from tuf_signer.config import (
 )
 from tuf_signer.errors import ConfigError, TufSignerError
 from tuf_signer.keys import KeyBackend
+from tuf_signer.server import _metrics
 from tuf_signer.server._address import AddressClaim, claim_address
+from tuf_signer.server._freshness import FreshnessWatch
 from tuf_signer.server._grpc import AuditLogServicer, KeyAdminServicer, SignerServicer
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._harden import harden_process
@@ -31,6 +33,8 @@ from tuf_signer.server._health import Health, HealthServicer
 from tuf_signer.server._identity import Authenticator, IdentitySettings
 from tuf_signer.server._interceptor import ErrorInterceptor, admitted_identity
 from tuf_signer.server._log import WITNESS_HEALTH, TransparencyLog
+from tuf_signer.server._ops import OpsListener, check_ops_listen
+from tuf_signer.server._reload import ServerTls, restart_needed
 from tuf_signer.server._revocation import load_revocation
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import Clock, utc_now
@@ -71,6 +75,12 @@ class SignerServer:
         self._health_task: asyncio.Task[None] | None = None
         self._summary_task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._fresh_task: asyncio.Task[None] | None = None
+        self._ops: OpsListener | None = None
+        self.freshness: FreshnessWatch | None = None  # the freshness watch, once started
+        self._tls: ServerTls | None = None
+        self._draining = False
+        self.ops_port = 0
         self._parts: Parts | None = None
         self._backends: Mapping[str, KeyBackend] = {}
         self.service: SigningService | None = None
@@ -94,7 +104,9 @@ class SignerServer:
         try:  # whatever fails from the claim on releases it
             if not shared:
                 self._claim = claim_address(cfg.listen)
-            credentials = _server_credentials(cfg.tls) if cfg.tls is not None else None
+            if cfg.tls is not None:
+                self._tls = _server_credentials(cfg.tls)
+            credentials = None if self._tls is None else self._tls.credentials()
             revocation = load_revocation(cfg.tls)
             self.authenticator.update(identity_settings(cfg.tls), revocation)
             self._parts = await start_parts(
@@ -159,10 +171,32 @@ class SignerServer:
                 raise ConfigError(f"server.listen: cannot bind {cfg.listen}: {e}") from e
             await server.start()
             self._server = server
+            ops = self.config.ops
+            if ops.listen:
+                check_ops_listen(ops.listen, ops.allow_non_loopback, cfg.workers)
+                self._ops = OpsListener(
+                    ops.listen, lambda: self.health.serving and not self._draining, shared
+                )
+                self.ops_port = await self._ops.start()
         except BaseException:
+            if self._server is not None:
+                await self._server.stop(0)
             await self._release()
             raise
         self.health.start()
+        parts = self._parts
+        assert parts is not None
+        self.freshness = FreshnessWatch(
+            parts.store,
+            parts.writer.submit if parts.writer is not None else _no_record,
+            self.config.ops.expiry_margin_seconds,
+            self.config.ops.freshness_interval_seconds,
+            # One warning per role, not one per worker.
+            warn=worker_index() in (None, 0),
+            tree=None if parts.log is None else _log_state(parts.log),
+            clock=self._clock,
+        )
+        self._fresh_task = asyncio.create_task(self.freshness.run())
         self._health_task = asyncio.create_task(self.health.run())
         self._summary_task = asyncio.create_task(
             self._write_summaries(self.config.limits.summary_seconds)
@@ -184,13 +218,16 @@ class SignerServer:
 
     def reload(self) -> bool:
         """Re-read the config file; put its access policy, limits, identity
-        settings and revocation lists (``[server.tls]`` crl, deny_list) in force.
+        settings, revocation lists (``[server.tls]`` crl, deny_list) and the
+        server's certificate, key and client CA (from the next handshake,
+        ``_reload.ServerTls``) in force.
 
         A config that does not validate leaves everything in force unchanged
         and says why in the log. A CRL or deny list that cannot be read or
         does not verify leaves the previous lists in force (the log names the
-        setting) while the rest of the new config applies. Other settings
-        need a restart.
+        setting) while the rest of the new config applies; so do TLS files
+        that cannot be read. Other settings need a restart: each one that
+        changed is logged by name (never its value) as not applied.
 
         Returns:
             True when everything new is in force.
@@ -201,6 +238,18 @@ class SignerServer:
             log.error("reload: keeping the previous access policy: %s", e.reason)
             return False
         ok = True
+        changed = restart_needed(self.config, fresh)
+        if (fresh.server.tls is None) != (self._tls is None):
+            changed.append("server.tls")
+        for name in changed:
+            log.warning("reload: %s changed; not applied: it needs a restart", name)
+        if self._tls is not None and fresh.server.tls is not None:
+            try:
+                if self._tls.update(fresh.server.tls):
+                    log.info("reload: new server certificate, key and client CA in force")
+            except TufSignerError as e:
+                log.error("reload: keeping the previous server certificate: %s", e.reason)
+                ok = False
         try:
             revocation = load_revocation(fresh.server.tls)
         except TufSignerError as e:
@@ -223,7 +272,20 @@ class SignerServer:
             TufSignerError: the first part that failed.
         """
         assert self.service is not None and self._parts is not None
-        await self.service.check_health()
+        # As ``service.check_health``, one part at a time for the metrics.
+        for name, backend in self._parts.backends.items():
+            try:
+                await backend.check()
+            except BaseException:
+                _metrics.BACKEND_UP.labels(name).set(0)
+                raise
+            _metrics.BACKEND_UP.labels(name).set(1)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._parts.store.probe)
+        except BaseException:
+            _metrics.set_store_up(False)
+            raise
+        _metrics.set_store_up(True)
         if self._parts.log is not None:
             self._parts.log.check()
 
@@ -245,7 +307,9 @@ class SignerServer:
             return
         grace = self._server_cfg.drain_seconds if grace is None else grace
         self._health.enter_graceful_shutdown()
-        for task in (self._health_task, self._summary_task, self._log_task):
+        self._draining = True
+        _metrics.set_serving(False)
+        for task in (self._health_task, self._summary_task, self._log_task, self._fresh_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -253,6 +317,8 @@ class SignerServer:
         await self.health.close()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._ops is not None:
+            await self._ops.stop()
         await self._release()
         self._stopped.set()
         log.info("tuf-signer stopped")
@@ -272,7 +338,8 @@ class SignerServer:
 async def serve(config: Config, listen: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain (``server.drain_seconds``).
 
-    SIGHUP reloads the access policy and limits from the config file.
+    SIGHUP reloads the access policy, limits, revocation lists and the
+    server's TLS certificate, key and client CA from the config file (``reload``).
     """
     harden_process()
     server = SignerServer(config, listen=listen)
@@ -308,8 +375,9 @@ def identity_settings(tls: TlsConfig | None) -> IdentitySettings:
     )
 
 
-def _server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    """Mutual TLS: the client must present a certificate from ``client_ca``.
+def _server_credentials(tls: TlsConfig) -> ServerTls:
+    """Mutual TLS: the client must present a certificate from ``client_ca``;
+    the files are read again on SIGHUP (``_reload.ServerTls``).
 
     gRPC's TLS stack negotiates TLS 1.3 when the client offers it and refuses
     anything below TLS 1.2.
@@ -317,13 +385,21 @@ def _server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     Raises:
         ConfigError: a file cannot be read.
     """
-    try:
-        cert, key, ca = tls.cert.read_bytes(), tls.key.read_bytes(), tls.client_ca.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"server.tls: cannot read {e.filename}: {e.strerror}") from e
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
-    )
+    return ServerTls(tls)
+
+
+async def _no_record(_entries: object) -> None:
+    """No writer to record through (a service that made its own): warnings are logged only."""
+
+
+def _log_state(transparency: TransparencyLog) -> Callable[[], tuple[int, int, bool]]:
+    """The transparency log's sizes and halt, for the metrics."""
+
+    def state() -> tuple[int, int, bool]:
+        size, witnessed = transparency.sizes
+        return size, witnessed, transparency.halted is not None
+
+    return state
 
 
 def _on_signal(server: SignerServer, sig: signal.Signals) -> None:

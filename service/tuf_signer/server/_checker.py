@@ -53,6 +53,7 @@ class CheckJob:
     max_payload_bytes: int
     payload_sha256: str
     bins: BinsDelegation | None = None
+    max_clock_skew: int = 0
 
     def run(self, *, exact: bool) -> CheckResult:
         """Apply the check here, in this process.
@@ -71,6 +72,7 @@ class CheckJob:
             self.payload_sha256,
             exact=exact,
             bins=self.bins,
+            max_clock_skew=self.max_clock_skew,
         )
 
 

@@ -280,6 +280,35 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
         )
         return pb.ResetRoleStateResponse(state=_role_state_pb(state), audit_seq=seq)
 
+    async def ResetRoleStates(
+        self, request: pb.ResetRoleStatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResetRoleStatesResponse:
+        count, first, last = await self._service.reset_role_states(
+            self._identity_of(context), request.key, request.version, request.reason
+        )
+        return pb.ResetRoleStatesResponse(roles=count, first_audit_seq=first, last_audit_seq=last)
+
+    async def SetKeyRules(
+        self, request: pb.SetKeyRulesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateKeyResponse:
+        rules = [RoleRule(r.pattern, r.max_validity_seconds) for r in request.roles]
+        view, seq = await self._service.set_key_rules(
+            self._identity_of(context), request.key, rules, request.reason
+        )
+        return pb.CreateKeyResponse(key=_key_pb(view), audit_seq=seq)
+
+    async def ApproveDelegations(
+        self, request: pb.ApproveDelegationsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ApproveDelegationsResponse:
+        seq = await self._service.approve_delegations(
+            self._identity_of(context),
+            request.key,
+            request.role,
+            request.delegations_sha256,
+            request.reason,
+        )
+        return pb.ApproveDelegationsResponse(audit_seq=seq)
+
 
 class AuditLogServicer(pb_grpc.AuditLogServicer):
     """``tuf_signer.v1.AuditLog``: the records, and the transparency log's proofs.

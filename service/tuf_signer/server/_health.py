@@ -35,6 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tuf_signer.errors import TufSignerError
+from tuf_signer.server import _metrics
 from tuf_signer.server._recording import loggable_cause
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class Health:
         elif not serving:
             log.error("health: NOT_SERVING: %s", reason)
         self._serving = serving
+        _metrics.set_serving(serving)
         for name in self._names:
             self._servicer.set_status(name, serving)
 

@@ -18,10 +18,12 @@ from tuf_signer import policy
 from tuf_signer.audit import (
     RESET,
     AddVersion,
+    ApproveDelegations,
     Committed,
     CreateKey,
     Entry,
     ResetRole,
+    SetKeyRules,
     SetVersionState,
 )
 from tuf_signer.errors import (
@@ -194,47 +196,74 @@ class KeyAdmin:
 
         async def body(rule: AccessRule) -> tuple[KeyVersion, int] | Refusal:
             validate_key_name(name)
-
-            async def plan() -> tuple[Entry, KeyView]:
-                view = await self._registry.refresh(name)
-                if view is None:
-                    raise NotFoundError(f"unknown key {shown(name)}")
-                found = [v for v in view.versions if v.version == version]
-                if not found:
-                    raise NotFoundError(f"key {name!r} has no version {version}")
-                target = found[0]
-                if expected_keyid and expected_keyid != target.keyid:
-                    raise KeyStateError(
-                        f"version {version} of key {name!r} has keyid {target.keyid[:16]}..., "
-                        f"not the expected {expected_keyid[:16]}..."
-                    )
-                now = rfc3339(self._clock())
-                change = SetVersionState(name, version, state, now)
-                return Entry(replace(event, keyid=target.keyid), change), view
-
-            async def then(committed: Committed, before: KeyView) -> tuple[KeyVersion, int]:
-                was = {v.version: v for v in before.versions}
-                view = await self._registry.refresh(name)
-                assert view is not None
-                # Every version this change retired (the target itself, or the
-                # previous ACTIVE version an activation replaced) is disabled
-                # in its backend too.
-                for v in view.versions:
-                    old = was.get(v.version)
-                    if v.state is KeyState.RETIRED and old and old.state is not KeyState.RETIRED:
-                        try:
-                            await self._registry.backend_for(view.key).disable(v.handle)
-                        except BackendError:
-                            # Retirement is our own state and already recorded;
-                            # the backend flag is defence in depth.
-                            log.warning(
-                                "could not disable %s v%d in its backend", shown(name), v.version
-                            )
-                return next(v for v in view.versions if v.version == version), committed.seq
-
-            return await self._change(event, plan, then)
+            return await self._set_state(event, name, version, state, expected_keyid)
 
         return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def activate_on_sign(self, identity: str, name: str, version: int, keyid: str) -> None:
+        """Activate a PENDING version because a Sign pinned its keyid (issue 14, item 9).
+
+        Only with ``policy.activate_on_pinned_sign``: a repository moves to the
+        new version by itself once it has accepted the root that lists it,
+        with no refused Sign in between. Recorded as an ``activate-key-version``
+        by the signing identity, saying why. A failure (another worker
+        activated it first, the version went away) is left to the Sign, which
+        then finds the key as it is.
+        """
+        event = self._recorder.event(
+            identity,
+            "activate-key-version",
+            key_name=name,
+            key_version=version,
+            detail={"by": "a sign pinned to its keyid (policy.activate_on_pinned_sign)"},
+        )
+        result = await self._set_state(event, name, version, KeyState.ACTIVE, keyid)
+        if isinstance(result, Refusal):
+            log.info("activation on sign of %s v%d refused: %s", shown(name), version, result.error)
+
+    async def _set_state(
+        self, event: AuditEvent, name: str, version: int, state: KeyState, expected_keyid: str
+    ) -> tuple[KeyVersion, int] | Refusal:
+        """Move ``version`` of ``name`` to ``state`` under the admin lock, recorded on ``event``."""
+
+        async def plan() -> tuple[Entry, KeyView]:
+            view = await self._registry.refresh(name)
+            if view is None:
+                raise NotFoundError(f"unknown key {shown(name)}")
+            found = [v for v in view.versions if v.version == version]
+            if not found:
+                raise NotFoundError(f"key {name!r} has no version {version}")
+            target = found[0]
+            if expected_keyid and expected_keyid != target.keyid:
+                raise KeyStateError(
+                    f"version {version} of key {name!r} has keyid {target.keyid[:16]}..., "
+                    f"not the expected {expected_keyid[:16]}..."
+                )
+            now = rfc3339(self._clock())
+            change = SetVersionState(name, version, state, now)
+            return Entry(replace(event, keyid=target.keyid), change), view
+
+        async def then(committed: Committed, before: KeyView) -> tuple[KeyVersion, int]:
+            was = {v.version: v for v in before.versions}
+            view = await self._registry.refresh(name)
+            assert view is not None
+            # Every version this change retired (the target itself, or the
+            # previous ACTIVE version an activation replaced) is disabled
+            # in its backend too.
+            for v in view.versions:
+                old = was.get(v.version)
+                if v.state is KeyState.RETIRED and old and old.state is not KeyState.RETIRED:
+                    try:
+                        await self._registry.backend_for(view.key).disable(v.handle)
+                    except BackendError:
+                        # Retirement is our own state and already recorded;
+                        # the backend flag is defence in depth.
+                        log.warning(
+                            "could not disable %s v%d in its backend", shown(name), v.version
+                        )
+            return next(v for v in view.versions if v.version == version), committed.seq
+
+        return await self._change(event, plan, then)
 
     async def reset_role_state(
         self, identity: str, key_name: str, role: str, version: int, reason: str
@@ -308,6 +337,190 @@ class KeyAdmin:
                 return state, committed.seq
 
             return await self._change(versioned, plan, then)
+
+        return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def reset_role_states(
+        self, identity: str, key_name: str, version: int, reason: str
+    ) -> tuple[int, int, int]:
+        """Move the mark of every role ``key_name`` has signed to ``version`` (issue 14).
+
+        A repository that starts again from scratch with the same key (RSTUF's
+        re-bootstrap after a failed one, obstacle 2) signs every role from
+        version 1 again: one admin call, on the record with ``reason``, moves
+        all the marks (one ``reset-role-state`` record per role, one
+        transaction), and what the key's last snapshot and timestamp listed
+        comes down with them (``audit._rules.decide_reset``).
+
+        Returns:
+            How many marks moved, and the first and last record.
+
+        Raises:
+            TufSignerError: the refusal (recorded): INVALID_ARGUMENT for a bad
+                version or reason, NOT_FOUND for an unknown key or a key that
+                never signed, or the store's refusal of the first reset.
+        """
+        event = self._recorder.event(
+            identity,
+            RESET,
+            key_name=key_name,
+            role="*",
+            detail={"reason": recordable(reason, _REASON_MAX), "all_roles": True},
+        )
+
+        async def body(rule: AccessRule) -> tuple[int, int, int] | Refusal:
+            validate_key_name(key_name)
+            if not 0 <= version <= _MAX_VERSION:
+                raise RequestError(f"version must be between 0 and 2**63-1, got {version}")
+            versioned = replace(event, metadata_version=version)
+            _check_reason(reason)
+            try:
+                await self._lock.acquire()
+            except asyncio.CancelledError:
+                await self._recorder.cancelled(versioned)
+                raise
+            try:
+                view = await self._registry.refresh(key_name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {shown(key_name)}")
+                states = await self._registry.role_states_of(key_name)
+                if not states:
+                    raise NotFoundError(f"key {key_name!r} has no role state to reset")
+                kv = active_version(view) or max(view.versions, key=lambda v: v.version)
+                entries = []
+                for s in states:
+                    mark = replace(
+                        s,
+                        version=version,
+                        payload_sha256="",
+                        keyid=kv.keyid,
+                        key_version=kv.version,
+                        signature="",
+                        expires="",
+                        audit_seq=0,
+                    )
+                    recorded = replace(
+                        versioned,
+                        role=s.role,
+                        keyid=kv.keyid,
+                        key_version=kv.version,
+                    )
+                    entries.append(Entry(recorded, ResetRole(mark)))
+                committed = await self._recorder.commit_many(entries)
+            finally:
+                self._lock.release()
+            for c in committed:
+                self._registry.note(c)
+            error = next((c.error for c in committed if c.error is not None), None)
+            if error is not None:
+                return Refusal(error, versioned, recorded=True)
+            log.warning(
+                "%s reset the marks of %d roles of key %s to version %d (records %d..%d)",
+                shown(identity),
+                len(committed),
+                shown(key_name),
+                version,
+                committed[0].seq,
+                committed[-1].seq,
+            )
+            return len(committed), committed[0].seq, committed[-1].seq
+
+        return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def set_key_rules(
+        self, identity: str, name: str, rules: Sequence[RoleRule], reason: str
+    ) -> tuple[KeyView, int]:
+        """Replace a key's role rules (issue 14, item 4): e.g. allow ``targets``
+        with a long validity for a repository that signs top-level targets online.
+
+        The rules are checked as ``create_key`` checks them, against the key's
+        bins declaration. Recorded (``set-key-rules``) with the old and new
+        rules and ``reason``.
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        event = self._recorder.event(
+            identity,
+            "set-key-rules",
+            key_name=name,
+            detail={
+                "reason": recordable(reason, _REASON_MAX),
+                "roles": [[recordable(str(r.pattern)), r.max_validity] for r in rules[:64]],
+            },
+        )
+
+        async def body(rule: AccessRule) -> tuple[KeyView, int] | Refusal:
+            validate_key_name(name)
+            _check_reason(reason)
+
+            async def plan() -> tuple[Entry, None]:
+                view = await self._registry.refresh(name)
+                if view is None:
+                    raise NotFoundError(f"unknown key {shown(name)}")
+                policy.validate_rules(rules, view.key.bins)
+                was = [[recordable(r.pattern), r.max_validity] for r in view.key.rules[:64]]
+                recorded = replace(event, detail={**event.detail, "was": was})
+                return Entry(recorded, SetKeyRules(name, tuple(rules))), None
+
+            async def then(committed: Committed, _: None) -> tuple[KeyView, int]:
+                view = await self._registry.refresh(name)
+                assert view is not None
+                return view, committed.seq
+
+            return await self._change(event, plan, then)
+
+        return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
+
+    async def approve_delegations(
+        self, identity: str, name: str, role: str, delegations_sha256: str, reason: str
+    ) -> int:
+        """Let the next ``role`` signature carry delegations with this digest (issue 14).
+
+        A targets payload whose ``delegations`` differ from the last ones the
+        key signed for its role is refused until an admin approves them, so
+        that a compromised backend cannot delegate the bins to a key outside
+        the service. The digest is ``policy.delegations_digest`` of the
+        payload (the refusal names it). Recorded (``approve-delegations``).
+
+        Returns:
+            The record's sequence number.
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        event = self._recorder.event(
+            identity,
+            "approve-delegations",
+            key_name=name,
+            role=recordable(role),
+            detail={"reason": recordable(reason, _REASON_MAX), "delegations_sha256": ""},
+        )
+
+        async def body(rule: AccessRule) -> int | Refusal:
+            validate_key_name(name)
+            if not role:
+                raise RequestError("role is required")
+            policy.resolve_role(role, "targets")
+            if role in ("root", "timestamp", "snapshot"):
+                raise RequestError(f"role {role!r} has no delegations (a targets role has)")
+            digest = delegations_sha256
+            if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+                raise RequestError(
+                    f"delegations_sha256 {shown(digest)} is not 64 lowercase hex digits"
+                )
+            _check_reason(reason)
+            recorded = replace(event, detail={**event.detail, "delegations_sha256": digest})
+
+            async def plan() -> tuple[Entry, None]:
+                if not await self._registry.exists(name):
+                    raise NotFoundError(f"unknown key {shown(name)}")
+                return Entry(recorded, ApproveDelegations(name, role, digest)), None
+
+            async def then(committed: Committed, _: None) -> int:
+                return committed.seq
+
+            return await self._change(recorded, plan, then)
 
         return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from tuf_signer import policy
@@ -26,13 +26,19 @@ from tuf_signer.errors import (
     shown,
 )
 from tuf_signer.keys import KeyBackend
-from tuf_signer.model import Algorithm, AuditEvent, KeyVersion, RoleState
+from tuf_signer.model import Algorithm, AuditEvent, KeyState, KeyVersion, RoleState
 from tuf_signer.policy import AccessRule
 from tuf_signer.server._checker import CheckJob, CheckResult, PayloadChecker
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._recording import Recorder, Refusal
-from tuf_signer.server._registry import KeyRegistry
-from tuf_signer.server._values import Clock, SignRequest, SignResult, validate_key_name
+from tuf_signer.server._registry import KeyRegistry, active_version
+from tuf_signer.server._values import (
+    Clock,
+    KeyView,
+    SignRequest,
+    SignResult,
+    validate_key_name,
+)
 
 _KEYID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
@@ -50,6 +56,9 @@ class Prepared:
     replay: RoleState | None  # the stored state, when this is an identical retry
     version: KeyVersion  # the key version signing: its public key checks the signature
     max_step: int | None  # max_version_step of the role's class (None: unbounded)
+    # What the store holds against the key's other signatures (issue 14, P9).
+    lists: tuple[tuple[str, int, bool], ...] | None = None
+    delegations: str = ""
 
     def entry(self, signature: str) -> Entry:
         """The record: a grant advancing the role state, or a replay that does not."""
@@ -57,7 +66,10 @@ class Prepared:
         if self.replay is not None:
             return Entry(event)
         state = replace(self.state, signature=signature)
-        return Entry(event, AdvanceRole(state, max_step=self.max_step))
+        change = AdvanceRole(
+            state, max_step=self.max_step, lists=self.lists, delegations=self.delegations
+        )
+        return Entry(event, change)
 
     def result(self, state: RoleState, committed: Committed, replayed: bool) -> SignResult:
         """The reply, signed as ``state`` says and recorded as ``committed``."""
@@ -86,6 +98,11 @@ class Preparer:
             role class; a class not named is unbounded.
         sign_gate: the first check; raises to refuse every Sign (the
             transparency log when it cannot vouch for one).
+        max_clock_skew: seconds added to every role's expiry bound
+            (``policy.max_clock_skew``).
+        activate: with ``policy.activate_on_pinned_sign``, activates a PENDING
+            version (identity, key, version, keyid) whose keyid a Sign pinned;
+            None: a pinned PENDING keyid is refused (P6).
     """
 
     def __init__(
@@ -98,8 +115,12 @@ class Preparer:
         max_payload_bytes: int,
         max_version_step: Mapping[str, int],
         sign_gate: Callable[[], None],
+        max_clock_skew: int = 0,
+        activate: Callable[[str, str, int, str], Awaitable[None]] | None = None,
     ) -> None:
         self._registry = registry
+        self._max_clock_skew = max_clock_skew
+        self._activate = activate
         self._sign_gate = sign_gate
         self._recorder = recorder
         self._guard = guard
@@ -148,13 +169,22 @@ class Preparer:
                 max_payload_bytes=self._max_payload,
                 payload_sha256=event.payload_sha256,
                 bins=view.key.bins,
+                max_clock_skew=self._max_clock_skew,
             )
             resolved, info, _rule = self._checker.inline(job) or await self._offload(
                 event.identity, job
             )
             expires = info.expires.strftime(policy.TUF_EXPIRES_FORMAT)
             try:
-                policy.authorize_role(rule, resolved)
+                if view.key.bins is not None and policy.is_empty_bin_role(resolved):
+                    # An empty bin verifies as any bin: the caller must be
+                    # allowed the first and the last (policy._coherence).
+                    for n in (0, (1 << view.key.bins.bit_length) - 1):
+                        policy.authorize_role(rule, policy.bin_name(view.key.bins, n))
+                else:
+                    policy.authorize_role(rule, resolved)
+                if self._activate is not None and item.expected_keyid:
+                    await self._activate_pinned(event.identity, view, item.expected_keyid)
                 active = await self._registry.active_for(view, item.expected_keyid)
             except TufSignerError:
                 event = replace(
@@ -194,6 +224,8 @@ class Preparer:
                 replay=replay,
                 version=active,
                 max_step=max_step,
+                lists=info.lists,
+                delegations=info.delegations_sha256,
             )
         except TufSignerError as e:
             return Refusal(e, event)
@@ -203,6 +235,23 @@ class Preparer:
             if lone:
                 await self._recorder.cancelled(event)
             raise
+
+    async def _activate_pinned(self, identity: str, view: KeyView, keyid: str) -> None:
+        """Activate the PENDING version with ``keyid``, if there is one (issue 14, item 9).
+
+        The repository pins the keyid its root now lists: once it accepted the
+        root that lists the new version, its first Sign moves the key over, and
+        no Sign is refused on the way (``policy.activate_on_pinned_sign``).
+        """
+        assert self._activate is not None
+        active = active_version(view)
+        if active is not None and active.keyid == keyid:
+            return
+        pending = _pending(view, keyid) or _pending(
+            await self._registry.recheck(view.key.name) or view, keyid
+        )
+        if pending is not None:
+            await self._activate(identity, view.key.name, pending.version, keyid)
 
     async def _role_decision(self, state: RoleState, max_step: int | None) -> RoleState | None:
         """The high-water check (P3, version step) against this process's cache.
@@ -257,3 +306,10 @@ class Preparer:
         if isinstance(verdict, TufSignerError):
             raise verdict
         return verdict
+
+
+def _pending(view: KeyView, keyid: str) -> KeyVersion | None:
+    """The PENDING version of ``view`` with ``keyid``, if any."""
+    return next(
+        (v for v in view.versions if v.state is KeyState.PENDING and v.keyid == keyid), None
+    )

@@ -82,6 +82,11 @@ class Reads:
                 raise RequestError(
                     f"role {shown(role)} has control characters or more than 255 characters"
                 )
+            if key_name and role:
+                # One (key, role): a key lookup, not a read of all the key's
+                # 16,385 roles (issue 14, item 6).
+                state = self._store.get_role_state(key_name, role)
+                return [] if state is None else [state]
             states = self._store.list_role_states(key_name or None)
             return [s for s in states if not role or s.role == role]
 

@@ -31,6 +31,7 @@ from tuf_signer.errors import (
 )
 from tuf_signer.model import AuditEvent, Outcome, recordable
 from tuf_signer.policy import AccessRule
+from tuf_signer.server import _metrics
 from tuf_signer.server._guard import Guard
 from tuf_signer.server._tally import RefusalTally
 from tuf_signer.server._values import Clock, rfc3339
@@ -111,6 +112,13 @@ def _log_internal(event: AuditEvent, error: TufSignerError, cause: Exception | N
         type(error).__name__,
         recordable(error.reason, 1024),
         because,
+        # For --log-format json: the request's fields (_logs.REQUEST_FIELDS).
+        extra={
+            "identity": event.identity,
+            "key": event.key_name,
+            "role": event.role,
+            "status": error.code,
+        },
     )
 
 
@@ -196,12 +204,22 @@ class Recorder:
         """
         future = self._writer.enqueue(entries)
         try:
-            return await asyncio.shield(future)
+            with _metrics.timed("audit_commit"):
+                return await asyncio.shield(future)
         except asyncio.CancelledError:
             # The writer commits it anyway; wait so the record is settled.
             with contextlib.suppress(Exception):
                 await future
             raise
+
+    def _count_refusal(self, identity: str, operation: str, error: TufSignerError, at: str) -> None:
+        """Count a refusal that reached no key (the tally) and in the metrics."""
+        self._tally.add(identity, operation, error, at)
+        if isinstance(error, LimitError):
+            label = identity if self._guard.knows(identity) else _metrics.OTHER
+            _metrics.LIMIT_REFUSALS.labels(label).inc()
+        else:
+            _metrics.UNADMITTED_CALLS.labels(error.code).inc()
 
     async def cancelled(self, event: AuditEvent) -> None:
         """Record that the request on ``event`` was cancelled before its record.
@@ -262,7 +280,7 @@ class Recorder:
             try:
                 rule = admitted.enter_context(self._guard.admit(identity, operation, cost, nbytes))
             except _COUNTED as e:
-                self._tally.add(identity, event.operation, e, event.time)
+                self._count_refusal(identity, event.operation, e, event.time)
                 raise
             except TufSignerError as e:
                 await self.commit(refusal_entry(event, e))
@@ -278,7 +296,7 @@ class Recorder:
         if refusal.recorded or isinstance(error, StoreError):
             raise error
         if isinstance(error, LimitError):
-            self._tally.add(event.identity, event.operation, error, event.time)
+            self._count_refusal(event.identity, event.operation, error, event.time)
             raise error
         await self.commit(refusal.entry())
         if refusal.cause is not None:
@@ -305,11 +323,11 @@ class Recorder:
             try:
                 self._guard.charge_call(identity)  # bad messages are throttled too
             except LimitError as e:
-                self._tally.add(event.identity, operation, e, event.time)
+                self._count_refusal(event.identity, operation, e, event.time)
                 raise
             await self.commit(refusal_entry(event, error))
             raise error
-        self._tally.add(event.identity, operation, error, event.time)
+        self._count_refusal(event.identity, operation, error, event.time)
         raise error
 
     async def flush_refusals(self) -> int:

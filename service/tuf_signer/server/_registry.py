@@ -298,6 +298,15 @@ class KeyRegistry:
         if committed.current is not None:
             self.remember(committed.current)
 
+    async def role_states_of(self, key_name: str) -> list[RoleState]:
+        """Every stored role state of ``key_name`` (read off the event loop).
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._store.list_role_states, key_name)
+
     async def reread_role(self, key: RoleKey) -> RoleState | None:
         """Re-read the stored mark of (key name, role) off the event loop; the cached one after.
 

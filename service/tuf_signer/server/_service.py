@@ -58,6 +58,10 @@ class SigningService:
             (``config.PolicyConfig``).
         sign_gate: called before each Sign's checks; raises to refuse it (on
             the record). The transparency log's ``check``.
+        max_clock_skew: seconds added to every expiry bound; None for the
+            default (``config.PolicyConfig``).
+        activate_on_pinned_sign: a Sign pinned to a PENDING version's keyid
+            activates it (``config.PolicyConfig``).
 
     Raises:
         StoreError: the key registry cannot be read.
@@ -77,6 +81,8 @@ class SigningService:
         checker: PayloadChecker | None = None,
         max_version_step: Mapping[str, int] | None = None,
         sign_gate: Callable[[], None] | None = None,
+        max_clock_skew: int | None = None,
+        activate_on_pinned_sign: bool = False,
     ) -> None:
         self._store = store
         self._backends = dict(backends)
@@ -93,10 +99,15 @@ class SigningService:
             max_payload_bytes,
             steps,
             sign_gate or (lambda: None),
+            PolicyConfig().max_clock_skew if max_clock_skew is None else max_clock_skew,
+            self._activate_on_sign if activate_on_pinned_sign else None,
         )
         self._signer = Signer(preparer, registry, self._recorder, hsm_timeout, max_batch)
         self._reads = Reads(store, registry, self._recorder)
         self._admin = KeyAdmin(registry, self._recorder, self._backends, default_backend, clock)
+
+    async def _activate_on_sign(self, identity: str, name: str, version: int, keyid: str) -> None:
+        await self._admin.activate_on_sign(identity, name, version, keyid)
 
     # --- the record --------------------------------------------------------------
 
@@ -247,6 +258,38 @@ class SigningService:
             TufSignerError: the refusal (recorded).
         """
         return await self._admin.reset_role_state(identity, key_name, role, version, reason)
+
+    async def reset_role_states(
+        self, identity: str, key_name: str, version: int, reason: str
+    ) -> tuple[int, int, int]:
+        """Move every mark of a key (``KeyAdmin.reset_role_states``).
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        return await self._admin.reset_role_states(identity, key_name, version, reason)
+
+    async def set_key_rules(
+        self, identity: str, name: str, rules: Sequence[RoleRule], reason: str
+    ) -> tuple[KeyView, int]:
+        """Replace a key's role rules (``KeyAdmin.set_key_rules``).
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        return await self._admin.set_key_rules(identity, name, rules, reason)
+
+    async def approve_delegations(
+        self, identity: str, name: str, role: str, delegations_sha256: str, reason: str
+    ) -> int:
+        """Approve the next delegations of a targets role (``KeyAdmin.approve_delegations``).
+
+        Raises:
+            TufSignerError: the refusal (recorded).
+        """
+        return await self._admin.approve_delegations(
+            identity, name, role, delegations_sha256, reason
+        )
 
     # --- lifecycle -----------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from tuf_signer.errors import (
 )
 from tuf_signer.keys import KeyBackend, SignatureVerifier
 from tuf_signer.policy import AccessRule
+from tuf_signer.server import _metrics
 from tuf_signer.server._preparing import Prepared, Preparer
 from tuf_signer.server._recording import Recorder, Refusal
 from tuf_signer.server._registry import KeyRegistry
@@ -100,14 +101,37 @@ class Signer:
         async def body(rule: AccessRule) -> SignResult | Refusal:
             return await self._sign(request, rule)
 
-        return await self._recorder.guarded(
-            request.event, policy.SIGN, body, nbytes=len(item.payload)
-        )
+        try:
+            result = await self._recorder.guarded(
+                request.event, policy.SIGN, body, nbytes=len(item.payload)
+            )
+        except TufSignerError as e:
+            self._count("Sign", [item], [e])
+            raise
+        self._count("Sign", [item], [result])
+        return result
+
+    def _count(
+        self,
+        method: str,
+        items: Sequence[SignItem],
+        results: Sequence[SignResult | TufSignerError],
+    ) -> None:
+        """Count answered items in ``tuf_signer_sign_requests_total`` (labels bounded:
+        a key not in the registry is ``other``)."""
+        known = {view.key.name for view in self._registry.views()}
+        for item, result in zip(items, results, strict=True):
+            key = item.key if item.key in known else _metrics.OTHER
+            if isinstance(result, SignResult):
+                _metrics.count_sign(method, key, result.role, "OK")
+            else:
+                _metrics.count_sign(method, key, item.role or "", result.code)
 
     async def _sign(self, request: SignRequest, rule: AccessRule) -> SignResult | Refusal:
         pinned = bool(request.item.expected_keyid)
         for attempt in (1, 2):
-            prep = await self._preparer.prepare(request, rule, lone=True)
+            with _metrics.timed("policy"):
+                prep = await self._preparer.prepare(request, rule, lone=True)
             if isinstance(prep, Refusal):
                 return prep
             if prep.replay is not None:
@@ -155,9 +179,10 @@ class Signer:
         digests = [bytes.fromhex(p.state.payload_sha256) for p in preps]
         try:
             async with asyncio.timeout(self._hsm_timeout):
-                results = await backend.sign_batch(
-                    [(p.handle, p.algorithm, p.payload) for p in preps], digests
-                )
+                with _metrics.timed("hsm"):
+                    results = await backend.sign_batch(
+                        [(p.handle, p.algorithm, p.payload) for p in preps], digests
+                    )
         except TimeoutError:
             error = DeadlineError(
                 f"backend {backend.name!r} did not sign within {self._hsm_timeout:g} s"
@@ -270,9 +295,15 @@ class Signer:
             ]
 
         nbytes = sum(len(item.payload) for item in items)
-        return await self._recorder.guarded(
-            batch, policy.SIGN, body, cost=len(items), nbytes=nbytes
-        )
+        try:
+            results = await self._recorder.guarded(
+                batch, policy.SIGN, body, cost=len(items), nbytes=nbytes
+            )
+        except TufSignerError as e:
+            self._count("SignBatch", items, [e] * len(items))
+            raise
+        self._count("SignBatch", items, results)
+        return results
 
     async def _sign_items(
         self, identity: str, rule: AccessRule, items: Sequence[SignItem], at: str
@@ -295,9 +326,10 @@ class Signer:
         queued = 0  # items in ``pending``
         try:
             for i, item in enumerate(items):
-                prep = await self._preparer.prepare(
-                    self._request(identity, item, at), rule, lone=False
-                )
+                with _metrics.timed("policy"):
+                    prep = await self._preparer.prepare(
+                        self._request(identity, item, at), rule, lone=False
+                    )
                 if isinstance(prep, Refusal):
                     done.append((i, prep.error, prep.entry()))
                     continue

@@ -30,6 +30,7 @@ from tuf_signer.server._guard import Guard
 from tuf_signer.server._log import TransparencyLog
 from tuf_signer.server._service import SigningService
 from tuf_signer.server._values import Clock, utc_now
+from tuf_signer.server._writer import AuditWriter
 
 
 def apply_backend_env(env: Mapping[str, str], setting: str) -> None:
@@ -112,6 +113,8 @@ class Parts:
         service: the signing service over all of them.
         log: the transparency log's checkpoints and witnesses; None when
             ``audit.origin`` and ``audit.key`` are not set.
+        writer: the service's group-commit writer (the freshness watch
+            records through it too); None when the service made its own.
     """
 
     store: AuditStore
@@ -119,6 +122,7 @@ class Parts:
     checker: PayloadChecker
     service: SigningService
     log: TransparencyLog | None = None
+    writer: AuditWriter | None = None
 
     async def close(self) -> None:
         """Commit what the service has queued, then close the backends and the store."""
@@ -192,6 +196,7 @@ async def start_parts(
             log = await open_log(config.audit.log, store, backends, on_witness_state)
             await log.start()
         checker = PayloadChecker(server.check_processes, timeout=server.check_timeout)
+        writer = AuditWriter(store)
         service = SigningService(
             store,
             backends,
@@ -204,11 +209,14 @@ async def start_parts(
             max_batch=server.max_batch_items,
             checker=checker,
             max_version_step=config.policy.max_version_step,
+            max_clock_skew=config.policy.max_clock_skew,
+            activate_on_pinned_sign=config.policy.activate_on_pinned_sign,
             sign_gate=None if log is None else log.check,
+            writer=writer,
         )
     except BaseException:
         for backend in backends.values():
             await backend.close()
         store.close()
         raise
-    return Parts(store, backends, checker, service, log)
+    return Parts(store, backends, checker, service, log, writer)

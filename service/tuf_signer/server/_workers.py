@@ -7,7 +7,11 @@ listening on the same port (gRPC sets SO_REUSEPORT, and the kernel spreads
 connections across them). The supervisor claims the port first
 (``_address``: one tuf-signer per port, whatever the host), so no other service
 shares it with them, and each worker gets
-SIGTERM from the kernel when the supervisor dies. They share the audit store. Rollback and
+SIGTERM from the kernel when the supervisor dies. They share the audit store,
+and a metrics directory (``PROMETHEUS_MULTIPROC_DIR``, made here, fresh for each
+run, removed at exit) where each writes its metric values, so that any worker's
+ops listener (``[ops] listen``, also claimed here and shared with SO_REUSEPORT)
+shows the sum of all (``_metrics``); a dead worker's live gauges are dropped. Rollback and
 equivocation protection hold across them because the role-state
 compare-and-set and the audit append happen in one store transaction, which
 the database serialises (P3); each worker's caches are only lower bounds.
@@ -30,16 +34,19 @@ import ctypes
 import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuf_signer.server._address import claim_address
 from tuf_signer.server._harden import harden_process, take_secret_env
+from tuf_signer.server._metrics import MULTIPROC_ENV, mark_dead
 
 if TYPE_CHECKING:
     from tuf_signer.config import Config
@@ -65,12 +72,17 @@ def secret_env_names(config: Config) -> list[str]:
 
 
 def _spawn(
-    config: Path, index: int, listen: str | None, secrets: Mapping[str, str]
+    config: Path,
+    index: int,
+    listen: str | None,
+    secrets: Mapping[str, str],
+    metrics: Path,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "tuf_signer.cli", "serve", "--config", str(config)]
+    argv = [sys.executable, "-m", "tuf_signer.cli", *extra_args, "serve", "--config", str(config)]
     if listen:
         argv += ["--listen", listen]
-    env = {**os.environ, **secrets, WORKER_ENV: str(index)}
+    env = {**os.environ, **secrets, WORKER_ENV: str(index), MULTIPROC_ENV: str(metrics)}
     return subprocess.Popen(argv, env=env, preexec_fn=functools.partial(_die_with, os.getpid()))
 
 
@@ -99,6 +111,8 @@ def supervise(
     drain_seconds: float,
     secret_env: Iterable[str] = (),
     address: str | None = None,
+    ops_address: str | None = None,
+    worker_args: Sequence[str] = (),
 ) -> int:
     """Run ``workers`` server processes until SIGTERM/SIGINT; returns the exit status.
 
@@ -108,6 +122,9 @@ def supervise(
         address: the address the workers will listen on: claimed here, for the
             supervisor's whole life (``claim_address``), so that no other
             service shares it with them.
+        ops_address: the workers' ops listener (``[ops] listen``), claimed likewise.
+        worker_args: ``tuf-signer`` options each worker gets before ``serve``
+            (e.g. ``--log-format json``).
 
     Returns:
         0 when every worker drained and exited cleanly; 1 otherwise (a worker
@@ -121,10 +138,22 @@ def supervise(
     harden_process()
     claim = claim_address(address) if address is not None else None
     try:
-        return _supervise(config, workers, listen, drain_seconds, secret_env)
-    finally:
+        ops_claim = claim_address(ops_address, "ops.listen") if ops_address else None
+    except BaseException:
         if claim is not None:
             claim.release()
+        raise
+    # Fresh for each run: values a previous run left must not add to this one's.
+    metrics = Path(tempfile.mkdtemp(prefix="tuf-signer-metrics-"))
+    try:
+        return _supervise(
+            config, workers, listen, drain_seconds, secret_env, metrics, tuple(worker_args)
+        )
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)
+        for held in (claim, ops_claim):
+            if held is not None:
+                held.release()
 
 
 def _supervise(
@@ -133,8 +162,13 @@ def _supervise(
     listen: str | None,
     drain_seconds: float,
     secret_env: Iterable[str],
+    metrics: Path,
+    worker_args: tuple[str, ...],
 ) -> int:
     secrets = take_secret_env(secret_env)
+    spawn = functools.partial(
+        _spawn, config, listen=listen, secrets=secrets, metrics=metrics, extra_args=worker_args
+    )
     stopping = False
     received: list[int] = []
 
@@ -144,7 +178,7 @@ def _supervise(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
-    procs = {i: _spawn(config, i, listen, secrets) for i in range(workers)}
+    procs = {i: spawn(i) for i in range(workers)}
     log.info("supervising %d workers: pids %s", workers, [p.pid for p in procs.values()])
     restarts: list[float] = []
     status = 0
@@ -163,6 +197,7 @@ def _supervise(
             if code is None:
                 continue
             del procs[i]
+            mark_dead(p.pid, metrics)  # its live gauges no longer count
             if stopping:
                 status = status or (1 if code else 0)
                 continue
@@ -176,7 +211,7 @@ def _supervise(
                     other.send_signal(signal.SIGTERM)
                 continue
             log.error("worker %d exited with %d; restarting it", i, code)
-            procs[i] = _spawn(config, i, listen, secrets)
+            procs[i] = spawn(i)
         if stopping and procs and time.monotonic() > deadline:
             for p in procs.values():
                 p.kill()

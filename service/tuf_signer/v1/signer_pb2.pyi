@@ -840,6 +840,139 @@ class ResetRoleStateResponse(_message.Message):
 Global___ResetRoleStateResponse: _TypeAlias = ResetRoleStateResponse  # noqa: Y015
 
 @_typing.final
+class ResetRoleStatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    version: _builtins.int
+    """the new mark of every role (0: forget them all)"""
+    reason: _builtins.str
+    """required, as for ResetRoleState"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetRoleStatesRequest: _TypeAlias = ResetRoleStatesRequest  # noqa: Y015
+
+@_typing.final
+class ResetRoleStatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLES_FIELD_NUMBER: _builtins.int
+    FIRST_AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    roles: _builtins.int
+    """how many role marks moved"""
+    first_audit_seq: _builtins.int
+    """their records: first_audit_seq .. last_audit_seq"""
+    last_audit_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        roles: _builtins.int = ...,
+        first_audit_seq: _builtins.int = ...,
+        last_audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_audit_seq", b"first_audit_seq", "last_audit_seq", b"last_audit_seq", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetRoleStatesResponse: _TypeAlias = ResetRoleStatesResponse  # noqa: Y015
+
+@_typing.final
+class SetKeyRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    reason: _builtins.str
+    """required, as for ResetRoleState"""
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleRule]:
+        """the new rules, checked as CreateKey checks them"""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        roles: _abc.Iterable[Global___RoleRule] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "reason", b"reason", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetKeyRulesRequest: _TypeAlias = SetKeyRulesRequest  # noqa: Y015
+
+@_typing.final
+class ApproveDelegationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    DELEGATIONS_SHA256_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    role: _builtins.str
+    """a targets role, e.g. "targets" """
+    delegations_sha256: _builtins.str
+    """64 lowercase hex digits"""
+    reason: _builtins.str
+    """required, as for ResetRoleState"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        role: _builtins.str = ...,
+        delegations_sha256: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delegations_sha256", b"delegations_sha256", "key", b"key", "reason", b"reason", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveDelegationsRequest: _TypeAlias = ApproveDelegationsRequest  # noqa: Y015
+
+@_typing.final
+class ApproveDelegationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    audit_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveDelegationsResponse: _TypeAlias = ApproveDelegationsResponse  # noqa: Y015
+
+@_typing.final
 class GetCheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -275,6 +275,21 @@ class KeyAdminStub:
                 request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateRequest.SerializeToString,
                 response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateResponse.FromString,
                 _registered_method=True)
+        self.ResetRoleStates = channel.unary_unary(
+                '/tuf_signer.v1.KeyAdmin/ResetRoleStates',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStatesRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStatesResponse.FromString,
+                _registered_method=True)
+        self.SetKeyRules = channel.unary_unary(
+                '/tuf_signer.v1.KeyAdmin/SetKeyRules',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.SetKeyRulesRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ApproveDelegations = channel.unary_unary(
+                '/tuf_signer.v1.KeyAdmin/ApproveDelegations',
+                request_serializer=tuf__signer_dot_v1_dot_signer__pb2.ApproveDelegationsRequest.SerializeToString,
+                response_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ApproveDelegationsResponse.FromString,
+                _registered_method=True)
 
 
 class KeyAdminServicer:
@@ -324,6 +339,32 @@ class KeyAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetRoleStates(self, request, context):
+        """Moves the mark of every role the key has signed to `version` at once (in
+        one transaction, one record per role), with a reason: a repository that
+        starts again from scratch with the same key (RSTUF's re-bootstrap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetKeyRules(self, request, context):
+        """Replaces a key's role rules (a policy edit), on the record with a reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveDelegations(self, request, context):
+        """Lets the next signature of a targets role carry delegations other than
+        the ones the key last signed for it: those whose SHA-256 (of their
+        canonical JSON) is `delegations_sha256`. On the record, with a reason;
+        used up by that signature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -356,6 +397,21 @@ def add_KeyAdminServicer_to_server(servicer, server):
                     servicer.ResetRoleState,
                     request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateRequest.FromString,
                     response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateResponse.SerializeToString,
+            ),
+            'ResetRoleStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetRoleStates,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStatesRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStatesResponse.SerializeToString,
+            ),
+            'SetKeyRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyRules,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.SetKeyRulesRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ApproveDelegations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveDelegations,
+                    request_deserializer=tuf__signer_dot_v1_dot_signer__pb2.ApproveDelegationsRequest.FromString,
+                    response_serializer=tuf__signer_dot_v1_dot_signer__pb2.ApproveDelegationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +576,87 @@ class KeyAdmin:
             '/tuf_signer.v1.KeyAdmin/ResetRoleState',
             tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateRequest.SerializeToString,
             tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetRoleStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.KeyAdmin/ResetRoleStates',
+            tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStatesRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.ResetRoleStatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKeyRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.KeyAdmin/SetKeyRules',
+            tuf__signer_dot_v1_dot_signer__pb2.SetKeyRulesRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveDelegations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuf_signer.v1.KeyAdmin/ApproveDelegations',
+            tuf__signer_dot_v1_dot_signer__pb2.ApproveDelegationsRequest.SerializeToString,
+            tuf__signer_dot_v1_dot_signer__pb2.ApproveDelegationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

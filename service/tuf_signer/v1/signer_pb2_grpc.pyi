@@ -138,6 +138,19 @@ class KeyAdminStub:
     with a reason: the recovery from a version fast-forward, and the first
     step of a repository that starts beyond the server's max_version_step.
     """
+    ResetRoleStates: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ResetRoleStatesRequest, _signer_pb2.ResetRoleStatesResponse]
+    """Moves the mark of every role the key has signed to `version` at once (in
+    one transaction, one record per role), with a reason: a repository that
+    starts again from scratch with the same key (RSTUF's re-bootstrap).
+    """
+    SetKeyRules: _grpc.UnaryUnaryMultiCallable[_signer_pb2.SetKeyRulesRequest, _signer_pb2.CreateKeyResponse]
+    """Replaces a key's role rules (a policy edit), on the record with a reason."""
+    ApproveDelegations: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ApproveDelegationsRequest, _signer_pb2.ApproveDelegationsResponse]
+    """Lets the next signature of a targets role carry delegations other than
+    the ones the key last signed for it: those whose SHA-256 (of their
+    canonical JSON) is `delegations_sha256`. On the record, with a reason;
+    used up by that signature.
+    """
 
 @_typing.type_check_only
 class KeyAdminAsyncStub(KeyAdminStub):
@@ -156,6 +169,19 @@ class KeyAdminAsyncStub(KeyAdminStub):
     """Moves the high-water mark of a (key, role) to `version`, on the record
     with a reason: the recovery from a version fast-forward, and the first
     step of a repository that starts beyond the server's max_version_step.
+    """
+    ResetRoleStates: _aio.UnaryUnaryMultiCallable[_signer_pb2.ResetRoleStatesRequest, _signer_pb2.ResetRoleStatesResponse]  # type: ignore[assignment]
+    """Moves the mark of every role the key has signed to `version` at once (in
+    one transaction, one record per role), with a reason: a repository that
+    starts again from scratch with the same key (RSTUF's re-bootstrap).
+    """
+    SetKeyRules: _aio.UnaryUnaryMultiCallable[_signer_pb2.SetKeyRulesRequest, _signer_pb2.CreateKeyResponse]  # type: ignore[assignment]
+    """Replaces a key's role rules (a policy edit), on the record with a reason."""
+    ApproveDelegations: _aio.UnaryUnaryMultiCallable[_signer_pb2.ApproveDelegationsRequest, _signer_pb2.ApproveDelegationsResponse]  # type: ignore[assignment]
+    """Lets the next signature of a targets role carry delegations other than
+    the ones the key last signed for it: those whose SHA-256 (of their
+    canonical JSON) is `delegations_sha256`. On the record, with a reason;
+    used up by that signature.
     """
 
 class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -208,6 +234,37 @@ class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
         """Moves the high-water mark of a (key, role) to `version`, on the record
         with a reason: the recovery from a version fast-forward, and the first
         step of a repository that starts beyond the server's max_version_step.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetRoleStates(
+        self,
+        request: _signer_pb2.ResetRoleStatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ResetRoleStatesResponse, _abc.Awaitable[_signer_pb2.ResetRoleStatesResponse]]:
+        """Moves the mark of every role the key has signed to `version` at once (in
+        one transaction, one record per role), with a reason: a repository that
+        starts again from scratch with the same key (RSTUF's re-bootstrap).
+        """
+
+    @_abc_1.abstractmethod
+    def SetKeyRules(
+        self,
+        request: _signer_pb2.SetKeyRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.CreateKeyResponse, _abc.Awaitable[_signer_pb2.CreateKeyResponse]]:
+        """Replaces a key's role rules (a policy edit), on the record with a reason."""
+
+    @_abc_1.abstractmethod
+    def ApproveDelegations(
+        self,
+        request: _signer_pb2.ApproveDelegationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ApproveDelegationsResponse, _abc.Awaitable[_signer_pb2.ApproveDelegationsResponse]]:
+        """Lets the next signature of a targets role carry delegations other than
+        the ones the key last signed for it: those whose SHA-256 (of their
+        canonical JSON) is `delegations_sha256`. On the record, with a reason;
+        used up by that signature.
         """
 
 def add_KeyAdminServicer_to_server(servicer: KeyAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,115 @@
+"""What SIGHUP can put in force without a restart, and what it cannot (issue 15, item 6).
+
+The server's certificate, key and client CA are read again on SIGHUP and
+used from the next TLS handshake on: gRPC asks ``ServerTls``'s fetcher before
+every handshake (``grpc.dynamic_ssl_server_credentials``), so certificates are
+rotated without a restart and connections already open keep theirs. The
+access policy, limits, identity settings and revocation lists are reloaded
+by the server itself (``SignerServer.reload``). Every other setting that
+changed is named in the log as not applied: it needs a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from tuf_signer.config import Config, TlsConfig
+from tuf_signer.errors import ConfigError
+
+# Settings SIGHUP puts in force (by dotted prefix); ``path`` is the file itself.
+RELOADED = ("path", "authz", "limits", "server.tls")
+
+
+def _read(tls: TlsConfig) -> tuple[bytes, bytes, bytes]:
+    """The certificate chain, key and client CA bundle, as bytes.
+
+    Raises:
+        ConfigError: a file cannot be read (naming the setting and the file).
+    """
+    out = []
+    for name in ("cert", "key", "client_ca"):
+        path = getattr(tls, name)
+        try:
+            out.append(path.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"server.tls.{name}: cannot read {path}: {e.strerror}") from e
+    return out[0], out[1], out[2]
+
+
+def _configuration(material: tuple[bytes, bytes, bytes]) -> Any:
+    cert, key, ca = material
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+
+class ServerTls:
+    """The server's mutual-TLS material, replaceable while it runs.
+
+    Raises:
+        ConfigError: a file cannot be read.
+    """
+
+    def __init__(self, tls: TlsConfig) -> None:
+        self._material = _read(tls)
+        self._pending: Any = None
+        self._lock = threading.Lock()  # the fetcher runs on gRPC's threads
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Server credentials that require a client certificate from ``client_ca``."""
+        return grpc.dynamic_ssl_server_credentials(
+            _configuration(self._material), self._fetch, require_client_authentication=True
+        )
+
+    def update(self, tls: TlsConfig) -> bool:
+        """Use the files of ``tls`` from the next handshake on.
+
+        Returns:
+            Whether anything changed.
+
+        Raises:
+            ConfigError: a file cannot be read (the material in force stays).
+        """
+        material = _read(tls)
+        if material == self._material:
+            return False
+        configuration = _configuration(material)
+        with self._lock:
+            self._material, self._pending = material, configuration
+        return True
+
+    def _fetch(self) -> Any:
+        """gRPC's question before each handshake: new material, or None to keep it."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The settings (dotted names) that differ between ``old`` and ``new`` and that
+    SIGHUP does not put in force. Names only: a value may be a secret's source."""
+    changed: list[str] = []
+    _diff(old, new, "", changed)
+    return [name for name in changed if not name.startswith(RELOADED)]
+
+
+def _diff(old: Any, new: Any, where: str, out: list[str]) -> None:
+    if old == new:
+        return
+    if (
+        dataclasses.is_dataclass(old)
+        and dataclasses.is_dataclass(new)
+        and type(old) is type(new)
+        and not isinstance(old, type)
+    ):
+        for f in dataclasses.fields(old):
+            _diff(getattr(old, f.name), getattr(new, f.name), f"{where}{f.name}.", out)
+        return
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            _diff(old.get(key), new.get(key), f"{where}{key}.", out)
+        return
+    out.append(where.rstrip("."))

@@ -1,0 +1,35 @@
+"""Everything about the package is in pyproject.toml, except the ``.pth`` line below.
+
+``tuf_signer_hook.pth`` makes every Python of the environment import the small
+``_tuf_signer_hook`` module at start-up, which registers the ``tufsigner:``
+URI scheme with securesystemslib lazily (README "Integrating RSTUF"): a
+repository such as RSTUF never imports ``tuf_signer`` itself. setuptools has
+no setting for a file at the top of site-packages, so ``build_py`` writes it:
+into the wheel, and for ``pip install -e`` into the editable wheel.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+PTH_NAME = "tuf_signer_hook.pth"  # sorts after __editable__.*.pth, which puts service/ on sys.path
+PTH_LINE = "import _tuf_signer_hook\n"
+
+
+class BuildPyWithPth(build_py):
+    """``build_py`` that also writes ``tuf_signer_hook.pth`` beside the packages."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            # An editable wheel ignores build_lib; what install_lib holds goes into it.
+            target = self.get_finalized_command("install").install_lib
+        else:
+            target = self.build_lib
+        path = Path(target, PTH_NAME)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(PTH_LINE)
+
+
+setup(cmdclass={"build_py": BuildPyWithPth})

@@ -1,0 +1,86 @@
+"""The freshness watch (issue 15, item 3): a role nearing expiry unrefreshed is
+warned about once, in the log and on the record; bins are one series per key."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.server.conftest import Harness, bin_role
+from tuf_signer.model import AuditEvent
+from tuf_signer.v1 import signer_pb2 as pb
+
+MARGIN = 6 * 3600  # the default ops.expiry_margin_seconds
+
+
+def expiry(key: str, role: str) -> float | None:
+    return REGISTRY.get_sample_value("tuf_signer_role_expiry_seconds", {"key": key, "role": role})
+
+
+def warnings(h: Harness) -> list[AuditEvent]:
+    return [r.event for r in h.records() if r.event.operation == "expiry-warning"]
+
+
+async def test_a_role_in_the_margin_is_warned_about_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = harness
+    watch = h.server.freshness
+    assert watch is not None
+    await h.create_key("fresh")
+    p = h.payloads
+    # Timestamp for a day, snapshot for an hour (inside the margin), two bins.
+    await h.sign("fresh", p.snapshot(1, expires=p.expires(3600)), role="snapshot")
+    await h.sign("fresh", p.timestamp(1, expires=p.expires(86400)), role="timestamp")
+    for i, seconds in ((1, 7200), (2, 4000)):
+        role = bin_role(i)
+        await h.sign("fresh", p.targets(1, role=role, expires=p.expires(seconds)), role=role)
+
+    with caplog.at_level(logging.WARNING, "tuf_signer.server._freshness"):
+        recorded = await watch.tick()
+    assert expiry("fresh", "timestamp") == 86400
+    assert expiry("fresh", "snapshot") == 3600
+    assert expiry("fresh", "bins") == 4000  # the soonest bin; no series per bin
+    assert expiry("fresh", bin_role(1)) is None
+    assert sorted((e.role, e.metadata_version) for e in recorded) == [
+        (bin_role(2), 1),
+        ("snapshot", 1),
+    ]
+    on_record = {e.role: e for e in warnings(h)}
+    assert sorted(on_record) == sorted([bin_role(2), "snapshot"])
+    assert on_record[bin_role(2)].detail["roles"] == 2  # the key's bins, as one warning
+    assert len([r for r in caplog.records if "expiry_margin_seconds" in r.getMessage()]) == 2
+    snapshot = next(e for e in warnings(h) if e.role == "snapshot")
+    assert snapshot.expires == (p.expires(3600)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "has not been re-signed" in snapshot.reason
+
+    # More ticks, time passing: nothing new on the record.
+    h.clock.now += timedelta(minutes=10)
+    assert await watch.tick() == []
+    assert expiry("fresh", "snapshot") == 3000
+    assert len(warnings(h)) == 2
+
+    # Re-signed out of the margin, then left to age into it again: one new warning.
+    await h.sign("fresh", p.snapshot(2, expires=p.expires(MARGIN + 600)), role="snapshot")
+    assert await watch.tick() == []
+    h.clock.now += timedelta(minutes=20)
+    (again,) = await watch.tick()
+    assert (again.role, again.metadata_version) == ("snapshot", 2)
+    assert len(warnings(h)) == 3
+
+
+async def test_gauges_follow_the_registry(harness: Harness) -> None:
+    h = harness
+    assert h.server.freshness is not None
+    await h.create_key("counted")
+    await h.admin.RotateKey(pb.RotateKeyRequest(key="counted"))  # a PENDING version
+    await h.server.freshness.tick()
+    pending = REGISTRY.get_sample_value("tuf_signer_key_versions", {"state": "pending"})
+    active = REGISTRY.get_sample_value("tuf_signer_key_versions", {"state": "active"})
+    assert pending == 1 and active == 1
+    assert REGISTRY.get_sample_value("tuf_signer_expiry_margin_seconds") == MARGIN
+    size = REGISTRY.get_sample_value("tuf_signer_audit_tree_size")
+    assert size == len(h.records())

@@ -184,6 +184,10 @@ class SignerServer:
             await self._release()
             raise
         self.health.start()
+        if self._parts is not None and self._parts.log is not None and self._parts.log.halted:
+            # A halted log (a store behind or forked from its witnesses) is not
+            # SERVING from the first answer on, not from the first probe.
+            await self.health.probe_once()
         parts = self._parts
         assert parts is not None
         self.freshness = FreshnessWatch(

@@ -7,21 +7,27 @@ the consistency proof from the size that witness last cosigned. Cosignatures
 are verified with the witness's key, then kept with the checkpoint.
 
 What the witnesses say is also a check of this host (issue 13, "the signer
-checks itself"). At start, each witness's newest checkpoint (its monitoring
-endpoint) is compared with the store; later, its answers to ``add-checkpoint``
-are. A witness that cosigned a larger tree than the store holds (the store is
-an older copy: its role high-water marks went back with it), or a tree the
-store does not extend (a fork), halts signing: every Sign is refused
-UNAVAILABLE, on the record, and health turns NOT_SERVING, until an operator
-restores the store or starts a new log (docs/runbooks). A halt is never lifted
-by the process itself.
+checks itself"). Each witness's size counts only once its cosignature
+verified: on our checkpoint, or on the checkpoint it serves (its monitoring
+endpoint, fetched at start and whenever it claims to hold a tree we do not
+expect). Status codes and stored rows are not signed, so they are never a
+verdict by themselves. The store must always hold the largest tree a witness
+verifiably cosigned: one that holds fewer records (an older copy: its role
+high-water marks went back with it), or other records (a fork), halts
+signing: every Sign is refused UNAVAILABLE, on the record, health turns
+NOT_SERVING, and no checkpoint of that store is signed, until an operator
+restores the store or starts a new log (docs/runbooks.md). A halt is never
+lifted by the process itself. This is checked on every refresh, so a store
+restored under a running signer is caught too.
 
 With ``audit.max_unwitnessed_records`` or ``_seconds`` set, Sign is also
-refused while the newest checkpoint that ``witness_quorum`` witnesses
+refused while the newest size that ``witness_quorum`` witnesses verifiably
 cosigned is that far behind: an attacker on this host cannot silence the log
-(stop the witnesses hearing of new records) and keep signing. The gate reads
-state the log refreshes once per interval, so it closes within one interval of
-the limit and costs a Sign two comparisons.
+(stop the witnesses hearing of new records) and keep signing. After a restart
+nothing counts as witnessed until the witnesses answer again. The gate reads
+state refreshed once per interval, on its own timer (a tick waiting on a slow
+witness does not stall it), so it closes within about one interval of the
+limit and costs a Sign two comparisons.
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from tuf_signer._text import printable
 from tuf_signer.audit import AuditStore
-from tuf_signer.audit._checkpoint import Checkpoint, open_checkpoint
+from tuf_signer.audit._checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
 from tuf_signer.audit._checkpoints import StoredCheckpoint
 from tuf_signer.audit._note import (
     NoteError,
@@ -53,7 +60,6 @@ from tuf_signer.server._values import rfc3339, utc_now
 from tuf_signer.witness import (
     WitnessConflict,
     WitnessRejected,
-    WitnessUnavailable,
     fetch_checkpoint,
 )
 from tuf_signer.witness import add_checkpoint as post_checkpoint
@@ -73,13 +79,20 @@ class _Witness:
 
     config: WitnessConfig
     key: VerifierKey
-    size: int | None = None  # the size it last cosigned, once known
+    size: int | None = None  # the size it says it holds (a hint: a 409 is not signed)
+    cosigned: int = 0  # the largest size whose cosignature by it this process verified
     up: bool | None = None  # its last answer: None before the first
     reason: str = ""
 
 
 class TransparencyLog:
     """Checkpoints, cosignatures and the Sign gate of one server process.
+
+    What the gate trusts is what this process verified: a witness's size
+    counts once its cosignature (on our checkpoint, or on the checkpoint it
+    serves) verified with its key, never from a row in the store or an
+    unsigned status code. After a restart every witness is asked again, so
+    until a quorum has answered, everything in the store counts as unwitnessed.
 
     Args:
         store: the audit store (its tree and checkpoint tables).
@@ -105,7 +118,15 @@ class TransparencyLog:
         self._wall = wall
         self.origin = config.origin
         self._witnesses = [_Witness(w, parse_verifier_key(w.vkey)) for w in config.witnesses]
+        # Witness calls wait on the network: their own threads, so that a slow
+        # witness never holds the threads store reads and health probes use.
+        self._threads = ThreadPoolExecutor(
+            max_workers=max(1, len(self._witnesses)), thread_name_prefix="tuf-witness"
+        )
         self._halted: LogUnavailableError | None = None
+        # The largest (size, root, witness name) a witness verifiably cosigned:
+        # the store must always hold that tree.
+        self._high: tuple[int, bytes, str] | None = None
         self._tree_size = 0
         self._witnessed_size = 0
         # Wall time of the oldest record the quorum has not cosigned, or None.
@@ -125,7 +146,7 @@ class TransparencyLog:
 
     @property
     def sizes(self) -> tuple[int, int]:
-        """The tree's size and the size the witness quorum cosigned, as of the last tick."""
+        """The tree's size and the size the witness quorum cosigned, as of the last refresh."""
         return self._tree_size, self._witnessed_size
 
     # --- the gate --------------------------------------------------------------
@@ -172,39 +193,60 @@ class TransparencyLog:
         await self.tick()
 
     async def run(self) -> None:
-        """Tick every ``checkpoint_interval``, until cancelled; a failing tick is logged."""
+        """Tick every ``checkpoint_interval`` until cancelled; failures are logged.
+
+        The gate is refreshed as often on its own, so that a tick waiting on a
+        slow witness does not leave it stale.
+        """
+        ticking = asyncio.ensure_future(self._every(self.tick))
+        try:
+            await self._every(self._refresh_gate)
+        finally:
+            ticking.cancel()
+
+    async def _every(self, step: Callable[[], Awaitable[object]]) -> None:
         while True:
             await asyncio.sleep(self._config.checkpoint_interval)
             try:
-                await self.tick()
+                await step()
             except TufSignerError as e:
-                log.warning("transparency log: checkpoint failed: %s", e.reason)
-            except Exception as e:  # a bug must not stop checkpoints for good
-                log.error("transparency log: checkpoint failed: %s", loggable_cause(e))
+                log.warning("transparency log: %s", e.reason)
+            except Exception as e:  # a bug must not stop the log for good
+                log.error("transparency log: failed: %s", loggable_cause(e))
 
-    async def tick(self) -> StoredCheckpoint:
+    def close(self) -> None:
+        """Stop the witness threads (a call in flight ends at its own timeout)."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def tick(self) -> StoredCheckpoint | None:
         """Sign a checkpoint if the tree grew, send it to the witnesses, refresh the gate.
 
+        Nothing is signed or sent once signing is halted: a checkpoint of a
+        store found behind or forked would be the log's own signature on a
+        split view.
+
         Returns:
-            The newest checkpoint, with the cosignatures gathered so far.
+            The newest checkpoint, with the cosignatures gathered so far
+            (None when halted before the first).
 
         Raises:
             TufSignerError: the store or the audit key failed.
         """
         async with self._lock:
-            size = await _blocking(self._store.tree_size)
-            latest = await _blocking(self._store.latest_checkpoint, self.origin)
-            if latest is None or size > latest.size:
-                latest = await self._sign(size)
-            if self._halted is None:
-                await asyncio.gather(
-                    *(self._submit(w, latest) for w in self._witnesses if w.size != latest.size)
-                )
-                latest = (
-                    await _blocking(self._store.checkpoint_at, self.origin, latest.size) or latest
-                )
-            await self._refresh(size)
-            return latest
+            try:
+                size = await self._refresh_gate()
+                latest = await _blocking(self._store.latest_checkpoint, self.origin)
+                if self._halted is not None:
+                    return latest
+                if latest is None or size > latest.size:
+                    latest = await self._sign(size)
+                root = checkpoint_of(latest.note).root_hash
+                pending = [w for w in self._witnesses if w.cosigned != latest.size]
+                await asyncio.gather(*(self._submit(w, latest, root) for w in pending))
+                stored = await _blocking(self._store.checkpoint_at, self.origin, latest.size)
+                return stored or latest
+            finally:
+                await self._refresh_gate()
 
     async def _sign(self, size: int) -> StoredCheckpoint:
         root = await _blocking(self._store.tree_hash, size)
@@ -218,18 +260,13 @@ class TransparencyLog:
     # --- witnesses -----------------------------------------------------------------
 
     async def _compare(self, w: _Witness) -> None:
-        """Hold the store against ``w``'s newest checkpoint; halt if it is behind or forked.
-
-        The store's size is read after the witness answers: a replica or
-        worker sharing the store may have had a larger tree cosigned meanwhile,
-        and the store holds it by then.
-        """
+        """Learn ``w``'s newest cosigned checkpoint (verified) and hold the store against it."""
         try:
-            note = await asyncio.to_thread(
+            note = await self._call(
                 fetch_checkpoint, w.config.url, self.origin, self._config.witness_timeout
             )
-        except WitnessUnavailable as e:
-            self._mark(w, False, e.reason)
+        except TufSignerError as e:  # unreachable, or a 4xx on its monitoring endpoint
+            self._mark(w, False, f"its checkpoint could not be fetched: {e.reason}")
             return
         if note is None:  # it has cosigned nothing of ours yet
             w.size = 0
@@ -242,25 +279,21 @@ class TransparencyLog:
             self._mark(w, False, f"its checkpoint does not verify: {e.reason}")
             return
         theirs = signed.checkpoint
-        size = await _blocking(self._store.tree_size)
-        if theirs.size > size:
-            self._halt(self._behind(w, theirs.size, size))
-        elif await _blocking(self._store.tree_hash, theirs.size) != theirs.root_hash:
-            self._halt(self._forked(w, theirs.size))
-        else:
-            w.size = max(w.size or 0, theirs.size)
+        self._cosigned(w, theirs.size, theirs.root_hash)
+        await self._hold(await _blocking(self._store.tree_size))
 
-    async def _submit(self, w: _Witness, cp: StoredCheckpoint) -> None:
+    async def _submit(self, w: _Witness, cp: StoredCheckpoint, root: bytes) -> None:
         """Ask ``w`` to cosign ``cp``; keep the cosignature, or note why not."""
         old = w.size or 0
         for _attempt in range(2):
-            if old > cp.size:  # it cosigned a newer tree (checked by _compare): sign anew
+            if old > cp.size:  # it holds a larger tree: is it ours?
+                await self._compare(w)
                 return
             proof: Sequence[bytes] = ()
             if 0 < old < cp.size:
                 proof = await _blocking(self._store.consistency_proof, old, cp.size)
             try:
-                body = await asyncio.to_thread(
+                body = await self._call(
                     post_checkpoint,
                     w.config.url,
                     old,
@@ -268,67 +301,91 @@ class TransparencyLog:
                     cp.note,
                     self._config.witness_timeout,
                 )
-            except WitnessConflict as e:  # it cosigned another size: retry from that one
-                if e.size > cp.size:
-                    # Another worker or replica may have had a newer checkpoint
-                    # cosigned: the witness's own checkpoint says which.
-                    await self._compare(w)
-                    return
+            except WitnessConflict as e:  # it holds another size (a hint: not signed)
                 w.size = old = e.size
                 continue
             except WitnessRejected as e:
                 if e.status == 422 and old > 0:
-                    # The witness holds a tree of size ``old`` that ours does not extend.
-                    self._halt(self._forked(w, old))
+                    # Unsigned, so no verdict by itself: the witness's own signed
+                    # checkpoint says whether the store forked from it.
+                    await self._compare(w)
+                    if self._halted is None:
+                        self._mark(w, False, "answered 422 to a consistent extension")
                 else:
                     self._mark(w, False, f"refused the checkpoint ({e.status}): {e.reason}")
                 return
-            except WitnessUnavailable as e:
+            except TufSignerError as e:  # unreachable, slow, garbage
                 self._mark(w, False, e.reason)
                 return
-            lines = self._cosignatures(w, cp, body)
-            if not lines:
+            line = self._cosignature(w, cp, body)
+            if line is None:
                 return
             await _blocking(
-                self._store.add_cosignatures, self.origin, cp.size, lines, rfc3339(utc_now())
+                self._store.add_cosignatures,
+                self.origin,
+                cp.size,
+                [(w.key.name, line)],
+                rfc3339(utc_now()),
             )
-            w.size = cp.size
+            self._cosigned(w, cp.size, root)
             self._mark(w, True, "")
             return
         self._mark(w, False, "kept answering 409 Conflict")
 
-    def _cosignatures(
-        self, w: _Witness, cp: StoredCheckpoint, body: bytes
-    ) -> list[tuple[str, str]]:
-        """``w``'s verified cosignature lines in an ``add-checkpoint`` answer."""
-        text = parse_note(cp.note).text
-        try:
-            lines = body.decode().splitlines()
-            note = parse_note(text.encode() + b"\n" + body)
-            verified = verify_note(note, [w.key])
-        except (UnicodeDecodeError, NoteError) as e:
-            reason = e.reason if isinstance(e, NoteError) else "not UTF-8"
-            self._mark(w, False, f"answered with a cosignature that does not verify: {reason}")
-            return []
-        if not any(v.timestamp for v in verified):
-            self._mark(w, False, "answered with no timestamped cosignature")
-            return []
+    def _cosignature(self, w: _Witness, cp: StoredCheckpoint, body: bytes) -> str | None:
+        """``w``'s valid, timestamped cosignature of ``cp`` in an ``add-checkpoint`` answer.
+
+        A witness may answer with several lines under its name (another key
+        type, tlog-cosignature); only one that verifies with its key is kept.
+        """
+        text = parse_note(cp.note).text.encode()
         mine = f"\u2014 {w.key.name} "
-        return [(w.key.name, line) for line in lines if line.startswith(mine)]
+        try:
+            lines = [line for line in body.decode().splitlines() if line.startswith(mine)]
+        except UnicodeDecodeError:
+            lines = []
+        for line in lines:
+            try:
+                verified = verify_note(parse_note(text + b"\n" + line.encode() + b"\n"), [w.key])
+            except NoteError:
+                continue  # another key of that name, or not a signature line at all
+            if any(v.timestamp for v in verified):
+                return line
+        self._mark(w, False, "answered without a valid timestamped cosignature by its key")
+        return None
 
-    def _behind(self, w: _Witness, theirs: int, ours: int) -> LogUnavailableError:
-        return LogUnavailableError(
-            f"the audit store is behind witness {w.key.name!r}: it cosigned {theirs} records "
-            f"of log {self.origin!r} and the store holds {ours} (an older copy of the store?); "
-            "signing is halted until an operator resolves it (docs/runbooks.md)"
-        )
+    def _cosigned(self, w: _Witness, size: int, root: bytes) -> None:
+        """Note a cosignature of (size, root) by ``w`` that verified."""
+        w.cosigned = max(w.cosigned, size)
+        w.size = max(w.size or 0, size)
+        if self._high is None or size > self._high[0]:
+            self._high = (size, root, w.key.name)
 
-    def _forked(self, w: _Witness, size: int) -> LogUnavailableError:
-        return LogUnavailableError(
-            f"the audit store forked from witness {w.key.name!r}: its first {size} records "
-            f"differ from the tree the witness cosigned for log {self.origin!r}; signing "
-            "is halted until an operator resolves it (docs/runbooks.md)"
-        )
+    async def _hold(self, size: int) -> None:
+        """Halt when the store is not the tree some witness verifiably cosigned."""
+        if self._high is None or self._halted is not None:
+            return
+        high, root, name = self._high
+        if size < high:
+            self._halt(
+                LogUnavailableError(
+                    f"the audit store is behind witness {name!r}: it cosigned {high} records "
+                    f"of log {self.origin!r} and the store holds {size} (an older copy of the "
+                    "store?); signing is halted until an operator resolves it "
+                    "(docs/runbooks.md)"
+                )
+            )
+        elif await _blocking(self._store.tree_hash, high) != root:
+            self._halt(
+                LogUnavailableError(
+                    f"the audit store forked from witness {name!r}: its first {high} records "
+                    f"differ from the tree the witness cosigned for log {self.origin!r}; "
+                    "signing is halted until an operator resolves it (docs/runbooks.md)"
+                )
+            )
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     def _halt(self, error: LogUnavailableError) -> None:
         if self._halted is None:
@@ -347,13 +404,19 @@ class TransparencyLog:
 
     # --- the gate's state ------------------------------------------------------------
 
-    async def _refresh(self, size: int) -> None:
-        """Re-read how far the quorum's cosignatures cover the tree."""
+    async def _refresh_gate(self) -> int:
+        """Re-read the tree's size, hold it against the witnesses, recount the unwitnessed.
+
+        Returns:
+            The tree's size.
+        """
+        size = await _blocking(self._store.tree_size)
+        await self._hold(size)
         quorum = self._config.witness_quorum
         witnessed = 0
         if quorum:
-            newest = await _blocking(self._store.latest_witnessed, self.origin, quorum)
-            witnessed = 0 if newest is None else newest.size
+            sizes = sorted((w.cosigned for w in self._witnesses), reverse=True)
+            witnessed = min(sizes[quorum - 1], size)
         self._tree_size, self._witnessed_size = size, witnessed
         if not quorum or witnessed >= size:
             self._oldest_unwitnessed = None
@@ -363,11 +426,17 @@ class TransparencyLog:
         if ok != self._witness_ok:
             self._witness_ok = ok
             self._on_witness_state(ok)
+        return size
 
     def _record_time(self, seq: int) -> float | None:
         for record in self._store.records(seq):
             return _epoch(record.event.time)
         return None
+
+
+def checkpoint_of(note: bytes) -> Checkpoint:
+    """The checkpoint a stored note carries (its signature is the caller's to check)."""
+    return parse_checkpoint(parse_note(note).text)
 
 
 def _epoch(text: str) -> float:

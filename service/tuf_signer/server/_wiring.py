@@ -126,6 +126,8 @@ class Parts:
 
     async def close(self) -> None:
         """Commit what the service has queued, then close the backends and the store."""
+        if self.log is not None:
+            self.log.close()
         self.service.close()
         for backend in self.backends.values():
             await backend.close()

@@ -24,6 +24,7 @@ from tuf.api.metadata import (
     MetaFile,
     Root,
     Snapshot,
+    SuccinctRoles,
     Targets,
     Timestamp,
 )
@@ -216,6 +217,8 @@ class Scene:
         now: datetime = NOW,
         prove: Callable[[int], bytes | None] | None = None,
         keys: LogKeys | None = None,
+        held: frozenset[str] | None = None,
+        every_record: bool = False,
     ) -> MonitorReport:
         keys = keys or self.keys
         files, unread, listed = read_repository(self.repo.read, sample=sample, rng=random.Random(1))
@@ -225,14 +228,15 @@ class Scene:
         def find(digest: str) -> Sequence[tuple[int, bytes]]:
             from tuf_signer.audit import record_leaf
 
-            return [(r.seq, record_leaf(r)) for r in self.store.find_records(digest)]
+            found = self.store.find_records(digest, granted_signs_only=not every_record)
+            return [(r.seq, record_leaf(r)) for r in found]
 
         def default_prove(seq: int) -> bytes | None:
             return None if seq > size else tlog_proof(self.store, keys.origin, seq, size)
 
         return check_signatures(
             files,
-            held={self.repo.online.public_key.keyid},
+            held={self.repo.online.public_key.keyid} if held is None else held,
             find=find,
             prove=prove or default_prove,
             keys=keys,
@@ -304,10 +308,32 @@ def test_only_a_granted_sign_of_that_very_signature_counts(
         _record(store, md, other_role)
     _record(store, last, role, **fields)
     s.witness_all()
-    report = s.run()
+    # The monitor checks each record it is given, whatever the finder filtered.
+    report = s.run(every_record=True)
     (finding,) = report.findings
     assert finding.kind is Kind.UNLOGGED and finding.file == "timestamp.json"
     assert "(1 other records of this digest)" in finding.reason
+
+
+def test_refusals_of_a_digest_cannot_push_its_granted_record_out(store: AuditStore) -> None:
+    """Review finding 10: 100 refusals (a gate retried) come before the grant of a digest."""
+    repo = Repo.build()
+    log, witness = SoftwareLogKey.generate(), SoftwareWitness.generate()
+    s = Scene(repo, store, LogKeys(log.key, (witness.key,), 1), log, witness)
+    *others, (role, last) = repo.signed
+    _register(store, repo.online)
+    for other_role, md in others:
+        _record(store, md, other_role)
+    for _ in range(100):
+        _record(store, last, role, outcome=Outcome.REFUSED, status="UNAVAILABLE")
+    _record(store, last, role)
+    s.witness_all()
+    digest = _digest(last)
+    assert {r.event.outcome for r in store.find_records(digest)} == {Outcome.REFUSED}  # default
+    (granted,) = store.find_records(digest, granted_signs_only=True)
+    assert granted.seq == store.tree_size() and granted.event.outcome is Outcome.GRANTED
+    report = s.run()
+    assert report.ok and report.proven == 6, report.findings
 
 
 def test_a_record_not_yet_witnessed_is_pending_then_a_finding(scene: Scene) -> None:
@@ -326,6 +352,67 @@ def test_a_record_not_yet_witnessed_is_pending_then_a_finding(scene: Scene) -> N
     # Once witnessed, it is proven.
     scene.witness_all()
     assert scene.run(now=NOW + timedelta(hours=2)).proven == 6
+
+
+def test_a_record_dated_in_the_future_is_a_finding_not_pending(scene: Scene) -> None:
+    """Review finding 11: a future time would keep a record pending for ever."""
+    bump = Metadata[Timestamp].from_bytes(scene.repo.files["timestamp.json"])
+    bump.signed.version += 1
+    bump.signatures.clear()
+    scene.repo.publish("timestamp", bump)
+    _record(scene.store, bump, "timestamp", time="2026-01-01T00:04:00.000000Z")
+    assert scene.run().pending  # within the clock skew: pending
+    bump.signed.version += 1
+    bump.signatures.clear()
+    scene.repo.publish("timestamp", bump)
+    _record(scene.store, bump, "timestamp", time="2027-01-01T00:00:00.000000Z")
+    report = scene.run()
+    (finding,) = report.findings
+    assert finding.kind is Kind.FUTURE and finding.seq == scene.store.tree_size()
+    assert "dated 2027-01-01T00:00:00.000000Z, after now (2026-01-01T00:00:00+00:00)" in (
+        finding.reason
+    )
+    assert not report.pending
+
+
+def test_keys_the_repository_gives_online_roles_are_held_whatever_the_registry_says(
+    scene: Scene,
+) -> None:
+    """Review finding 11: the monitored host's registry cannot hide an online key."""
+    keyid = scene.repo.online.public_key.keyid
+    report = scene.run(held=frozenset())
+    assert (report.held, report.proven) == (6, 6)  # still checked against the log
+    (finding,) = report.findings
+    assert finding.kind is Kind.UNREGISTERED and finding.keyid == keyid
+    assert finding.file == "1.root.json"
+    assert "registry does not hold" in finding.reason
+    # A signature made outside the service with that key is found.
+    md = Metadata[Targets].from_bytes(scene.repo.files["1.bins-2.json"])
+    md.signed.unrecognized_fields["x-evil"] = "yes"
+    md.signatures.clear()
+    md.sign(scene.repo.online)
+    scene.repo.files["1.bins-2.json"] = md.to_bytes(_SERIALIZER)
+    kinds = [f.kind for f in scene.run(held=frozenset()).findings]
+    assert kinds == [Kind.UNREGISTERED, Kind.UNLOGGED]
+
+
+def test_the_succinct_bins_delegation_s_keys_are_held(store: AuditStore) -> None:
+    """TAP 15 bins: targets' succinct_roles keyids count as online keys too."""
+    repo = Repo.build()
+    bins_key = CryptoSigner.generate_ed25519().public_key
+    md = Metadata[Targets].from_bytes(repo.files["1.targets.json"])
+    assert md.signed.delegations is not None
+    md.signed.delegations.keys[bins_key.keyid] = bins_key
+    md.signed.delegations.roles = None
+    md.signed.delegations.succinct_roles = SuccinctRoles([bins_key.keyid], 1, 2, "bins")
+    md.signatures.clear()
+    repo.publish("targets", md, online=False)
+    log, witness = SoftwareLogKey.generate(), SoftwareWitness.generate()
+    s = Scene(repo, store, LogKeys(log.key, (witness.key,), 1), log, witness)
+    _register(store, repo.online)
+    s.witness_all()
+    found = {(f.kind, f.file, f.keyid) for f in s.run().findings}
+    assert (Kind.UNREGISTERED, "1.targets.json", bins_key.keyid) in found
 
 
 def _flip(proof: bytes) -> bytes:

@@ -41,6 +41,7 @@ from tuf_signer.audit._witnessed import (
     StoreBehindError,
     StoreForkError,
     UntrustedCheckpointError,
+    UnwitnessedError,
     verify_log,
 )
 from tuf_signer.errors import AuditChainError, RequestError
@@ -403,6 +404,27 @@ def test_each_forgery_passes_without_a_checkpoint_from_outside(scene: Scene) -> 
     report = verify_log(forged, KEYS)
     assert [c.source for c in report.checkpoints] == ["the store's newest checkpoint"]
     assert report.notes == ("no checkpoint in the store is cosigned by 1 of the given witnesses",)
+    # An auditor who asked for the quorum (review finding 9) gets a failure, not a note.
+    with pytest.raises(UnwitnessedError, match="a quorum of 1 was asked for") as caught:
+        verify_log(forged, KEYS, require_witnessed=True)
+    assert caught.value.kind == "unwitnessed"
+    assert (
+        "no checkpoint in the store is cosigned by 1 of the given witnesses" in caught.value.reason
+    )
+
+
+def test_a_required_quorum_fails_a_store_with_no_checkpoint(new_place: Callable[[], Place]) -> None:
+    place = new_place()
+    store = place.open()
+    try:
+        store.append([AuditFactory().note() for _ in range(3)])
+        assert verify_log(store, KEYS).notes == (f"the store holds no checkpoint of {ORIGIN!r}",)
+        with pytest.raises(UnwitnessedError, match=f"holds no checkpoint of {ORIGIN!r}; a quorum"):
+            verify_log(store, KEYS, require_witnessed=True)
+        # A quorum of 0 asks for nothing.
+        verify_log(store, LogKeys(LOG.key, (WITNESS.key,), 0), require_witnessed=True)
+    finally:
+        store.close()
 
 
 # --- an honest log passes, and says what it checked ----------------------------------------

@@ -12,6 +12,7 @@ store, as a stolen key would be listed) used directly with securesystemslib.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import json
 import threading
@@ -31,6 +32,7 @@ from tests.conftest import free_port
 from tests.witnesses import ORIGIN, WITNESS, WitnessProcess, audit_key, set_log
 from tuf_signer.audit import AddVersion, Entry, SqliteAuditStore
 from tuf_signer.client import Client, close_shared_clients, register, shared_client
+from tuf_signer.errors import RemoteError
 from tuf_signer.model import AuditEvent, BinsDelegation, KeyState, KeyVersion, Outcome
 from tuf_signer.policy import bins_pattern
 from tuf_signer.witness import create_witness
@@ -53,6 +55,7 @@ class World:
     log_vkey: str
     witness_vkey: str
     outside: CryptoSigner  # the copy of the key, outside the service
+    witness: WitnessProcess
 
     def monitor(self, *args: str, mode: str = "server") -> Any:
         source = (
@@ -143,7 +146,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, softhsm: Any) -> Iterator[Wo
         _witnessed_everything(config)
         with serve(tmp / "repo") as url:
             yield World(
-                address, config, tmp / "repo", f"{url}/metadata/", log_vkey, witness_vkey, outside
+                address,
+                config,
+                tmp / "repo",
+                f"{url}/metadata/",
+                log_vkey,
+                witness_vkey,
+                outside,
+                witness,
             )
     finally:
         close_shared_clients()
@@ -304,3 +314,59 @@ def _other_log_vkey() -> str:
 
     raw = CryptoSigner.generate_ed25519().public_key.keyval["public"]
     return VerifierKey(ORIGIN, ED25519, bytes.fromhex(raw)).text()
+
+
+# --- last: these stop the witness --------------------------------------------------------------
+
+
+def _newest_checkpoint_covers_everything(config: Path) -> int:
+    end = time.monotonic() + SOON
+    while True:
+        store = SqliteAuditStore(config.parent / "audit.db")
+        try:
+            newest = store.latest_checkpoint(ORIGIN)
+            size = store.tree_size()
+            if newest is not None and newest.size >= size:
+                return size
+        finally:
+            store.close()
+        assert time.monotonic() < end, "the signer made no checkpoint of the new records"
+        time.sleep(0.1)
+
+
+def test_refusals_and_a_checkpoint_not_yet_cosigned_raise_no_false_alarm(world: World) -> None:
+    """Review finding 10: the server's newest checkpoint may not be cosigned yet, and
+    refusals of a digest come back with its records; the monitor asks for neither."""
+    timestamp = Metadata.from_bytes((world.repo / "metadata" / "timestamp.json").read_bytes())
+    digest = hashlib.sha256(timestamp.signed_bytes).hexdigest()
+    world.witness.stop()
+    try:
+        with Client(world.address, timeout=60) as client:
+            for _ in range(3):  # a client retrying a request the policy refuses
+                with pytest.raises(RemoteError):
+                    client.sign(KEY, timestamp.signed_bytes, "timestamp", "ab" * 32)
+            everything = client.find_records(digest)
+            granted = client.find_records(digest, granted_signs_only=True)
+            with pytest.raises(RemoteError, match="witnessed_by asks for the newest") as bad:
+                client.checkpoint(1, witnessed_by=1)
+            assert bad.value.code == "INVALID_ARGUMENT"
+            with pytest.raises(RemoteError, match="cosigned by 5 witnesses") as none:
+                client.checkpoint(witnessed_by=5)
+            assert none.value.code == "FAILED_PRECONDITION"
+        assert [json.loads(r.leaf)["event"]["outcome"] for r in everything] == [
+            "granted", "refused", "refused", "refused"
+        ]  # fmt: skip
+        assert [r.seq for r in granted] == [everything[0].seq]
+        size = _newest_checkpoint_covers_everything(world.config)
+        store = SqliteAuditStore(world.config.parent / "audit.db")
+        try:
+            witnessed = store.latest_witnessed(ORIGIN)
+            assert witnessed is not None and witnessed.size < size  # the newest is not cosigned
+        finally:
+            store.close()
+        code, report = world.json("server")
+        assert code == 0, report
+        assert (report["proven"], report["pending"]) == (6, 0)
+        assert report["witnessed_size"] == witnessed.size
+    finally:
+        world.witness.start()

@@ -338,6 +338,49 @@ def test_from_witnesses_holds_the_store_to_each_witness(
     )
 
 
+def test_from_witnesses_trusts_only_the_witness_keys_given(
+    auditor: Auditor, witness: WitnessProcess
+) -> None:
+    """Review finding 8: the config may come from the compromised host; --witness-vkey rules."""
+    other = SoftwareWitness.generate("witness.test/w2").key.text()
+    code, out, err = auditor.verify(
+        "--vkey-file", str(auditor.vkey), "--from-witnesses", "--witness-vkey", other,
+        "--quorum", "0",
+    )  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: --from-witnesses: the config's witness {witness.vkey.name} ({witness.url}) has "
+        f"the key {witness.vkey.text()}, which is not among the --witness-vkey keys given\n"
+    )
+    code, out, err = auditor.verify(
+        "--vkey-file", str(auditor.vkey), "--from-witnesses",
+        "--witness-vkey", witness.vkey.text(),
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"witness {witness.vkey.name} ({witness.url}) (size 9" in out
+
+
+def test_a_quorum_asked_for_must_be_met(auditor: Auditor) -> None:
+    """Review finding 9: --quorum / --witness-vkey with no stored checkpoint meeting them fails."""
+    with SqliteAuditStore(auditor.db) as store:
+        store.append([auditor.make.note()])
+        LOG.checkpoint(store)  # the newest checkpoint (size 10) is not cosigned
+    code, out, err = auditor.verify("--vkey-file", str(auditor.vkey))
+    assert code == 0, err  # no quorum asked for: the newest checkpoint alone
+    other = SoftwareWitness.generate("witness.test/w2").key.text()
+    code, out, err = auditor.verify("--vkey-file", str(auditor.vkey), "--witness-vkey", other)
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "FAILED: no checkpoint in the store is cosigned by 1 of the given witnesses"
+    )
+    assert "a quorum of 1 was asked for (witnesses 'witness.test/w2')" in err
+    code, out, _ = auditor.verify(
+        "--vkey-file", str(auditor.vkey), "--witness-vkey", WITNESS.key.text(), "--json"
+    )
+    assert code == 0  # the checkpoint of size 9 is cosigned by it
+    assert json.loads(out)["checkpoints"][-1]["source"] == "the store's newest witnessed checkpoint"
+
+
 def test_from_witnesses_fails_when_a_witness_cannot_answer(
     auditor: Auditor, witness: WitnessProcess
 ) -> None:

@@ -120,3 +120,31 @@ def test_evidence_is_kept_once_per_tree_head_and_bounded_per_log(
             state.advance(ORIGIN, refuse(size))
     assert [e.misbehaviour.size for e in state.evidence()] == [1, 2, 3]
     assert state.latest(ORIGIN) is None  # evidence only: nothing was cosigned
+
+
+def test_junk_proof_evidence_does_not_crowd_out_an_equivocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (Low): the cap is per kind, and an equivocation replaces a proof record."""
+    monkeypatch.setattr(_state, "MAX_EVIDENCE", 2)
+    state = WitnessState(tmp_path / "state.db")
+
+    def refuse(kind: str, size: int) -> Callable[[Cosigned | None], Cosigned]:
+        def decide(current: Cosigned | None) -> Cosigned:
+            evidence = Misbehaviour(kind, ORIGIN, size, bytes(32), 0, (), b"cp", None)
+            raise InconsistentCheckpoint(f"{kind} at {size}", evidence)
+
+        return decide
+
+    for size in (1, 2, 3, 4):  # anyone can replay checkpoints with a junk proof
+        with pytest.raises(InconsistentCheckpoint):
+            state.advance(ORIGIN, refuse("proof", size))
+    for size in (2, 7):  # then the log equivocates, once at a head a junk proof took first
+        with pytest.raises(InconsistentCheckpoint):
+            state.advance(ORIGIN, refuse("equivocation", size))
+    kept = sorted((e.misbehaviour.kind, e.misbehaviour.size, e.reason) for e in state.evidence())
+    assert kept == [
+        ("equivocation", 2, "equivocation at 2"),
+        ("equivocation", 7, "equivocation at 7"),
+        ("proof", 1, "proof at 1"),
+    ]

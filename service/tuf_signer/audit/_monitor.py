@@ -48,6 +48,10 @@ from tuf_signer.errors import TufSignerError, shown
 LIMITS = UpdaterConfig()
 # A record not in a witnessed checkpoint this long after it was written is a finding.
 DEFAULT_MAX_PENDING = timedelta(hours=1)
+# A record written later than now plus this is a finding, not pending (it would stay so).
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+# The roles whose keys are online, so held by tuf-signer (PEP 458: timestamp, snapshot, bins).
+ONLINE_ROLES = ("timestamp", "snapshot")
 
 
 class MonitorError(TufSignerError):
@@ -95,6 +99,8 @@ class Kind(enum.StrEnum):
     PROOF_FAILED = "proof-failed"  # the record's inclusion proof does not verify
     UNWITNESSED = "unwitnessed"  # logged, but not witnessed within max_pending
     UNREADABLE = "unreadable"  # a delegated role's file could not be read: not checked
+    UNREGISTERED = "unregistered"  # the root or targets gives an online role a key not held
+    FUTURE = "future"  # the record's time is ahead of now: no pending that never ends
     PENDING = "pending"  # logged, not yet witnessed, within max_pending: not a failure
 
 
@@ -406,6 +412,34 @@ def witnessed_size(note: bytes | None, keys: LogKeys) -> int:
     return signed.checkpoint.size
 
 
+def _keyids(role: object) -> list[str]:
+    keyids = role.get("keyids") if isinstance(role, dict) else None
+    return [k for k in keyids if isinstance(k, str)] if isinstance(keyids, list) else []
+
+
+def online_keys(files: Iterable[_File]) -> dict[str, str]:
+    """The keyids the repository itself gives to online roles, each with the file naming it.
+
+    The registry of the host being monitored is not trusted to say which keys
+    are online: every root's ``timestamp`` and ``snapshot`` keyids (TUF
+    specification §4.3) and the keyids of ``targets``' succinct delegation
+    (TAP 15, the PEP 458 bins) are held too.
+    """
+    found: dict[str, str] = {}
+    for f in files:
+        if f.role == "root":
+            roles = f.signed.get("roles")
+            for role in ONLINE_ROLES:
+                for keyid in _keyids(roles.get(role) if isinstance(roles, dict) else None):
+                    found.setdefault(keyid, f.name)
+        elif f.role == "targets":
+            delegations = f.signed.get("delegations")
+            succinct = delegations.get("succinct_roles") if isinstance(delegations, dict) else None
+            for keyid in _keyids(succinct):
+                found.setdefault(keyid, f.name)
+    return found
+
+
 def _record_time(event: dict[str, Any]) -> datetime | None:
     try:
         return datetime.fromisoformat(str(event.get("time", ""))).astimezone(UTC)
@@ -445,7 +479,8 @@ def _check(
     find: RecordFinder,
     prove: ProofGetter,
     keys: LogKeys,
-    too_old: datetime,
+    now: datetime,
+    max_pending: timedelta,
     tally: _Tally,
 ) -> None:
     def finding(kind: Kind, reason: str, seq: int | None = None) -> Finding:
@@ -467,7 +502,16 @@ def _check(
     proof = prove(seq)
     if proof is None:
         at = _record_time(event)
-        if at is not None and at > too_old:
+        if at is not None and at > now + MAX_CLOCK_SKEW:
+            tally.findings.append(
+                finding(
+                    Kind.FUTURE,
+                    f"record {seq} is dated {event.get('time')}, after now "
+                    f"({now.isoformat(timespec='seconds')}) by more than the allowed skew",
+                    seq,
+                )
+            )
+        elif at is not None and at > now - max_pending:
             tally.pending.append(finding(Kind.PENDING, f"record {seq} is not witnessed yet", seq))
         else:
             tally.findings.append(
@@ -518,7 +562,9 @@ def check_signatures(
 
     Args:
         files: the metadata files read (``read_repository``).
-        held: every keyid tuf-signer holds (every version of every key).
+        held: every keyid tuf-signer's registry holds (every version of every
+            key). The keyids the repository gives online roles (``online_keys``)
+            are held too, and each one missing here is a finding.
         find: the records of a payload digest.
         prove: the proof of a record against the witnessed checkpoint.
         keys: the log's key and the witnesses' keys and quorum.
@@ -533,11 +579,23 @@ def check_signatures(
     Raises:
         TufSignerError: ``find`` or ``prove`` failed (the log could not be asked).
     """
-    held_ids = frozenset(held)
-    too_old = now - max_pending
-    tally = _Tally()
-    count = held_count = other = 0
     files = list(files)
+    registered = frozenset(held)
+    online = online_keys(files)
+    held_ids = registered | online.keys()
+    tally = _Tally()
+    for keyid, name in online.items():
+        if keyid not in registered:
+            tally.findings.append(
+                Finding(
+                    Kind.UNREGISTERED,
+                    name,
+                    f"{name} gives an online role key {keyid[:16]}..., which the log's key "
+                    "registry does not hold: its signatures are checked as held anyway",
+                    keyid,
+                )
+            )
+    count = held_count = other = 0
     for i, f in enumerate(files, 1):
         for sig in f.signatures:
             count += 1
@@ -545,7 +603,7 @@ def check_signatures(
                 other += 1
                 continue
             held_count += 1
-            _check(sig, find, prove, keys, too_old, tally)
+            _check(sig, find, prove, keys, now, max_pending, tally)
         if progress is not None and i % 256 == 0:
             progress(i)
     roles_checked = sum(f.role not in ("root", "timestamp", "snapshot", "targets") for f in files)
@@ -566,6 +624,7 @@ def check_signatures(
 __all__ = [
     "DEFAULT_MAX_PENDING",
     "LIMITS",
+    "MAX_CLOCK_SKEW",
     "Finding",
     "Kind",
     "MonitorError",
@@ -576,6 +635,7 @@ __all__ = [
     "RecordFinder",
     "Signature",
     "check_signatures",
+    "online_keys",
     "read_metadata",
     "read_repository",
     "witnessed_size",

@@ -49,6 +49,12 @@ FIND_RECORDS = (
     f"SELECT {', '.join(RECORD_COLUMNS)} FROM audit_log WHERE payload_sha256 = ?"
     " ORDER BY seq LIMIT ?"
 )
+# The same, granted signatures only: refusals (a gate retried many times) cannot
+# push the record of a signature out of the limit (issue 13 review, finding 10).
+FIND_GRANTED_SIGNS = (
+    f"SELECT {', '.join(RECORD_COLUMNS)} FROM audit_log WHERE payload_sha256 = ?"
+    " AND operation = 'sign' AND outcome = 'granted' ORDER BY seq LIMIT ?"
+)
 
 KEY_COLUMNS = "name, algorithm, backend, rules, created_at, bins"
 VERSION_COLUMNS = (

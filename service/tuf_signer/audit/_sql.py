@@ -607,7 +607,9 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
         with self._read() as cur:
             return self._head(cur)
 
-    def find_records(self, payload_sha256: str, limit: int = 100) -> list[AuditRecord]:
+    def find_records(
+        self, payload_sha256: str, limit: int = 100, *, granted_signs_only: bool = False
+    ) -> list[AuditRecord]:
         """The records of a payload digest, oldest first (one indexed SELECT).
 
         Raises:
@@ -620,6 +622,7 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _rows.PAGE:
             raise RequestError(f"limit must be an integer between 1 and {_rows.PAGE}")
         with self._read() as cur:
-            self._exec(cur, _rows.FIND_RECORDS, (payload_sha256, limit))
+            query = _rows.FIND_GRANTED_SIGNS if granted_signs_only else _rows.FIND_RECORDS
+            self._exec(cur, query, (payload_sha256, limit))
             rows = cur.fetchall()
         return [_rows.row_to_record(row) for row in rows]

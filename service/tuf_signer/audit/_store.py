@@ -231,7 +231,9 @@ class AuditStore(abc.ABC):
         """``(seq, hash)`` of the last record, ``(0, GENESIS_HASH)`` when empty."""
 
     @abc.abstractmethod
-    def find_records(self, payload_sha256: str, limit: int = 100) -> list[AuditRecord]:
+    def find_records(
+        self, payload_sha256: str, limit: int = 100, *, granted_signs_only: bool = False
+    ) -> list[AuditRecord]:
         """The records whose payload digest is ``payload_sha256``, oldest first, unverified.
 
         Where a client finds the record of its signature, and a monitor the
@@ -241,6 +243,8 @@ class AuditStore(abc.ABC):
         Args:
             payload_sha256: 64 lowercase hex digits.
             limit: at most this many records (1 to 1000).
+            granted_signs_only: only granted ``sign`` records (a monitor's
+                question), so that refusals cannot fill the limit.
 
         Raises:
             RequestError: the digest is not 64 lowercase hex digits, or

@@ -105,6 +105,12 @@ class StoreForkError(CheckpointError):
     kind = "forked"
 
 
+class UnwitnessedError(CheckpointError):
+    """A witness quorum was required, and no checkpoint in the store meets it."""
+
+    kind = "unwitnessed"
+
+
 @dataclass(frozen=True)
 class LogKeys:
     """The keys an auditor trusts: the log's and, optionally, its witnesses'.
@@ -213,6 +219,7 @@ def verify_log(
     *,
     anchors: Sequence[Anchor] = (),
     since: Anchor | None = None,
+    require_witnessed: bool = False,
 ) -> LogReport:
     """Verify the store, and hold it against signed checkpoints (see the module docstring).
 
@@ -230,6 +237,9 @@ def verify_log(
         keys: the verifier keys; required with ``anchors`` or ``since``.
         anchors: checkpoints from outside the store.
         since: a trusted checkpoint: verify only the records added after it.
+        require_witnessed: the auditor asked for ``keys.quorum`` (``--quorum``,
+            ``--witness-vkey``): a store with no checkpoint that meets it
+            fails instead of getting a note.
 
     Returns:
         What was checked.
@@ -239,6 +249,8 @@ def verify_log(
         UntrustedCheckpointError: a checkpoint does not verify (names it and why).
         StoreBehindError: the store holds fewer records than a checkpoint covers.
         StoreForkError: the store's root at a checkpoint's size is another.
+        UnwitnessedError: ``require_witnessed`` and ``keys.quorum`` above 0, and
+            no stored checkpoint carries that many valid witness cosignatures.
         AuditChainError: a record, role state or stored hash does not verify.
         StoreError: the store cannot be read.
     """
@@ -257,6 +269,12 @@ def verify_log(
     trusted = _open(since, keys) if since is not None else None
     # Read before the records: every checkpoint covers records committed before it.
     stored, notes = _stored(store, keys)
+    if require_witnessed and keys.quorum and not any(c.source == NEWEST_WITNESSED for c in stored):
+        raise UnwitnessedError(
+            f"{notes[0] if notes else 'no witnessed checkpoint'}; a quorum of {keys.quorum} "
+            f"was asked for (witnesses {', '.join(shown(k.name) for k in keys.witnesses)})",
+            NEWEST_WITNESSED,
+        )
     if trusted is None:
         report = verify_store(store, roots_at={c.size for c in (*stored, *opened)})
         for c in (*stored, *opened):

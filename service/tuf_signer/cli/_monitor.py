@@ -203,7 +203,8 @@ def _store_log(audit: Any, keys: LogKeys) -> Iterator[_Log]:
         size = witnessed_size(newest.note if newest is not None else None, keys)
 
         def find(digest: str) -> Sequence[tuple[int, bytes]]:
-            return [(r.seq, record_leaf(r)) for r in store.find_records(digest)]
+            found = store.find_records(digest, granted_signs_only=True)
+            return [(r.seq, record_leaf(r)) for r in found]
 
         def prove(seq: int) -> bytes | None:
             return None if seq > size else tlog_proof(store, keys.origin, seq, size)
@@ -222,16 +223,19 @@ def _server_log(args: argparse.Namespace, keys: LogKeys) -> Iterator[_Log]:
     with _client(args) as client:
         held = frozenset(v["keyid"] for k in client.public_keys() for v in k["versions"])
         try:
-            note: bytes | None = client.checkpoint().checkpoint
+            # The newest with enough cosignatures: the newest of all may not be cosigned
+            # yet, and would make every recent record look unwitnessed.
+            note: bytes | None = client.checkpoint(witnessed_by=keys.quorum).checkpoint
         except RemoteError as e:
-            if e.code != "FAILED_PRECONDITION":  # no checkpoint yet: nothing is witnessed
+            if e.code != "FAILED_PRECONDITION":  # none yet: nothing is witnessed
                 raise
             note = None
-        # The server's newest checkpoint: if it lacks the quorum, nothing counts as witnessed.
+        # Its cosignatures are verified here: if they lack the quorum, nothing counts.
         size = witnessed_size(note, keys)
 
         def find(digest: str) -> Sequence[tuple[int, bytes]]:
-            return [(r.seq, r.leaf) for r in client.find_records(digest)]
+            found = client.find_records(digest, granted_signs_only=True)
+            return [(r.seq, r.leaf) for r in found]
 
         def prove(seq: int) -> bytes | None:
             return None if seq > size else bytes(client.prove_inclusion(seq, size))

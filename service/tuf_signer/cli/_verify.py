@@ -93,10 +93,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     try:
         if args.from_witnesses:
             assert keys is not None
-            anchors += _witness_anchors(audit, keys.origin)
+            given = keys.witnesses if args.witness_vkey else None
+            anchors += _witness_anchors(audit, keys.origin, given)
         store = open_audit_store(audit, create=False)
         try:
-            report = verify_log(store, keys, anchors=anchors, since=since)
+            # A quorum the auditor asked for must be met; the config's default is advice.
+            asked = bool(args.witness_vkey) or args.quorum is not None
+            report = verify_log(store, keys, anchors=anchors, since=since, require_witnessed=asked)
         finally:
             store.close()
     except AuditChainError as e:
@@ -180,11 +183,18 @@ def _file_anchor(path: str, what: str) -> Anchor:
     return Anchor(f"checkpoint {path}", _read(path, what))
 
 
-def _witness_anchors(audit: AuditConfig, origin: str) -> list[Anchor]:
+def _witness_anchors(
+    audit: AuditConfig, origin: str, given: tuple[VerifierKey, ...] | None = None
+) -> list[Anchor]:
     """Each configured witness's latest checkpoint of ``origin`` (its monitoring endpoint).
 
+    The config says where each witness is; with ``given`` (the auditor's
+    ``--witness-vkey`` keys) only those keys are trusted, so a config copied
+    from a compromised host cannot name a witness of its own making.
+
     Raises:
-        RequestError: the config lists no witness.
+        RequestError: the config lists no witness, or (with ``given``) one
+            whose key is not among them.
         AuditChainError: a witness cannot be reached, refuses, or has cosigned
             nothing of this log: a check asked for could not be made.
     """
@@ -197,13 +207,19 @@ def _witness_anchors(audit: AuditConfig, origin: str) -> list[Anchor]:
     anchors = []
     for w in log.witnesses:
         source = f"witness {w.name} ({w.url})"
+        key = _parse_vkey(w.vkey, f"audit.witnesses ({w.name})")
+        if given is not None and key not in given:
+            raise RequestError(
+                f"--from-witnesses: the config's {printable(source)} has the key "
+                f"{printable(key.text())}, which is not among the --witness-vkey keys given"
+            )
         try:
             note = fetch_checkpoint(w.url, origin, log.witness_timeout)
         except TufSignerError as e:
             raise AuditChainError(f"{source}: cannot fetch its checkpoint: {e.reason}") from None
         if note is None:
             raise AuditChainError(f"{source} has cosigned no checkpoint of {origin!r}")
-        anchors.append(Anchor(source, note, _parse_vkey(w.vkey, f"audit.witnesses ({w.name})")))
+        anchors.append(Anchor(source, note, key))
     return anchors
 
 

@@ -435,8 +435,11 @@ class AsyncClient:
 
     # --- the transparency log (README "Proofs") --------------------------------------
 
-    async def checkpoint(self, size: int = 0) -> CheckpointInfo:
+    async def checkpoint(self, size: int = 0, *, witnessed_by: int = 0) -> CheckpointInfo:
         """The log's signed checkpoint of tree ``size`` (0: the newest), with cosignatures.
+
+        With ``witnessed_by`` (and size 0): the newest one with at least that many
+        witness cosignatures (FAILED_PRECONDITION while there is none). Verify them.
 
         Raises:
             RemoteError: refused (``read-audit``; FAILED_PRECONDITION: the log is
@@ -445,7 +448,7 @@ class AsyncClient:
         """
         with translated():
             r = await self._audit.GetCheckpoint(
-                pb.GetCheckpointRequest(size=size), timeout=self.timeout
+                pb.GetCheckpointRequest(size=size, witnessed_by=witnessed_by), timeout=self.timeout
             )
         return CheckpointInfo(r.checkpoint, r.verifier_key, r.size)
 
@@ -481,8 +484,12 @@ class AsyncClient:
             )
         return ConsistencyInfo(tuple(r.hashes), r.checkpoint)
 
-    async def find_records(self, payload_sha256: str) -> list[RecordLeafInfo]:
+    async def find_records(
+        self, payload_sha256: str, *, granted_signs_only: bool = False
+    ) -> list[RecordLeafInfo]:
         """The records of a payload digest (at most 100, oldest first), each as its leaf.
+
+        ``granted_signs_only``: only granted ``sign`` records (refusals cannot fill the 100).
 
         Raises:
             RemoteError: refused (INVALID_ARGUMENT: not 64 lowercase hex digits)
@@ -490,6 +497,9 @@ class AsyncClient:
         """
         with translated():
             r = await self._audit.FindRecords(
-                pb.FindRecordsRequest(payload_sha256=payload_sha256), timeout=self.timeout
+                pb.FindRecordsRequest(
+                    payload_sha256=payload_sha256, granted_signs_only=granted_signs_only
+                ),
+                timeout=self.timeout,
             )
         return [RecordLeafInfo(e.seq, e.leaf) for e in r.records]

@@ -356,8 +356,11 @@ class Client:
 
     # --- the transparency log (README "Proofs") --------------------------------------
 
-    def checkpoint(self, size: int = 0) -> CheckpointInfo:
+    def checkpoint(self, size: int = 0, *, witnessed_by: int = 0) -> CheckpointInfo:
         """The log's signed checkpoint of tree ``size`` (0: the newest), with cosignatures.
+
+        With ``witnessed_by`` (and size 0): the newest one with at least that many
+        witness cosignatures (FAILED_PRECONDITION while there is none). Verify them.
 
         Raises:
             RemoteError: refused (``read-audit``; FAILED_PRECONDITION: the log is
@@ -365,7 +368,9 @@ class Client:
                 size) or the server could not be reached.
         """
         with translated():
-            r = self._audit.GetCheckpoint(pb.GetCheckpointRequest(size=size), timeout=self.timeout)
+            r = self._audit.GetCheckpoint(
+                pb.GetCheckpointRequest(size=size, witnessed_by=witnessed_by), timeout=self.timeout
+            )
         return CheckpointInfo(r.checkpoint, r.verifier_key, r.size)
 
     def prove_inclusion(self, seq: int, tree_size: int = 0) -> bytes:
@@ -400,8 +405,12 @@ class Client:
             )
         return ConsistencyInfo(tuple(r.hashes), r.checkpoint)
 
-    def find_records(self, payload_sha256: str) -> list[RecordLeafInfo]:
+    def find_records(
+        self, payload_sha256: str, *, granted_signs_only: bool = False
+    ) -> list[RecordLeafInfo]:
         """The records of a payload digest (at most 100, oldest first), each as its leaf.
+
+        ``granted_signs_only``: only granted ``sign`` records (refusals cannot fill the 100).
 
         Raises:
             RemoteError: refused (INVALID_ARGUMENT: not 64 lowercase hex digits)
@@ -409,7 +418,10 @@ class Client:
         """
         with translated():
             r = self._audit.FindRecords(
-                pb.FindRecordsRequest(payload_sha256=payload_sha256), timeout=self.timeout
+                pb.FindRecordsRequest(
+                    payload_sha256=payload_sha256, granted_signs_only=granted_signs_only
+                ),
+                timeout=self.timeout,
             )
         return [RecordLeafInfo(e.seq, e.leaf) for e in r.records]
 

@@ -11,6 +11,7 @@ from tuf_signer.audit import (
     AuditRecord,
     AuditStore,
     Consistency,
+    NoCheckpointError,
     consistency,
     event_to_dict,
     find_checkpoint,
@@ -368,7 +369,10 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
     ) -> pb.GetCheckpointResponse:
         def read(store: AuditStore) -> tuple[StoredCheckpoint, VerifierKey]:
             origin, key = self._log_on()
-            return find_checkpoint(store, origin, request.size or None, log_key=key), key
+            size = request.size or None
+            if request.witnessed_by:
+                size = _witnessed_size(store, origin, request.size, request.witnessed_by)
+            return find_checkpoint(store, origin, size, log_key=key), key
 
         found, key = await self._service.audit_read(self._identity_of(context), read)
         return pb.GetCheckpointResponse(
@@ -401,7 +405,9 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
         self, request: pb.FindRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FindRecordsResponse:
         def read(store: AuditStore) -> list[AuditRecord]:
-            return store.find_records(request.payload_sha256, MAX_FOUND)
+            return store.find_records(
+                request.payload_sha256, MAX_FOUND, granted_signs_only=request.granted_signs_only
+            )
 
         records = await self._service.audit_read(self._identity_of(context), read)
         return pb.FindRecordsResponse(
@@ -418,6 +424,23 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
 
 
 MAX_FOUND = 100  # FindRecords answers at most this many records, oldest first
+
+
+def _witnessed_size(store: AuditStore, origin: str, size: int, witnessed_by: int) -> int:
+    """The size of the newest stored checkpoint with ``witnessed_by`` cosignatures.
+
+    Raises:
+        RequestError: ``size`` is given too (witnessed_by asks for the newest).
+        NoCheckpointError: no stored checkpoint has that many yet.
+    """
+    if size:
+        raise RequestError("witnessed_by asks for the newest witnessed checkpoint: give size 0")
+    found = store.latest_witnessed(origin, witnessed_by)
+    if found is None:
+        raise NoCheckpointError(
+            f"no checkpoint is cosigned by {witnessed_by} witnesses yet (witnessed_by)"
+        )
+    return found.size
 
 
 def _log_key(origin: str | None, text: str | None) -> tuple[str, VerifierKey] | None:

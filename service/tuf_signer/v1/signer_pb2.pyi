@@ -977,16 +977,22 @@ class GetCheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SIZE_FIELD_NUMBER: _builtins.int
+    WITNESSED_BY_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """the checkpoint of this tree size; 0: the newest"""
+    witnessed_by: _builtins.int
+    """With size 0: the newest stored checkpoint with at least this many witness
+    cosignatures (a monitor's question; verify them anyway). 0: any.
+    """
     def __init__(
         self,
         *,
         size: _builtins.int = ...,
+        witnessed_by: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size", "witnessed_by", b"witnessed_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1119,16 +1125,22 @@ class FindRecordsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
+    GRANTED_SIGNS_ONLY_FIELD_NUMBER: _builtins.int
     payload_sha256: _builtins.str
     """64 lowercase hex digits"""
+    granted_signs_only: _builtins.bool
+    """Only granted sign records, so that refusals of the same digest cannot
+    fill the answer's 100 records. false: every record of the digest.
+    """
     def __init__(
         self,
         *,
         payload_sha256: _builtins.str = ...,
+        granted_signs_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload_sha256", b"payload_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_signs_only", b"granted_signs_only", "payload_sha256", b"payload_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

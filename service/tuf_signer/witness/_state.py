@@ -9,7 +9,11 @@ processes), and commits with ``synchronous=FULL`` before it returns.
 
 A log-signed checkpoint that fails a consistency check is kept in a side table
 as possible evidence of misbehaviour (the spec allows it: "MAY log the request"),
-once per (origin, size, root) and at most ``MAX_EVIDENCE`` per log.
+once per (origin, size, root) and at most ``MAX_EVIDENCE`` per log and kind:
+anyone can submit a log's genuine checkpoints with a junk proof, and that must
+not crowd out the evidence of an equivocation (which only the log's key can
+make). For the same reason an equivocation replaces a ``proof`` record of the
+same tree head.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 5.0  # seconds a transaction waits for another one's write lock
-# Evidence records kept per log. Anyone may replay a log's genuine checkpoints
+# Evidence records kept per log and kind. Anyone may replay a log's genuine checkpoints
 # with a bad proof, so what the log signed alone does not bound the table.
 MAX_EVIDENCE = 1000
+EQUIVOCATION = "equivocation"  # Misbehaviour.kind of a second root at a cosigned size
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cosigned (
@@ -215,13 +220,23 @@ def _read(conn: sqlite3.Connection, origin: str) -> Cosigned | None:
 
 def _keep_evidence(conn: sqlite3.Connection, refusal: InconsistentCheckpoint) -> None:
     e = refusal.evidence
-    kept = conn.execute("SELECT count(*) FROM evidence WHERE origin = ?", (e.origin,)).fetchone()[0]
+    kept = conn.execute(
+        "SELECT count(*) FROM evidence WHERE origin = ? AND kind = ?", (e.origin, e.kind)
+    ).fetchone()[0]
     if kept >= MAX_EVIDENCE:
-        log.debug("not keeping more evidence for %s: %d records kept", shown(e.origin), kept)
+        log.debug(
+            "not keeping more %s evidence for %s: %d records kept", e.kind, shown(e.origin), kept
+        )
         return
+    # Once per tree head; an equivocation outranks a failed proof of the same head.
     added = conn.execute(
-        "INSERT OR IGNORE INTO evidence (kind, origin, size, root_hash, old_size, proof,"
-        " checkpoint, cosigned, reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO evidence (kind, origin, size, root_hash, old_size, proof,"
+        " checkpoint, cosigned, reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (origin, size, root_hash) DO UPDATE SET kind = excluded.kind,"
+        " old_size = excluded.old_size, proof = excluded.proof,"
+        " checkpoint = excluded.checkpoint, cosigned = excluded.cosigned,"
+        " reason = excluded.reason, received_at = excluded.received_at"
+        f" WHERE excluded.kind = '{EQUIVOCATION}' AND evidence.kind != '{EQUIVOCATION}'",
         (
             e.kind,
             e.origin,

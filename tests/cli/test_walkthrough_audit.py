@@ -73,6 +73,9 @@ def test_audit_walkthrough(dev_signer: DevSigner, tmp_path: Path) -> None:
             ).stdout
         )
         seq = signed["audit_seq"]
+        # A checkpoint on demand covers the new record at once.
+        fresh = admin("audit", "checkpoint", "--fresh").stdout
+        assert int(fresh.splitlines()[1]) == seq
         _until_covered(admin, seq)
         proof = admin("audit", "prove", "--seq", str(seq)).stdout.encode()
         vkey = admin("audit", "verifier-key").stdout.strip()

@@ -304,3 +304,37 @@ async def test_a_registry_key_cannot_be_the_audit_key(setup: Setup, clock: Clock
     with pytest.raises(ConfigError, match=r"audit.key.handle: is key 'k' version 1"):
         await start_harness(setup.config, clock)
     assert key.name == "k"
+
+
+async def test_a_checkpoint_on_demand(setup: Setup, clock: Clock) -> None:
+    """GetCheckpoint(fresh): the newest record is covered at once, not after the interval."""
+    text = setup.config.read_text()
+    setup.config.write_text(
+        text.replace("checkpoint_interval_seconds = 0.2", "checkpoint_interval_seconds = 3600")
+    )
+    h = await start_harness(setup.config, clock)
+    try:
+        await h.create_key("k")
+        signed = await h.sign("k", h.payloads.timestamp(1))
+        audit = pb_grpc.AuditLogStub(h.channel)
+        stale = await audit.GetCheckpoint(pb.GetCheckpointRequest())
+        assert stale.size < signed.audit_seq  # the interval is an hour
+        fresh = await audit.GetCheckpoint(pb.GetCheckpointRequest(fresh=True))
+        assert fresh.size == signed.audit_seq
+        # Cosigned by the witness on the way, so its proof verifies with the quorum.
+        signed_note = open_checkpoint(
+            fresh.checkpoint,
+            origin=ORIGIN,
+            log_key=parse_verifier_key(setup.log_vkey),
+            cosigners=[parse_verifier_key(setup.witness.vkey)],
+            quorum=1,
+        )
+        assert signed_note.checkpoint.size == signed.audit_seq
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await audit.GetCheckpoint(pb.GetCheckpointRequest(fresh=True, size=1))
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "fresh" in (bad.value.details() or "")
+        last = h.records()[-1].event
+        assert (last.operation, last.status) == ("read-audit", "INVALID_ARGUMENT")
+    finally:
+        await stop_harness(h)

@@ -58,6 +58,11 @@ def register(aus: Any) -> None:
     p.add_argument(
         "--size", type=_non_negative, default=0, metavar="SIZE", help=f"a tree size ({_NEWEST})"
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="through a server: have it sign a checkpoint of its tree now, then print that",
+    )
     p.set_defaults(func=cmd_checkpoint)
 
     p = aus.add_parser(
@@ -130,12 +135,14 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     from tuf_signer.audit import find_checkpoint
 
     if _offline(args):
+        if args.fresh:
+            raise RequestError("--fresh: needs a running server (--server), which holds the key")
         note = _with_store(
             args, lambda store, origin: find_checkpoint(store, origin, args.size or None).note
         )
     else:
         with _client(args) as client:
-            note = client.checkpoint(args.size).checkpoint
+            note = client.checkpoint(args.size, fresh=args.fresh).checkpoint
         _parse_note(note)
     _write(note)
     return 0

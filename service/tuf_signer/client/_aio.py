@@ -435,11 +435,14 @@ class AsyncClient:
 
     # --- the transparency log (README "Proofs") --------------------------------------
 
-    async def checkpoint(self, size: int = 0, *, witnessed_by: int = 0) -> CheckpointInfo:
+    async def checkpoint(
+        self, size: int = 0, *, witnessed_by: int = 0, fresh: bool = False
+    ) -> CheckpointInfo:
         """The log's signed checkpoint of tree ``size`` (0: the newest), with cosignatures.
 
         With ``witnessed_by`` (and size 0): the newest one with at least that many
         witness cosignatures (FAILED_PRECONDITION while there is none). Verify them.
+        With ``fresh``: the server signs a checkpoint of its tree first (on demand).
 
         Raises:
             RemoteError: refused (``read-audit``; FAILED_PRECONDITION: the log is
@@ -448,7 +451,8 @@ class AsyncClient:
         """
         with translated():
             r = await self._audit.GetCheckpoint(
-                pb.GetCheckpointRequest(size=size, witnessed_by=witnessed_by), timeout=self.timeout
+                pb.GetCheckpointRequest(size=size, witnessed_by=witnessed_by, fresh=fresh),
+                timeout=self.timeout,
             )
         return CheckpointInfo(r.checkpoint, r.verifier_key, r.size)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -325,6 +326,8 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
             is off, and the checkpoint and proof RPCs answer FAILED_PRECONDITION.
         verifier_key: the audit key's verifier key text (signed-note
             ``origin+keyid+base64``); None exactly when ``origin`` is.
+        checkpoint_now: signs a checkpoint of the tree now (the transparency
+            log's ``tick``), for ``GetCheckpoint(fresh=true)``.
 
     Raises:
         ConfigError: only one of ``origin`` and ``verifier_key`` is given, or
@@ -338,10 +341,12 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
         *,
         origin: str | None = None,
         verifier_key: str | None = None,
+        checkpoint_now: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._service = service
         self._identity_of = identity
         self._log = _log_key(origin, verifier_key)
+        self._checkpoint_now = checkpoint_now
 
     async def ListRecords(
         self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -374,7 +379,20 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
                 size = _witnessed_size(store, origin, request.size, request.witnessed_by)
             return find_checkpoint(store, origin, size, log_key=key), key
 
-        found, key = await self._service.audit_read(self._identity_of(context), read)
+        identity = self._identity_of(context)
+        if request.fresh:
+
+            def admit(_store: AuditStore) -> None:
+                self._log_on()
+                if request.size or request.witnessed_by:
+                    raise RequestError("fresh: a new checkpoint has no size or witnessed_by yet")
+
+            # Admitted (and a refusal recorded) as any read first: only a caller
+            # allowed read-audit makes the audit key sign.
+            await self._service.audit_read(identity, admit)
+            if self._checkpoint_now is not None:
+                await self._checkpoint_now()
+        found, key = await self._service.audit_read(identity, read)
         return pb.GetCheckpointResponse(
             checkpoint=found.note, verifier_key=key.text(), size=found.size
         )

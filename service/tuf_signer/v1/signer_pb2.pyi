@@ -978,21 +978,27 @@ class GetCheckpointRequest(_message.Message):
 
     SIZE_FIELD_NUMBER: _builtins.int
     WITNESSED_BY_FIELD_NUMBER: _builtins.int
+    FRESH_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """the checkpoint of this tree size; 0: the newest"""
     witnessed_by: _builtins.int
     """With size 0: the newest stored checkpoint with at least this many witness
     cosignatures (a monitor's question; verify them anyway). 0: any.
     """
+    fresh: _builtins.bool
+    """Sign a checkpoint of the tree as it is now (and send it to the witnesses)
+    before answering: a checkpoint on demand. With size and witnessed_by 0.
+    """
     def __init__(
         self,
         *,
         size: _builtins.int = ...,
         witnessed_by: _builtins.int = ...,
+        fresh: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size", "witnessed_by", b"witnessed_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fresh", b"fresh", "size", b"size", "witnessed_by", b"witnessed_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,3 +84,33 @@ async def test_gauges_follow_the_registry(harness: Harness) -> None:
     assert REGISTRY.get_sample_value("tuf_signer_expiry_margin_seconds") == MARGIN
     size = REGISTRY.get_sample_value("tuf_signer_audit_tree_size")
     assert size == len(h.records())
+
+
+def test_empty_bin_marks_are_not_a_bin_left_to_expire() -> None:
+    """An empty bin's mark is never signed again: it must not hold the bins series down."""
+    from datetime import UTC, datetime
+
+    from tuf_signer.model import RoleState
+    from tuf_signer.server._freshness import soonest
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def state(role: str, expires: str) -> RoleState:
+        return RoleState(
+            key_name="k",
+            role=role,
+            version=1,
+            payload_sha256="00" * 32,
+            keyid="ab",
+            key_version=1,
+            signature="",
+            expires=expires,
+            audit_seq=1,
+        )
+
+    states = [
+        state("bins-*empty-" + "11" * 32, "2026-11-30T00:00:00Z"),  # long expired, never re-signed
+        state(bin_role(0), "2026-12-01T10:00:00Z"),
+    ]
+    (bins,) = soonest(states, now)
+    assert (bins.series, bins.state.role, bins.left, bins.count) == ("bins", bin_role(0), 36000, 1)

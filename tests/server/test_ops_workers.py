@@ -152,6 +152,9 @@ def test_a_scrape_of_two_workers_shows_all_their_traffic(tmp_path: Path) -> None
         # Every scrape (a new connection, to either worker) sums both workers.
         for _ in range(8):
             assert s.signed() == signed
+        # The key-version gauges are set by the freshness watch's first tick,
+        # one interval after start.
+        _wait(lambda: "tuf_signer_key_versions" in s.scrape())
         first = s.scrape()
         assert first["tuf_signer_serving"] == {(): 1.0}
         assert first["tuf_signer_key_versions"][(("state", "active"),)] >= 1

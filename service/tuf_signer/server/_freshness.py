@@ -34,6 +34,7 @@ from datetime import datetime
 from tuf_signer.audit import AuditStore, Entry
 from tuf_signer.errors import TufSignerError
 from tuf_signer.model import AuditEvent, Outcome, RoleState
+from tuf_signer.policy._coherence import is_empty_bin_role
 from tuf_signer.server import _metrics
 from tuf_signer.server._recording import loggable_cause
 from tuf_signer.server._values import Clock, rfc3339, utc_now
@@ -67,11 +68,15 @@ def soonest(states: Sequence[RoleState], now: datetime) -> list[Soonest]:
     """One ``Soonest`` per (key, series) of ``states``, sorted by key and series.
 
     A role state whose ``expires`` does not parse (none should: the policy
-    checked it before signing) is left out.
+    checked it before signing) is left out, and so are empty-bin marks
+    (``PREFIX-*empty-SHA256``): each empty payload gets a mark of its own that
+    is never signed again, so one would read as a bin left to expire forever.
     """
     best: dict[tuple[str, str], tuple[float, RoleState]] = {}
     counts: Counter[tuple[str, str]] = Counter()
     for state in states:
+        if is_empty_bin_role(state.role):
+            continue
         try:
             expires = datetime.fromisoformat(state.expires.replace("Z", "+00:00"))
         except ValueError:

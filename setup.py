@@ -14,7 +14,9 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PTH_NAME = "tuf_signer_hook.pth"  # sorts after __editable__.*.pth, which puts service/ on sys.path
-PTH_LINE = "import _tuf_signer_hook\n"
+# One line (site runs lines that start with "import"); a hook module gone missing
+# (a moved editable checkout, a half-done uninstall) must not break every start-up.
+PTH_LINE = 'import sys; exec("try:\\n import _tuf_signer_hook\\nexcept ImportError:\\n pass")\n'
 
 
 class BuildPyWithPth(build_py):

@@ -86,7 +86,8 @@ def test_the_image_runs_as_the_pods_user_with_nothing_secret_inside() -> None:
     assert (int(user[0]), int(user[1])) == (pod["runAsUser"], pod["runAsGroup"]) != (0, 0)
     assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.MULTILINE)
     copied = re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE)
-    assert copied == ["pyproject.toml README.md", "service"]  # no .dev/, no key, no config
+    # The package and its .pth hook (setup.py) and licence; no .dev/, no key, no config.
+    assert copied == ["pyproject.toml setup.py README.md LICENSE", "service"]
     assert not re.search(r"^(ENV|ARG) .*(PIN|DSN|PASSWORD|SECRET|KEY)", text, re.MULTILINE)
     assert "apt-get install -y --no-install-recommends softhsm2" in text  # dev images only
     assert '[ "$WITH_SOFTHSM" = 1 ]' in text

@@ -279,7 +279,7 @@ class _HostileClient:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def checkpoint(self, size: int = 0) -> Any:
+    def checkpoint(self, size: int = 0, *, fresh: bool = False) -> Any:
         return CheckpointInfo(self.BAD, "\x1b[2J+00000000+AQ==", 1)
 
     def prove_inclusion(self, seq: int, tree_size: int = 0) -> bytes:
@@ -292,7 +292,7 @@ class _HostileClient:
 @pytest.mark.parametrize(
     ("command", "fields"),
     [
-        ("cmd_checkpoint", {"size": 0}),
+        ("cmd_checkpoint", {"size": 0, "fresh": False}),
         ("cmd_verifier_key", {}),
         ("cmd_prove", {"seq": 1, "size": 0}),
         ("cmd_consistency", {"from_size": 1, "to_size": 0}),

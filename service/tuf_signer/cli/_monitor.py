@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tuf_signer._text import printable
+from tuf_signer.cli._verify import add_key_arguments
 from tuf_signer.errors import RequestError, TufSignerError
 
 if TYPE_CHECKING:
@@ -80,23 +81,7 @@ def register(aus: Any) -> None:
         "--config", help="read the store offline (its [audit] table only); else ask --server"
     )
     _add_client_args(p)
-    vkey = p.add_mutually_exclusive_group(required=True)
-    vkey.add_argument("--vkey", metavar="VKEY", help="the log's verifier key (name+id+base64)")
-    vkey.add_argument("--vkey-file", metavar="FILE", help="a file holding the log's verifier key")
-    p.add_argument(
-        "--witness-vkey",
-        action="append",
-        default=[],
-        metavar="VKEY",
-        help="a witness's verifier key (repeatable; default: the config's [[audit.witnesses]])",
-    )
-    p.add_argument(
-        "--quorum",
-        type=int,
-        metavar="N",
-        help="witness cosignatures a checkpoint needs (default: every --witness-vkey given, "
-        "else audit.witness_quorum)",
-    )
+    add_key_arguments(p, required=True)
     p.add_argument(
         "--bins",
         type=_bins,

@@ -24,20 +24,9 @@ if TYPE_CHECKING:  # the rest is imported when the command runs, not when the CL
 _MAX_FILE = 2_000_000  # a checkpoint note is at most 1 MB (audit/_note.py); a vkey far less
 
 
-def register(aus: Any) -> None:
-    """Add ``verify`` to the ``audit`` subparsers ``aus``."""
-    p = aus.add_parser(
-        "verify",
-        help="check the record, its Merkle tree and role states, against signed checkpoints",
-        description="Re-hash the audit record and check its hash chain, its Merkle tree and "
-        "the role states (a full run), or only the records added since a trusted checkpoint "
-        "(--since). With the log's verifier key, the store's newest checkpoint and every "
-        "--checkpoint must verify, and the store must be a consistent extension of each: an "
-        "older copy, a cut tail, an edit or a fork fails, naming what is wrong. Needs only "
-        "the [audit] table of the config: no backend, no HSM.",
-    )
-    p.add_argument("--config", required=True, help="config file; only its [audit] table is read")
-    vkey = p.add_mutually_exclusive_group()
+def add_key_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--vkey``/``--vkey-file``, ``--witness-vkey`` and ``--quorum``: the keys a check trusts."""
+    vkey = p.add_mutually_exclusive_group(required=required)
     vkey.add_argument("--vkey", metavar="VKEY", help="the log's verifier key (name+id+base64)")
     vkey.add_argument("--vkey-file", metavar="FILE", help="a file holding the log's verifier key")
     p.add_argument(
@@ -54,6 +43,22 @@ def register(aus: Any) -> None:
         help="witness cosignatures each checkpoint needs (default: every --witness-vkey given, "
         "else audit.witness_quorum)",
     )
+
+
+def register(aus: Any) -> None:
+    """Add ``verify`` to the ``audit`` subparsers ``aus``."""
+    p = aus.add_parser(
+        "verify",
+        help="check the record, its Merkle tree and role states, against signed checkpoints",
+        description="Re-hash the audit record and check its hash chain, its Merkle tree and "
+        "the role states (a full run), or only the records added since a trusted checkpoint "
+        "(--since). With the log's verifier key, the store's newest checkpoint and every "
+        "--checkpoint must verify, and the store must be a consistent extension of each: an "
+        "older copy, a cut tail, an edit or a fork fails, naming what is wrong. Needs only "
+        "the [audit] table of the config: no backend, no HSM.",
+    )
+    p.add_argument("--config", required=True, help="config file; only its [audit] table is read")
+    add_key_arguments(p, required=False)
     p.add_argument(
         "--checkpoint",
         action="append",

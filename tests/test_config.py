@@ -302,6 +302,7 @@ BAD += [
 # --- the transparency log (issue 13) ------------------------------------------------------
 
 _W1 = VerifierKey("w1.example/witness", COSIGNATURE_V1, bytes(range(32))).text()
+_W1B = VerifierKey("w2.example/witness", COSIGNATURE_V1, bytes(range(32))).text()
 _LOGKEY = VerifierKey("w1.example/witness", ED25519, bytes(range(32))).text()
 
 
@@ -335,9 +336,28 @@ BAD += [
      _log(_KEY) + '[[audit.witnesses]]\nurl = "https://w"\nvkey = "w+1234+AA"\n',
      "audit.witnesses\\[0\\].vkey: verifier key ID"),
     ("i13-witness-url", _log(_KEY) + f'[[audit.witnesses]]\nurl = "w1.example"\nvkey = "{_W1}"\n',
-     "audit.witnesses\\[0\\].url: must start with http:// or https://"),
+     "audit.witnesses\\[0\\].url: must be http:// or https:// and name a host"),
+    ("i13-witness-url-credentials",
+     _log(_KEY) + f'[[audit.witnesses]]\nurl = "https://u:s3cret@w1.example"\nvkey = "{_W1}"\n',
+     "audit.witnesses\\[0\\].url: must not hold credentials"),
+    ("i13-witness-url-query",
+     _log(_KEY) + f'[[audit.witnesses]]\nurl = "https://w1.example/p?t=1"\nvkey = "{_W1}"\n',
+     "audit.witnesses\\[0\\].url: must not hold a query"),
+    ("i13-witness-url-no-host",
+     _log(_KEY) + f'[[audit.witnesses]]\nurl = "https://"\nvkey = "{_W1}"\n',
+     "audit.witnesses\\[0\\].url: must be http:// or https:// and name a host"),
+    ("i13-witness-url-bad-port",
+     _log(_KEY) + f'[[audit.witnesses]]\nurl = "https://w1.example:99999"\nvkey = "{_W1}"\n',
+     "audit.witnesses\\[0\\].url: not a URL"),
+    ("i13-witness-same-key-two-names",
+     _log(_KEY) + _WITNESS + f'[[audit.witnesses]]\nurl = "https://w2.example"\nvkey = "{_W1B}"\n',
+     "audit.witnesses\\[1\\].vkey: witness 'w2.example/witness' \\(or its key\\) is listed twice"),
+    ("i13-quorum-without-witnesses", _log(_KEY + "witness_quorum = 1"),
+     "audit.witness_quorum: needs at least one"),
+    ("i13-fail-closed-nan", _log(_KEY + "max_unwitnessed_seconds = nan") + _WITNESS,
+     "audit.max_unwitnessed_seconds: must be 0 \\(off\\) or positive"),
     ("i13-witness-twice", _log(_KEY) + _WITNESS + _WITNESS,
-     "audit.witnesses\\[1\\].vkey: witness 'w1.example/witness' is listed twice"),
+     "audit.witnesses\\[1\\].vkey: witness 'w1.example/witness' \\(or its key\\) is listed twice"),
     ("i13-quorum-above-witnesses", _log(_KEY + "witness_quorum = 2") + _WITNESS,
      "audit.witness_quorum: must be between 1 and the 1 witnesses, got 2"),
     ("i13-fail-closed-without-witness", _log(_KEY + "max_unwitnessed_records = 10"),
@@ -345,8 +365,9 @@ BAD += [
     ("i13-fail-closed-negative", _log(_KEY + "max_unwitnessed_seconds = -1") + _WITNESS,
      "audit.max_unwitnessed_seconds: must be 0 \\(off\\) or positive"),
     ("i13-fail-closed-window-below-interval",
-     _log(_KEY + "checkpoint_interval_seconds = 5\nmax_unwitnessed_seconds = 6") + _WITNESS,
-     "audit.max_unwitnessed_seconds: 6 is below twice audit.checkpoint_interval_seconds \\(5\\)"),
+     _log(_KEY + "checkpoint_interval_seconds = 5\nmax_unwitnessed_seconds = 14") + _WITNESS,
+     "audit.max_unwitnessed_seconds: 14 is below twice audit.checkpoint_interval_seconds "
+     "\\(5\\) plus audit.witness_timeout_seconds \\(5\\)"),
     ("i13-interval-zero", _log(_KEY + "checkpoint_interval_seconds = 0"),
      "audit.checkpoint_interval_seconds: must be between 0.01 and 3600, got 0"),
     ("i13-witness-timeout", _log(_KEY + "witness_timeout_seconds = 1000"),

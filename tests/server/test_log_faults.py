@@ -146,6 +146,14 @@ async def test_a_store_restored_under_a_running_signer_halts_it(
     assert log.halted is not None and "behind witness" in log.halted.reason
     with pytest.raises(LogUnavailableError, match="the audit store is behind witness"):
         log.check()
+    # Each refusal raises a new exception: one stored object would keep every
+    # refused Sign's frames (and payloads) in its ever-growing traceback.
+    refusals = []
+    for _ in range(3):
+        with pytest.raises(LogUnavailableError) as refused:
+            log.check()
+        refusals.append(refused.value)
+    assert len({id(e) for e in refusals}) == 3
     # Nothing more is signed for the restored store: no split view under the log's key.
     signed = _checkpoints(store)
     store.append(6)

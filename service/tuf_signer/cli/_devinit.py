@@ -14,6 +14,7 @@ For development only: the PIN and the CA key sit beside the token.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -234,10 +235,10 @@ async def _create_audit_key(module: Path, conf: Path, pin: str) -> tuple[str, Ve
     """The dev log's audit key, made in the new token before the config names it."""
     from tuf_signer.keys import Pkcs11Backend
     from tuf_signer.server._auditkey import create_audit_key
-    from tuf_signer.server._wiring import apply_backend_env
 
-    # As the config's backends.softhsm.env will say (SoftHSM reads it once).
-    apply_backend_env({"SOFTHSM2_CONF": str(conf)}, "backends.softhsm")
+    # dev-init owns this token: point SoftHSM at it whatever the caller's
+    # environment says (the config's backends.softhsm.env says the same).
+    os.environ["SOFTHSM2_CONF"] = str(conf)
     backend = Pkcs11Backend("softhsm", module, TOKEN_LABEL, lambda: pin)
     await backend.start()
     try:

@@ -284,8 +284,9 @@ def cmd_audit_create_key(args: argparse.Namespace) -> int:
 
     handle, key = asyncio.run(create())
     print("# Add to the [audit] table of the config, then restart the signer:")
-    print(f'origin = "{args.origin}"')
-    print(f'key = {{ backend = "{name}", handle = "{handle}" }}')
+    # JSON strings are TOML basic strings: an origin or name with " or \ stays valid.
+    print(f"origin = {json.dumps(args.origin)}")
+    print(f"key = {{ backend = {json.dumps(name)}, handle = {json.dumps(handle)} }}")
     print(f"# The log's verifier key, for witnesses and auditors:\n# {key.text()}")
     return 0
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tuf_signer._net import is_loopback, split_host_port
 from tuf_signer.config._backends import parse_backend
@@ -220,9 +222,7 @@ def _log(a: Mapping[str, Any], signing: bool) -> LogConfig | None:
     for i, w in enumerate(_list_of_tables(a, "witnesses", "audit.")):
         wt = Table(w, f"audit.witnesses[{i}].")
         wt.check_known({"url", "vkey"})
-        url = wt.get("url", str, REQUIRED)
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"audit.witnesses[{i}].url: must start with http:// or https://")
+        url = _witness_url(wt.get("url", str, REQUIRED), f"audit.witnesses[{i}].url")
         text = wt.get("vkey", str, REQUIRED)
         try:
             vkey = parse_verifier_key(text)
@@ -230,10 +230,16 @@ def _log(a: Mapping[str, Any], signing: bool) -> LogConfig | None:
             raise ConfigError(f"audit.witnesses[{i}].vkey: {e.reason}") from None
         if vkey.sig_type != COSIGNATURE_V1:
             raise ConfigError(f"audit.witnesses[{i}].vkey: not a cosignature/v1 (0x04) witness key")
-        if vkey.name in {w.name for w in witnesses}:
-            raise ConfigError(f"audit.witnesses[{i}].vkey: witness {vkey.name!r} is listed twice")
-        witnesses.append(WitnessConfig(url=url.rstrip("/"), vkey=text, name=vkey.name))
+        # A cosignature does not sign its name: one key under two names is one witness.
+        seen = [parse_verifier_key(w.vkey) for w in witnesses]
+        if vkey.name in {k.name for k in seen} or vkey.public_key in {k.public_key for k in seen}:
+            raise ConfigError(
+                f"audit.witnesses[{i}].vkey: witness {vkey.name!r} (or its key) is listed twice"
+            )
+        witnesses.append(WitnessConfig(url=url, vkey=text, name=vkey.name))
     quorum = t.get("witness_quorum", int)
+    if "witness_quorum" in a and not witnesses:
+        raise ConfigError("audit.witness_quorum: needs at least one [[audit.witnesses]]")
     if witnesses and not 1 <= quorum <= len(witnesses):
         raise ConfigError(
             f"audit.witness_quorum: must be between 1 and the {len(witnesses)} witnesses, "
@@ -255,15 +261,18 @@ def _log(a: Mapping[str, Any], signing: bool) -> LogConfig | None:
         ("max_unwitnessed_records", max_records),
         ("max_unwitnessed_seconds", max_seconds),
     ):
-        if value < 0:
+        if not math.isfinite(value) or value < 0:
             raise ConfigError(f"audit.{name}: must be 0 (off) or positive, got {value:g}")
         if value and not witnesses:
             raise ConfigError(f"audit.{name}: needs at least one [[audit.witnesses]]")
-    if max_seconds and max_seconds < 2 * interval:
+    # A record waits up to two intervals and a witness round trip for its
+    # cosignature to be seen: a smaller window would refuse Signs while all is well.
+    if max_seconds and max_seconds < 2 * interval + timeout:
         raise ConfigError(
             f"audit.max_unwitnessed_seconds: {max_seconds:g} is below twice "
-            f"audit.checkpoint_interval_seconds ({interval:g}): signing would stop "
-            "between checkpoints"
+            f"audit.checkpoint_interval_seconds ({interval:g}) plus "
+            f"audit.witness_timeout_seconds ({timeout:g}): signing would stop between "
+            "checkpoints"
         )
     return LogConfig(
         origin=origin,
@@ -276,6 +285,24 @@ def _log(a: Mapping[str, Any], signing: bool) -> LogConfig | None:
         max_unwitnessed_records=max_records,
         max_unwitnessed_seconds=max_seconds,
     )
+
+
+def _witness_url(url: str, setting: str) -> str:
+    """A witness's prefix: http(s), a host, maybe a port and a path; nothing that would be
+    dropped or leaked (credentials, a query, a fragment)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"{setting}: not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{setting}: must be http:// or https:// and name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{setting}: must not hold credentials (the protocol has none)")
+    if parts.query or parts.fragment or any(c.isspace() for c in url):
+        raise ConfigError(f"{setting}: must not hold a query, a fragment or spaces")
+    del port
+    return url.rstrip("/")
 
 
 def _list_of_tables(a: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, Any]]:

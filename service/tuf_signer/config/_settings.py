@@ -190,7 +190,7 @@ class LogConfig:
     key_handle: str
     checkpoint_interval: float = 1.0
     witnesses: tuple[WitnessConfig, ...] = ()
-    witness_quorum: int = 1
+    witness_quorum: int = 1  # with witnesses; the parser makes it 0 without
     witness_timeout: float = 5.0
     max_unwitnessed_records: int = 0
     max_unwitnessed_seconds: float = 0.0

@@ -155,7 +155,7 @@ class SignerServer:
                     identity,
                     origin=None if transparency is None else transparency.origin,
                     verifier_key=None if transparency is None else transparency.key.text(),
-                    checkpoint_now=None if transparency is None else transparency.tick,
+                    checkpoint_now=None if transparency is None else transparency.checkpoint_now,
                 ),
                 server,
             )

@@ -33,6 +33,7 @@ limit and costs a Sign two comparisons.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -133,6 +134,10 @@ class TransparencyLog:
         self._oldest_unwitnessed: float | None = None
         self._witness_ok: bool | None = None
         self._lock = asyncio.Lock()  # one tick at a time
+        self._background: set[asyncio.Task[None]] = set()
+        # The newest checkpoint this process signed or saw: what the witnesses
+        # are asked to cosign, and what health's witness state is held to.
+        self._checkpointed = 0
 
     @property
     def key(self) -> VerifierKey:
@@ -159,7 +164,9 @@ class TransparencyLog:
                 further behind than ``audit.max_unwitnessed_*`` allows.
         """
         if self._halted is not None:
-            raise self._halted
+            # A new exception each time: raising one stored object would grow its
+            # traceback with every refused Sign's frames (and payloads), for good.
+            raise LogUnavailableError(self._halted.reason)
         cfg = self._config
         behind = self._tree_size - self._witnessed_size
         if cfg.max_unwitnessed_records and behind >= cfg.max_unwitnessed_records:
@@ -203,16 +210,41 @@ class TransparencyLog:
             await self._every(self._refresh_gate)
         finally:
             ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticking
 
     async def _every(self, step: Callable[[], Awaitable[object]]) -> None:
         while True:
             await asyncio.sleep(self._config.checkpoint_interval)
-            try:
-                await step()
-            except TufSignerError as e:
-                log.warning("transparency log: %s", e.reason)
-            except Exception as e:  # a bug must not stop the log for good
-                log.error("transparency log: failed: %s", loggable_cause(e))
+            await self._every_once(step)
+
+    async def checkpoint_now(self) -> None:
+        """Sign and store a checkpoint of the tree as it is now (``GetCheckpoint(fresh)``).
+
+        The witnesses get it from a tick started in the background: a caller
+        never waits on a slow witness (its call deadline would read as a fault).
+
+        Raises:
+            LogUnavailableError: signing is halted.
+            TufSignerError: the store or the audit key failed.
+        """
+        if self._halted is not None:
+            raise LogUnavailableError(self._halted.reason)
+        size = await _blocking(self._store.tree_size)
+        latest = await _blocking(self._store.latest_checkpoint, self.origin)
+        if latest is None or size > latest.size:
+            await self._sign(size)
+        task = asyncio.ensure_future(self._every_once(self.tick))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _every_once(self, step: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await step()
+        except TufSignerError as e:
+            log.warning("transparency log: %s", e.reason)
+        except Exception as e:  # a bug must not go unseen
+            log.error("transparency log: failed: %s", loggable_cause(e))
 
     def close(self) -> None:
         """Stop the witness threads (a call in flight ends at its own timeout)."""
@@ -240,6 +272,7 @@ class TransparencyLog:
                     return latest
                 if latest is None or size > latest.size:
                     latest = await self._sign(size)
+                self._checkpointed = max(self._checkpointed, latest.size)
                 root = checkpoint_of(latest.note).root_hash
                 pending = [w for w in self._witnesses if w.cosigned != latest.size]
                 await asyncio.gather(*(self._submit(w, latest, root) for w in pending))
@@ -412,17 +445,19 @@ class TransparencyLog:
         """
         size = await _blocking(self._store.tree_size)
         await self._hold(size)
-        quorum = self._config.witness_quorum
+        quorum = min(self._config.witness_quorum, len(self._witnesses))
         witnessed = 0
         if quorum:
             sizes = sorted((w.cosigned for w in self._witnesses), reverse=True)
             witnessed = min(sizes[quorum - 1], size)
         self._tree_size, self._witnessed_size = size, witnessed
-        if not quorum or witnessed >= size:
+        if not quorum or witnessed >= size or not self._config.max_unwitnessed_seconds:
             self._oldest_unwitnessed = None
         else:
             self._oldest_unwitnessed = await _blocking(self._record_time, witnessed + 1)
-        ok = self._halted is None and (not quorum or witnessed >= size)
+        # Healthy: the quorum cosigned the newest checkpoint (records keep
+        # arriving, so the live tree is almost always a little ahead).
+        ok = self._halted is None and (not quorum or witnessed >= self._checkpointed)
         if ok != self._witness_ok:
             self._witness_ok = ok
             self._on_witness_state(ok)

@@ -150,13 +150,14 @@ async def open_log(
     """
     backend = backends[config.key_backend]
     key = await audit_verifier_key(backend, config)
+    # By public key, not by handle: a handle has several spellings (upper-case
+    # hex), and two backends may name one token.
+    audit_public = key.public_key.hex()
     for record in store.list_keys():
-        if record.backend != config.key_backend:
-            continue
         for version in store.list_versions(record.name):
-            if version.handle == config.key_handle:
+            if version.public_key.get("keyval", {}).get("public") == audit_public:
                 raise ConfigError(
-                    f"audit.key.handle: is key {record.name!r} version {version.version}; "
+                    f"audit.key: is key {record.name!r} version {version.version}; "
                     "the audit key must sign nothing but checkpoints "
                     "(tuf-signer audit create-key makes one)"
                 )
@@ -191,9 +192,9 @@ async def start_parts(
     server = config.server
     store = open_audit_store(config.audit)
     backends: dict[str, KeyBackend] = {}
+    log = None
     try:
         backends = await start_backends(config)
-        log = None
         if config.audit.log is not None:
             log = await open_log(config.audit.log, store, backends, on_witness_state)
             await log.start()
@@ -217,6 +218,8 @@ async def start_parts(
             writer=writer,
         )
     except BaseException:
+        if log is not None:
+            log.close()
         for backend in backends.values():
             await backend.close()
         store.close()

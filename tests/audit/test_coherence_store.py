@@ -23,6 +23,7 @@ from tuf_signer.audit import (
     ApproveDelegations,
     AuditStore,
     Entry,
+    ResetRole,
     SetKeyRules,
     SqliteAuditStore,
     verify_store,
@@ -42,12 +43,14 @@ def _sign(
     *,
     lists: Lists | None = None,
     delegations: str = "",
+    known: bool = True,
 ) -> Entry:
     entry = make.sign(version, payload or f"{role}-{version}", role=role)
     change = entry.change
     assert isinstance(change, AdvanceRole)
     lists_ = None if lists is None else tuple(lists)
-    return replace(entry, change=replace(change, lists=lists_, delegations=delegations))
+    change = replace(change, lists=lists_, delegations=delegations, delegations_known=known)
+    return replace(entry, change=change)
 
 
 def _snapshot(make: AuditFactory, version: int, *bins: tuple[str, int]) -> Entry:
@@ -243,6 +246,25 @@ def test_changed_delegations_need_an_approval_used_up_by_one_signature(
     assert [s for s, _ in out] == ["OK", "FAILED_PRECONDITION"]
 
 
+def test_first_delegations_to_a_key_outside_the_registry_need_an_approval(
+    store: AuditStore, make: AuditFactory
+) -> None:
+    # No trust on first use: a compromised backend signing top-level targets
+    # first would choose who signs the bins.
+    a, b = sha("delegations a"), sha("delegations b")
+    out = _status(store, _sign(make, "targets", 1, delegations=a, known=False))
+    assert out[0][0] == "FAILED_PRECONDITION"
+    assert f"(sha256 {a}) are the first" in out[0][1] and "approve-delegations" in out[0][1]
+    assert store.get_role_state("online", "targets") is None
+    out = _status(
+        store,
+        _approve(make, "targets", a),
+        _sign(make, "targets", 1, delegations=a, known=False),
+        _sign(make, "snapshot", 1, delegations=b),  # another role: known keyids pass
+    )
+    assert [s for s, _ in out] == ["OK", "OK", "OK"]
+
+
 def test_set_key_rules_replaces_the_rules(store: AuditStore, make: AuditFactory) -> None:
     rules = (RoleRule("targets", 365 * 86400), RoleRule("snapshot", 86400))
     event = make.event("set-key-rules", identity="admin", key_name="online")
@@ -281,6 +303,37 @@ def test_a_reset_brings_the_listing_down_so_a_repository_can_start_again(
     )
     assert {s for s, _ in out} == {"OK"}, out
     verify_store(store)
+
+
+def _reset(make: AuditFactory, role: str, *, drop_listings: bool = False) -> Entry:
+    entry = make.reset(0, role=role)
+    assert isinstance(entry.change, ResetRole)
+    return replace(entry, change=replace(entry.change, drop_listings=drop_listings))
+
+
+@pytest.mark.parametrize(
+    ("drop_listings", "status"), [(False, "FAILED_PRECONDITION"), (True, "OK")], ids=str
+)
+def test_a_snapshot_reset_keeps_the_bins_floors_unless_every_role_starts_again(
+    store: AuditStore, make: AuditFactory, drop_listings: bool, status: str
+) -> None:
+    _status(
+        store,
+        _sign(make, "bins-00", 1),
+        _sign(make, "bins-00", 2, "two"),
+        _snapshot(make, 2, ("bins-00", 2)),
+    )
+    # A reset of snapshot alone (keys reset-role) must not roll every bin back at
+    # once; reset-roles (every role starts again) drops the floors.
+    out = _status(
+        store,
+        _reset(make, "snapshot", drop_listings=drop_listings),
+        _snapshot(make, 1, ("bins-00", 1)),
+    )
+    assert out[0][0] == "OK"
+    assert out[1][0] == status, out
+    if status != "OK":
+        assert "below version 2 that the last snapshot" in out[1][1]
 
 
 def test_coherence_holds_across_two_stores_and_a_reopen(

@@ -28,6 +28,7 @@ from tuf_signer.model import BinsDelegation, RoleRule
 from tuf_signer.policy import (
     bins_pattern,
     check_sign_request,
+    delegated_keyids,
     delegations_digest,
     empty_bin_role,
     is_empty_bin_role,
@@ -270,3 +271,32 @@ def test_a_listing_knows_the_bins_exactly_as_bin_index_does(bits: int) -> None:
     rules = (RoleRule(bins_pattern(bins), DAY),)
     got = {role for role, _, _ in listing(obj, "snapshot", bins, rules) or ()}
     assert got == {n for n in names if bin_index(bins, n) is not None}
+
+
+# --- delegated keyids (first delegations without approval only to the service's keys) ---
+
+DELEGATED: dict[str, tuple[Any, frozenset[str] | None]] = {
+    "none": (None, frozenset()),
+    "succinct": (
+        {"keys": {"k1": {}}, "succinct_roles": {"keyids": ["k1", "k2"], "threshold": 1}},
+        frozenset({"k1", "k2"}),
+    ),
+    "roles": (
+        {"keys": {}, "roles": [{"name": "a", "keyids": ["k3"]}, {"name": "b", "keyids": []}]},
+        frozenset({"k3"}),
+    ),
+    "not-an-object": ([], None),
+    "keys-not-an-object": ({"keys": ["k1"]}, None),
+    "roles-not-a-list": ({"keys": {}, "roles": {"a": 1}}, None),
+    "keyids-not-strings": ({"keys": {}, "succinct_roles": {"keyids": [1]}}, None),
+    "keyids-missing": ({"keys": {}, "roles": [{"name": "a"}]}, None),
+}
+
+
+@pytest.mark.parametrize("case", DELEGATED.values(), ids=DELEGATED.keys())
+def test_delegated_keyids_name_every_key_or_nothing(
+    case: tuple[Any, frozenset[str] | None],
+) -> None:
+    delegations, expected = case
+    obj = {"_type": "targets"} if delegations is None else {"delegations": delegations}
+    assert delegated_keyids(obj) == expected

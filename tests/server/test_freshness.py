@@ -3,8 +3,16 @@ warned about once, in the log and on the record; bins are one series per key."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -84,6 +92,58 @@ async def test_gauges_follow_the_registry(harness: Harness) -> None:
     assert REGISTRY.get_sample_value("tuf_signer_expiry_margin_seconds") == MARGIN
     size = REGISTRY.get_sample_value("tuf_signer_audit_tree_size")
     assert size == len(h.records())
+
+
+async def test_gauges_are_set_at_start_without_a_warning(
+    harness: Harness, restart: Callable[[Harness], Any]
+) -> None:
+    """The gauges exist from the first scrape on, not one interval after start,
+    and that first pass records nothing (the first warning stays one interval away)."""
+    h = harness
+    await h.create_key("early")
+    p = h.payloads
+    await h.sign("early", p.snapshot(1, expires=p.expires(3600)), role="snapshot")  # in the margin
+    h = await restart(h)  # ops.freshness_interval_seconds is 60: no tick in this test
+    for _ in range(50):
+        if expiry("early", "snapshot") is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert expiry("early", "snapshot") == 3600
+    assert REGISTRY.get_sample_value("tuf_signer_audit_tree_size") == len(h.records())
+    assert REGISTRY.get_sample_value("tuf_signer_key_versions", {"state": "active"}) == 1
+    assert warnings(h) == []
+
+
+_DROP = """
+from tuf_signer.server import _metrics
+_metrics.ROLE_EXPIRY.labels("k", "snapshot").set(100)
+_metrics.ROLE_EXPIRY.labels("k", "timestamp").set(200)
+_metrics.drop_role_expiry("k", "snapshot")
+for family in _metrics.registry().collect():
+    for s in family.samples:
+        if s.name == "tuf_signer_role_expiry_seconds":
+            print(s.labels["role"], s.value)
+"""
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["one-process", "multiprocess"])
+def test_a_dropped_role_series_no_longer_reads_its_last_value(
+    tmp_path: Path, workers: bool
+) -> None:
+    """A reset role state drops its series; with workers (prometheus_client's files,
+    where ``remove`` does nothing) it reads NaN, which no threshold alert matches."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if workers:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _DROP], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    values = {role: float(v) for role, v in (line.split() for line in out.splitlines())}
+    assert values["timestamp"] == 200
+    if workers:
+        assert math.isnan(values["snapshot"])
+    else:
+        assert "snapshot" not in values
 
 
 def test_empty_bin_marks_are_not_a_bin_left_to_expire() -> None:

@@ -113,3 +113,23 @@ async def test_settings_that_need_a_restart_are_named_as_not_applied(
     assert restart == ["ops.expiry_margin_seconds", "server.max_payload_bytes", "server.workers"]
     assert "rate=7.0" in caplog.text  # the limits are in force
     assert "4096" not in caplog.text.replace("max_inflight", "")  # names, not values
+
+
+async def test_a_key_that_does_not_match_the_certificate_keeps_the_old_pair(
+    tls_harness: TlsHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rotation half done: the new key is in place, the certificate is still the old one.
+    h = tls_harness
+    tls = h.pki.directory / "tls"
+    ca = (tls / "ca.crt").read_bytes()
+    new = DevCa(h.pki.directory / "newca")
+    new.issue("server", server=True)
+    (tls / "server.key").write_bytes((h.pki.directory / "newca" / "server.key").read_bytes())
+    with caplog.at_level(logging.INFO, "tuf_signer.server._app"):
+        assert not h.server.reload()
+    assert (
+        "keeping the previous server certificate: server.tls.key: does not match the "
+        "certificate of server.tls.cert" in caplog.text
+    )
+    assert "new server certificate, key and client CA in force" not in caplog.text
+    assert await public_keys(h, client(h, "tls", ca)) == grpc.StatusCode.OK

@@ -305,12 +305,85 @@ async def test_changed_delegations_sign_once_an_admin_approved_them(harness: Har
     assert record.event.detail["delegations_sha256"] == digest
 
 
+async def test_first_delegations_to_a_key_outside_the_service_need_an_approval(
+    harness: Harness,
+) -> None:
+    # No trust on first use: a compromised backend that signs top-level targets
+    # first must not choose who signs the bins.
+    h = harness
+    repo = await rstuf_repo(h)
+    payload = repo.top_level(1, keyids=[repo.keyid, "ab" * 32])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await repo.sign(payload)
+    digest = delegations_digest(parse_canonical(payload))
+    assert info.value.code() == FAILED
+    assert f"(sha256 {digest}) are the first" in (info.value.details() or "")
+    await h.admin.ApproveDelegations(
+        pb.ApproveDelegationsRequest(
+            key="online", role="targets", delegations_sha256=digest, reason="offline bins key"
+        )
+    )
+    assert (await repo.sign(payload)).role == "targets"
+
+
+async def test_rules_beyond_the_limit_are_refused_so_the_record_holds_them_all(
+    harness: Harness,
+) -> None:
+    h = harness
+    await rstuf_repo(h)
+    many = [*RSTUF_ROLES, *((f"role-{i:02d}", DAY) for i in range(65 - len(RSTUF_ROLES)))]
+    with pytest.raises(grpc.aio.AioRpcError) as created:
+        await h.create_key("wide", roles=many)
+    with pytest.raises(grpc.aio.AioRpcError) as edited:
+        await h.admin.SetKeyRules(
+            pb.SetKeyRulesRequest(
+                key="online",
+                roles=[pb.RoleRule(pattern=p, max_validity_seconds=s) for p, s in many],
+                reason="too many",
+            )
+        )
+    for info in (created, edited):
+        assert info.value.code() == INVALID
+        assert "rules: 65 role rules, more than the limit of 64" in (info.value.details() or "")
+    # At the limit, the record holds every rule.
+    info = await h.create_key("wide", roles=many[:64])
+    (record,) = [
+        r
+        for r in h.records()
+        if r.event.operation == "create-key"
+        and r.event.key_name == "wide"
+        and r.event.outcome is Outcome.GRANTED
+    ]
+    assert len(record.event.detail["roles"]) == len(info.roles) == 64
+
+
+async def test_reset_roles_drops_the_floors_of_bins_listed_through_empty_bins(
+    harness: Harness,
+) -> None:
+    # Bins only ever signed empty have no mark of their own to reset: the
+    # floor the last snapshot set for them goes with reset-roles (item 4).
+    h = harness
+    repo = await rstuf_repo(h)
+    await repo.bootstrap(n_bins=4)
+    await repo.sign(repo.empty_bin(2))  # RSTUF's expiry bump: every bin at 2, still empty
+    repo.bins = {r: 2 for r in repo.bins}
+    await repo.publish()
+    await h.admin.ResetRoleStates(
+        pb.ResetRoleStatesRequest(key="online", version=0, reason="re-bootstrap after INC-4")
+    )
+    h.clock.now += timedelta(minutes=5)
+    again = Repo(h, repo.key, repo.keyid, repo.public, {})
+    await again.bootstrap(n_bins=4)  # lists every bin at 1 again
+    assert again.snapshot == 1
+
+
 async def test_a_policy_edit_lets_an_existing_key_sign_top_level_targets(
     harness: Harness,
 ) -> None:
     h = harness
-    await h.create_key("online")  # timestamp, snapshot, bins: no targets
-    top = Repo(h, "online", "", SSlibKey("ab" * 32, "ed25519", "ed25519", {"public": "00"}), {})
+    v1 = (await h.create_key("online")).versions[0]  # timestamp, snapshot, bins: no targets
+    public = SSlibKey.from_dict(v1.keyid, json.loads(v1.public_key_json))
+    top = Repo(h, "online", v1.keyid, public, {})
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await h.sign("online", top.top_level(1))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -423,6 +496,34 @@ async def test_rotation_with_activate_on_pinned_sign_refuses_no_sign(
         activation = next(r for r in h.records() if r.seq > head)
         assert activation.event.identity == "anonymous"  # the signing identity, on the record
         assert "activate_on_pinned_sign" in activation.event.detail["by"]
+        keys = await h.admin.ListKeys(pb.ListKeysRequest())
+        (key,) = [k for k in keys.keys if k.name == "online"]
+        assert [v.state for v in key.versions] == [pb.RETIRED, pb.ACTIVE]
+    finally:
+        await stop_harness(h)
+
+
+async def test_a_refused_pinned_sign_activates_nothing(config_path: Path, clock: Any) -> None:
+    with config_path.open("a") as f:
+        f.write("\n[policy]\nactivate_on_pinned_sign = true\n")
+    h = await start_harness(config_path, clock)
+    try:
+        repo = await rstuf_repo(h)
+        await repo.bootstrap(n_bins=2)
+        await repo.publish()
+        new = (await h.admin.RotateKey(pb.RotateKeyRequest(key="online"))).version
+        head = h.records()[-1].seq
+        # A rollback pinned to the PENDING keyid: refused, and the key stays as it was.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await repo.sign(h.payloads.timestamp(1, 1), pin=new.keyid)
+        assert info.value.code() == FAILED and "rollback" in (info.value.details() or "")
+        assert [r.event.operation for r in h.records() if r.seq > head] == ["sign"]
+        keys = await h.admin.ListKeys(pb.ListKeysRequest())
+        (key,) = [k for k in keys.keys if k.name == "online"]
+        assert [v.state for v in key.versions] == [pb.ACTIVE, pb.PENDING]
+        # The next granted Sign pinned to it activates it.
+        repo.keyid = new.keyid
+        await repo.publish()
         keys = await h.admin.ListKeys(pb.ListKeysRequest())
         (key,) = [k for k in keys.keys if k.name == "online"]
         assert [v.state for v in key.versions] == [pb.RETIRED, pb.ACTIVE]

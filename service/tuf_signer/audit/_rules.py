@@ -358,7 +358,10 @@ def coherence_writes(change: AdvanceRole, view: CoherenceView) -> tuple[Coherenc
     to the first rule only: its snapshots may come from another key).
 
     Targets metadata other than a bin may carry delegations other than the
-    ones last signed for its role only with an admin's approval.
+    ones last signed for its role only with an admin's approval; its first
+    delegations too, unless every keyid they delegate to is a version of a
+    key in the registry (``change.delegations_known``: the bins delegated to
+    the online key).
 
     Returns:
         The values to write when the signature applies.
@@ -412,11 +415,20 @@ def coherence_writes(change: AdvanceRole, view: CoherenceView) -> tuple[Coherenc
     digest = change.delegations
     if digest:
         last = view.delegations.get(new.role, "")
-        if last and digest != last and view.approved.get(new.role) != digest:
+        approved = view.approved.get(new.role) == digest
+        if last and digest != last and not approved:
             raise PolicyError(
                 f"delegations of {new.role!r} version {new.version} (sha256 {digest}) differ "
                 f"from the last ones key {key!r} signed for it (sha256 {last}); an admin "
                 f"approves the change first: {APPROVE_HINT}"
+            )
+        # No trust on first use for a key outside the service: a compromised
+        # backend signing top-level targets first would choose who signs the bins.
+        if not last and not change.delegations_known and not approved:
+            raise PolicyError(
+                f"delegations of {new.role!r} version {new.version} (sha256 {digest}) are the "
+                f"first key {key!r} signs for it and delegate to a keyid that is no version of "
+                f"a key in the registry; an admin approves them first: {APPROVE_HINT}"
             )
         if digest != last:
             writes.append(("delegations", key, new.role, digest))
@@ -497,18 +509,27 @@ def decide_reset(
         current=new,
         advance=new,
         insert=stored is None,
-        coherence=reset_listings(new, view) if view is not None else (),
+        coherence=(
+            reset_listings(new, view, drop_listings=change.drop_listings)
+            if view is not None
+            else ()
+        ),
     )
 
 
-def reset_listings(new: RoleState, view: CoherenceView) -> tuple[CoherenceWrite, ...]:
+def reset_listings(
+    new: RoleState, view: CoherenceView, *, drop_listings: bool = False
+) -> tuple[CoherenceWrite, ...]:
     """What an admin reset of ``new.role`` does to the listings (issue 14).
 
     The role starts again: what the key's last snapshot (or timestamp) listed
-    of it comes down to the new mark, and what it listed itself is forgotten
-    (a snapshot's bins, a timestamp's snapshot), so that a repository that
-    starts again from scratch (RSTUF's re-bootstrap) can list them again.
-    The reset is on the record; so is every signature after it.
+    of it comes down to the new mark, and a timestamp's snapshot is
+    forgotten. What a snapshot listed (each bin's rollback floor) is
+    forgotten only with ``drop_listings`` (``reset-roles``: every role of the
+    key starts again, RSTUF's re-bootstrap); a reset of ``snapshot`` alone
+    keeps the floors, so that it cannot roll every bin back at once (a bin's
+    own reset lowers its floor). The reset is on the record; so is every
+    signature after it.
     """
     key, role = new.key_name, new.role
     writes: list[CoherenceWrite] = []
@@ -516,7 +537,7 @@ def reset_listings(new: RoleState, view: CoherenceView) -> tuple[CoherenceWrite,
         writes.append(("listed", key, role, new.version))
     if role == "timestamp" and view.listed.get("snapshot", 0):
         writes.append(("listed", key, "snapshot", 0))
-    if role == "snapshot":
+    if role == "snapshot" and drop_listings:
         writes.extend(("listed", key, r, 0) for r, v in view.listed.items() if v and r != role)
     return tuple(writes)
 

@@ -58,6 +58,7 @@ class AdvanceRole:
     replay_only: bool = False
     lists: tuple[tuple[str, int, bool], ...] | None = None
     delegations: str = ""
+    delegations_known: bool = False
 
 
 # AdvanceRole.lists and .delegations (issue 14, P9) are decided in the same
@@ -67,7 +68,9 @@ class AdvanceRole:
 # snapshot or timestamp listed; ``delegations``, for targets metadata other
 # than a bin, the digest of its ``delegations``, which may differ from the last
 # one this key signed for the role only with an admin's approval
-# (``ApproveDelegations``).
+# (``ApproveDelegations``); ``delegations_known``, every keyid they delegate to
+# is a version of a key in the registry: only then may a key's first
+# delegations for a role go without approval.
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,14 @@ class ResetRole:
     It rides on a granted ``reset-role-state`` event that agrees with
     ``state`` field by field, so that ``verify_store`` can hold the role state
     against that record. ``state.audit_seq`` is filled in by the store.
+
+    ``drop_listings``: for ``snapshot``, also forget the versions the key's
+    last snapshot listed (each bin's rollback floor); only when every role of
+    the key starts again (``reset-roles``). Otherwise the floors stay.
     """
 
     state: RoleState
+    drop_listings: bool = False
 
 
 @dataclass(frozen=True)

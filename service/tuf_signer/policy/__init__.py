@@ -54,6 +54,7 @@ from tuf_signer.policy._checks import (
 from tuf_signer.policy._coherence import (
     EMPTY_BIN,
     Listing,
+    delegated_keyids,
     delegations_digest,
     empty_bin_role,
     infer_targets_role,
@@ -95,6 +96,7 @@ __all__ = [
     "check_sign_request",
     "check_spec_version",
     "check_type_fits_role",
+    "delegated_keyids",
     "delegations_digest",
     "empty_bin_role",
     "identity_type",

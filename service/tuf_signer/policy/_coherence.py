@@ -13,9 +13,10 @@ key made, all read here from the parsed ``signed`` object:
   role this key signs that a snapshot lists, and the snapshot version a
   timestamp names. The store refuses a listing below the one before or at a
   version the key never signed (docs/design.md P9).
-- **The delegations a targets payload makes** (``delegations_digest``): a
-  change needs an admin's approval, so a compromised backend cannot delegate
-  the bins to a key outside the service.
+- **The delegations a targets payload makes** (``delegations_digest``,
+  ``delegated_keyids``): a change needs an admin's approval, and so do the
+  first ones unless they delegate only to keys of the service, so a
+  compromised backend cannot delegate the bins to a key outside it.
 
 Empty bins. An empty bin (``"targets": {}``) holds nothing that names its bin:
 its bytes are the same for every bin at one version and expiry, and its
@@ -241,6 +242,42 @@ def delegations_digest(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def delegated_keyids(obj: Mapping[str, Any]) -> frozenset[str] | None:
+    """Every keyid a targets payload's ``delegations`` names (TUF spec §4.5).
+
+    The keys of ``delegations.keys`` and the ``keyids`` of every role and of
+    ``succinct_roles``. The service accepts a key's first delegations for a
+    role without an admin's approval only when each is a version of a key in
+    its registry (``audit._rules.coherence_writes``).
+
+    Returns:
+        The keyids; None when ``delegations`` is not shaped as the spec says
+        (then nothing is known about it: an admin approves it).
+    """
+    delegations = obj.get("delegations")
+    if delegations is None:
+        return frozenset()
+    if not isinstance(delegations, dict):
+        return None
+    keys = delegations.get("keys", {})
+    if not isinstance(keys, dict):
+        return None
+    out = set(keys)
+    roles = delegations.get("roles", [])
+    succinct = delegations.get("succinct_roles")
+    groups = (
+        [*roles, *([succinct] if succinct is not None else [])] if isinstance(roles, list) else None
+    )
+    if groups is None:
+        return None
+    for group in groups:
+        keyids = group.get("keyids") if isinstance(group, dict) else None
+        if not isinstance(keyids, list) or not all(isinstance(k, str) for k in keyids):
+            return None
+        out.update(keyids)
+    return frozenset(out)
+
+
 def _listed_version(meta: Mapping[str, Any], name: str) -> int:
     entry = meta[name]
     version = entry.get("version") if isinstance(entry, dict) else None
@@ -289,6 +326,7 @@ __all__ = [
     "Listing",
     "check_declared_delegation",
     "check_role_agrees",
+    "delegated_keyids",
     "delegations_digest",
     "empty_bin_role",
     "empty_bin_rule",

@@ -19,7 +19,10 @@ it. With workers, only worker 0 (or the single server) warns; all set the
 gauge. A restarted process warns once more for a role still in the margin.
 
 The same tick refreshes the registry and log gauges (key versions by state,
-audit tree size and checkpoint lag).
+audit tree size and checkpoint lag). At start, a first pass sets the gauges
+only (no warning, no record), so they exist from the first scrape on. A role
+state that is reset drops its series (with workers, which cannot drop one, it
+reads NaN: ``_metrics.drop_role_expiry``).
 """
 
 from __future__ import annotations
@@ -155,19 +158,25 @@ class FreshnessWatch:
         self._series: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
-        """Tick every ``interval`` (the first one interval after start) until cancelled;
-        a failing tick is logged, not fatal."""
+        """Set the gauges at once (``tick(warn=False)``), then tick every ``interval``
+        until cancelled; a failing tick is logged, not fatal."""
+        warn = False  # the first warning comes one interval after start, as before
         while True:
-            await asyncio.sleep(self._interval)
             try:
-                await self.tick()
+                await self.tick(warn=warn)
             except TufSignerError as e:
                 log.warning("freshness watch: %s", e.reason)
             except Exception as e:  # a bug must not stop the watch for good
                 log.error("freshness watch failed: %s", loggable_cause(e))
+            warn = True
+            await asyncio.sleep(self._interval)
 
-    async def tick(self) -> list[AuditEvent]:
+    async def tick(self, warn: bool = True) -> list[AuditEvent]:
         """Read the role states, set the gauges, warn about roles newly in the margin.
+
+        Args:
+            warn: False for a gauge-only pass: no warning, no record, nothing
+                remembered as warned.
 
         Returns:
             The warnings recorded by this tick.
@@ -188,11 +197,13 @@ class FreshnessWatch:
         items = soonest(states, now)
         seen = {(i.key, i.series) for i in items}
         for gone in self._series - seen:  # a reset role state: drop its series
-            _metrics.ROLE_EXPIRY.remove(*gone)
+            _metrics.drop_role_expiry(*gone)
         self._series = seen
         fresh: list[Soonest] = []
         for item in items:
             _metrics.ROLE_EXPIRY.labels(item.key, item.series).set(item.left)
+            if not warn:
+                continue
             series = (item.key, item.series)
             if item.left >= self._margin:
                 self._warned.discard(series)

@@ -59,6 +59,9 @@ T = TypeVar("T")
 # The operation of an admin reset record (audit._chain.RESET), and its reason's bound.
 _REASON_MAX = 1024
 _MAX_VERSION = 2**63 - 1
+# The most role rules a key may have: each goes on the record of its create-key
+# or set-key-rules, whole.
+MAX_RULES = 64
 
 
 class KeyAdmin:
@@ -116,7 +119,7 @@ class KeyAdmin:
             detail={
                 "algorithm": algorithm.value,
                 "backend": recordable(backend or self._default_backend),
-                "roles": [[recordable(str(r.pattern)), r.max_validity] for r in rules[:64]],
+                "roles": [[recordable(str(r.pattern)), r.max_validity] for r in rules[:MAX_RULES]],
                 "activate": activate,
                 "bins": recordable(str(bins)) if bins is not None else "",
             },
@@ -124,6 +127,7 @@ class KeyAdmin:
 
         async def body(rule: AccessRule) -> tuple[KeyView, int] | Refusal:
             validate_key_name(name)
+            _check_rule_count(rules)
             policy.validate_rules(rules, bins)
             backend_name = backend or self._default_backend
             if backend_name not in self._backends:
@@ -405,7 +409,9 @@ class KeyAdmin:
                         keyid=kv.keyid,
                         key_version=kv.version,
                     )
-                    entries.append(Entry(recorded, ResetRole(mark)))
+                    # Every role starts again: the snapshot's bins may be listed
+                    # from version 1 again (a lone snapshot reset keeps them).
+                    entries.append(Entry(recorded, ResetRole(mark, drop_listings=True)))
                 committed = await self._recorder.commit_many(entries)
             finally:
                 self._lock.release()
@@ -446,20 +452,21 @@ class KeyAdmin:
             key_name=name,
             detail={
                 "reason": recordable(reason, _REASON_MAX),
-                "roles": [[recordable(str(r.pattern)), r.max_validity] for r in rules[:64]],
+                "roles": [[recordable(str(r.pattern)), r.max_validity] for r in rules[:MAX_RULES]],
             },
         )
 
         async def body(rule: AccessRule) -> tuple[KeyView, int] | Refusal:
             validate_key_name(name)
             _check_reason(reason)
+            _check_rule_count(rules)
 
             async def plan() -> tuple[Entry, None]:
                 view = await self._registry.refresh(name)
                 if view is None:
                     raise NotFoundError(f"unknown key {shown(name)}")
                 policy.validate_rules(rules, view.key.bins)
-                was = [[recordable(r.pattern), r.max_validity] for r in view.key.rules[:64]]
+                was = [[recordable(r.pattern), r.max_validity] for r in view.key.rules]
                 recorded = replace(event, detail={**event.detail, "was": was})
                 return Entry(recorded, SetKeyRules(name, tuple(rules))), None
 
@@ -582,6 +589,16 @@ def _version(
         created_at=now,
         activated_at=now if active else None,
     )
+
+
+def _check_rule_count(rules: Sequence[RoleRule]) -> None:
+    """At most ``MAX_RULES`` role rules, so that the record holds every one.
+
+    Raises:
+        RequestError: more rules than that (names the limit).
+    """
+    if len(rules) > MAX_RULES:
+        raise RequestError(f"rules: {len(rules)} role rules, more than the limit of {MAX_RULES}")
 
 
 def _check_reason(reason: str) -> None:

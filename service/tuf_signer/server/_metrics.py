@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -155,6 +156,20 @@ def set_expiry_margin(seconds: float) -> None:
         "ops.expiry_margin_seconds: a role with less time left is warned about.",
         "livemax",
     ).set(seconds)
+
+
+def drop_role_expiry(key: str, role: str) -> None:
+    """Drop a ``tuf_signer_role_expiry_seconds`` series (its role state was reset).
+
+    With workers the values live in files that cannot drop a series
+    (``remove`` does nothing there), so the series reads NaN instead: every
+    comparison with NaN is false, so no alert such as ``< 3600`` fires on it.
+    """
+    if multiproc_dir() is None:
+        with contextlib.suppress(KeyError):
+            ROLE_EXPIRY.remove(key, role)
+    else:
+        ROLE_EXPIRY.labels(key, role).set(math.nan)
 
 
 def role_class(role: str) -> str:

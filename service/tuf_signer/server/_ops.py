@@ -16,7 +16,9 @@ Nothing on it signs, reads keys or reads records. One port serves both
 protocols: a connection that opens with the HTTP/2 preface (gRPC, prior
 knowledge) is passed to a gRPC server holding only the health service, bound
 to an ephemeral loopback port; anything else is read as one HTTP/1.1 request,
-answered, and closed.
+answered, and closed. The two kinds have separate connection pools, each with
+a per-peer share, and a spliced connection is cut when idle or too old: idle
+HTTP/2 connections never leave the HTTP probes without a slot.
 
 With ``server.workers > 1`` every worker listens on the ops port with
 SO_REUSEPORT (the supervisor claims the address, as for the gRPC port), and
@@ -46,7 +48,17 @@ log = logging.getLogger(__name__)
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _MAX_REQUEST = 8 * 1024  # bytes of an HTTP/1.1 request line and headers
 _READ_TIMEOUT = 5.0  # seconds a client may take to send its request
-_MAX_CONNECTIONS = 64  # open at once; more are closed at once
+# Connections open at once, per kind; more are closed at once. Probes and
+# scrapes (HTTP/1.1, and any connection until its first bytes say which it is)
+# are short; a spliced gRPC connection may stay open (a Watch), so it has a pool
+# of its own, a per-peer share of it, an idle timeout and a lifetime: idle
+# HTTP/2 connections can never leave kubelet's HTTP probes without a slot.
+_MAX_HTTP = 64
+_MAX_HTTP_PER_PEER = 16
+_MAX_SPLICED = 32
+_MAX_SPLICED_PER_PEER = 8
+_SPLICE_IDLE = 30.0  # seconds without a byte either way before a spliced connection is cut
+_SPLICE_LIFETIME = 300.0  # seconds a spliced connection lasts at most (a Watch reconnects)
 _WATCH_POLL = 1.0  # seconds between readiness checks of a gRPC Watch
 
 READINESS = ("", "readiness")
@@ -121,16 +133,29 @@ class OpsListener:
             not draining); with workers, the others' state is read from the
             shared metric files too.
         shared: listen with SO_REUSEPORT (a supervised worker).
+        splice_idle: seconds without a byte either way before a spliced gRPC
+            connection is cut.
+        splice_lifetime: seconds a spliced gRPC connection lasts at most.
     """
 
-    def __init__(self, listen: str, ready: Callable[[], bool], shared: bool = False) -> None:
+    def __init__(
+        self,
+        listen: str,
+        ready: Callable[[], bool],
+        shared: bool = False,
+        splice_idle: float = _SPLICE_IDLE,
+        splice_lifetime: float = _SPLICE_LIFETIME,
+    ) -> None:
         self._host, self._port = split_host_port(listen, "ops.listen")
         self._local_ready = ready
         self._shared = shared
         self._server: asyncio.Server | None = None
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port = 0
-        self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
+        self._http = _Pool(_MAX_HTTP, _MAX_HTTP_PER_PEER)
+        self._spliced = _Pool(_MAX_SPLICED, _MAX_SPLICED_PER_PEER)
+        self._splice_idle = splice_idle
+        self._splice_lifetime = splice_lifetime
         self.port = 0
 
     def ready(self) -> bool:
@@ -175,46 +200,67 @@ class OpsListener:
             self._grpc = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._slots.locked():
-            writer.close()
-            return
-        async with self._slots:
+        peer = _peer(writer)
+        try:
+            if not self._http.take(peer):
+                return
             try:
                 first = await asyncio.wait_for(reader.readexactly(4), _READ_TIMEOUT)
-                if first == _H2_PREFACE[:4]:
-                    await self._splice(first, reader, writer)
-                else:
-                    await self._http(first, reader, writer)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                pass
-            except ValueError:  # a line past ``limit``
-                pass
+                if first != _H2_PREFACE[:4]:
+                    await self._http_answer(first, reader, writer)
+                    return
             finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+                self._http.give(peer)
+            if not self._spliced.take(peer):
+                return
+            try:
+                await self._splice(first, reader, writer)
+            finally:
+                self._spliced.give(peer)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except ValueError:  # a line past ``limit``
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def _splice(
         self, first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """Pass an HTTP/2 (gRPC) connection to the health-only gRPC server."""
+        """Pass an HTTP/2 (gRPC) connection to the health-only gRPC server, until
+        either side closes, nothing moved for ``splice_idle`` or ``splice_lifetime``
+        is over."""
+        loop = asyncio.get_running_loop()
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._grpc_port)
         up_writer.write(first)
+        last = [loop.time()]
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(64 * 1024):
+                    last[0] = loop.time()
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(OSError):
                 dst.write_eof()
 
+        both = asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        end = loop.time() + self._splice_lifetime
         try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            while not both.done():
+                wait = min(last[0] + self._splice_idle, end) - loop.time()
+                if wait <= 0:
+                    break
+                await asyncio.wait([both], timeout=wait)
         finally:
+            both.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await both
             up_writer.close()
 
-    async def _http(
+    async def _http_answer(
         self, first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Answer one HTTP/1.1 request, then close."""
@@ -259,3 +305,36 @@ class OpsListener:
         if await asyncio.to_thread(self.ready):
             return "200 OK", "text/plain; charset=utf-8", b"ready\n"
         return "503 Service Unavailable", "text/plain; charset=utf-8", b"not ready\n"
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """The peer's address (without its port): what a per-peer limit counts."""
+    name = writer.get_extra_info("peername")
+    return str(name[0]) if isinstance(name, tuple) and name else ""
+
+
+class _Pool:
+    """Connection slots: ``total`` at once, ``per_peer`` of them for one address."""
+
+    def __init__(self, total: int, per_peer: int) -> None:
+        self._total = total
+        self._per_peer = per_peer
+        self._held: dict[str, int] = {}
+        self._count = 0
+
+    def take(self, peer: str) -> bool:
+        """Take a slot for ``peer``; False (none taken) when the pool or its share is full."""
+        if self._count >= self._total or self._held.get(peer, 0) >= self._per_peer:
+            return False
+        self._count += 1
+        self._held[peer] = self._held.get(peer, 0) + 1
+        return True
+
+    def give(self, peer: str) -> None:
+        """Give back a slot ``take`` gave."""
+        self._count -= 1
+        left = self._held[peer] - 1
+        if left:
+            self._held[peer] = left
+        else:
+            del self._held[peer]

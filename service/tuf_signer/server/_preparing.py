@@ -11,6 +11,7 @@ backend call to make.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -59,6 +60,7 @@ class Prepared:
     # What the store holds against the key's other signatures (issue 14, P9).
     lists: tuple[tuple[str, int, bool], ...] | None = None
     delegations: str = ""
+    delegations_known: bool = False  # each keyid delegated to is a registry key's version
 
     def entry(self, signature: str) -> Entry:
         """The record: a grant advancing the role state, or a replay that does not."""
@@ -67,7 +69,11 @@ class Prepared:
             return Entry(event)
         state = replace(self.state, signature=signature)
         change = AdvanceRole(
-            state, max_step=self.max_step, lists=self.lists, delegations=self.delegations
+            state,
+            max_step=self.max_step,
+            lists=self.lists,
+            delegations=self.delegations,
+            delegations_known=self.delegations_known,
         )
         return Entry(event, change)
 
@@ -183,9 +189,10 @@ class Preparer:
                         policy.authorize_role(rule, policy.bin_name(view.key.bins, n))
                 else:
                     policy.authorize_role(rule, resolved)
+                pending = None
                 if self._activate is not None and item.expected_keyid:
-                    await self._activate_pinned(event.identity, view, item.expected_keyid)
-                active = await self._registry.active_for(view, item.expected_keyid)
+                    pending = await self._pinned_pending(view, item.expected_keyid)
+                active = pending or await self._registry.active_for(view, item.expected_keyid)
             except TufSignerError:
                 event = replace(
                     event, role=resolved, metadata_version=info.version, expires=expires
@@ -214,6 +221,9 @@ class Preparer:
             max_step = self._max_step.get(info.type)
             # Refuses before any HSM work; the stored state for an identical retry.
             replay = await self._role_decision(state, max_step)
+            if pending is not None:
+                # Every check passed: only now may the Sign move the key over.
+                active = await self._activate_pinned(event.identity, item.key, pending)
             return Prepared(
                 event=event,
                 state=state,
@@ -226,6 +236,8 @@ class Preparer:
                 max_step=max_step,
                 lists=info.lists,
                 delegations=info.delegations_sha256,
+                delegations_known=bool(info.delegations_sha256)
+                and self._delegates_to_registry(item.payload),
             )
         except TufSignerError as e:
             return Refusal(e, event)
@@ -236,22 +248,52 @@ class Preparer:
                 await self._recorder.cancelled(event)
             raise
 
-    async def _activate_pinned(self, identity: str, view: KeyView, keyid: str) -> None:
-        """Activate the PENDING version with ``keyid``, if there is one (issue 14, item 9).
+    async def _pinned_pending(self, view: KeyView, keyid: str) -> KeyVersion | None:
+        """The PENDING version with the pinned ``keyid``, when it is not ACTIVE already.
 
-        The repository pins the keyid its root now lists: once it accepted the
-        root that lists the new version, its first Sign moves the key over, and
-        no Sign is refused on the way (``policy.activate_on_pinned_sign``).
+        With ``policy.activate_on_pinned_sign`` the Sign is checked as that
+        version's (issue 14, item 9), and activates it only once every check
+        passed (``_activate_pinned``): a refused Sign moves nothing.
         """
-        assert self._activate is not None
         active = active_version(view)
         if active is not None and active.keyid == keyid:
-            return
-        pending = _pending(view, keyid) or _pending(
+            return None
+        return _pending(view, keyid) or _pending(
             await self._registry.recheck(view.key.name) or view, keyid
         )
-        if pending is not None:
-            await self._activate(identity, view.key.name, pending.version, keyid)
+
+    async def _activate_pinned(
+        self, identity: str, key_name: str, pending: KeyVersion
+    ) -> KeyVersion:
+        """Activate ``pending`` for a Sign that passed every check; the ACTIVE version after.
+
+        The repository pins the keyid its root now lists: once it accepted the
+        root that lists the new version, its first granted Sign moves the key
+        over (``policy.activate_on_pinned_sign``).
+
+        Raises:
+            KeyStateError: the pinned version is not ACTIVE after all (another
+                worker retired it, the activation was refused).
+        """
+        assert self._activate is not None
+        await self._activate(identity, key_name, pending.version, pending.keyid)
+        view = await self._registry.view(key_name)
+        return await self._registry.active_for(view, pending.keyid)
+
+    def _delegates_to_registry(self, payload: bytes) -> bool:
+        """Whether every keyid the payload's delegations name is a version of a registry key.
+
+        Then a key's first delegations for a role need no admin's approval
+        (the bins delegated to the online key); else they do (issue 14).
+        """
+        try:
+            keyids = policy.delegated_keyids(json.loads(payload))
+        except ValueError:
+            return False
+        if keyids is None:
+            return False
+        known = {v.keyid for view in self._registry.views() for v in view.versions}
+        return keyids <= known
 
     async def _role_decision(self, state: RoleState, max_step: int | None) -> RoleState | None:
         """The high-water check (P3, version step) against this process's cache.

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tuf_signer.config import Config, TlsConfig
 from tuf_signer.errors import ConfigError
@@ -38,7 +40,32 @@ def _read(tls: TlsConfig) -> tuple[bytes, bytes, bytes]:
             out.append(path.read_bytes())
         except OSError as e:
             raise ConfigError(f"server.tls.{name}: cannot read {path}: {e.strerror}") from e
+    _check_pair(out[0], out[1])
     return out[0], out[1], out[2]
+
+
+def _check_pair(chain: bytes, key: bytes) -> None:
+    """Check that ``key`` is the private key of the first certificate of ``chain``.
+
+    gRPC refuses a mismatched pair only at the next handshake, and then keeps
+    the pair in force: without this check a reload would report the new pair
+    as in force while the old one is served.
+
+    Raises:
+        ConfigError: naming ``server.tls.cert`` or ``server.tls.key`` (never the key's bytes).
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(chain)
+    except ValueError as e:
+        raise ConfigError("server.tls.cert: not a PEM certificate") from e
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError("server.tls.key: not an unencrypted PEM private key") from e
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+        raise ConfigError("server.tls.key: does not match the certificate of server.tls.cert")
 
 
 def _configuration(material: tuple[bytes, bytes, bytes]) -> Any:

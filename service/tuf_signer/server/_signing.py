@@ -98,17 +98,23 @@ class Signer:
         """
         request = self._request(identity, item)
 
+        # The role the checks resolved (a request may name none), for the metrics.
+        roles = [item.role or ""]
+
         async def body(rule: AccessRule) -> SignResult | Refusal:
-            return await self._sign(request, rule)
+            result = await self._sign(request, rule)
+            if isinstance(result, Refusal) and result.event.role:
+                roles[0] = result.event.role
+            return result
 
         try:
             result = await self._recorder.guarded(
                 request.event, policy.SIGN, body, nbytes=len(item.payload)
             )
         except TufSignerError as e:
-            self._count("Sign", [item], [e])
+            self._count("Sign", [item], [e], roles)
             raise
-        self._count("Sign", [item], [result])
+        self._count("Sign", [item], [result], roles)
         return result
 
     def _count(
@@ -116,16 +122,18 @@ class Signer:
         method: str,
         items: Sequence[SignItem],
         results: Sequence[SignResult | TufSignerError],
+        roles: Sequence[str],
     ) -> None:
         """Count answered items in ``tuf_signer_sign_requests_total`` (labels bounded:
-        a key not in the registry is ``other``)."""
+        a key not in the registry is ``other``). A refusal counts under ``roles``:
+        the role its checks resolved, else the one the request named."""
         known = {view.key.name for view in self._registry.views()}
-        for item, result in zip(items, results, strict=True):
+        for item, result, role in zip(items, results, roles, strict=True):
             key = item.key if item.key in known else _metrics.OTHER
             if isinstance(result, SignResult):
                 _metrics.count_sign(method, key, result.role, "OK")
             else:
-                _metrics.count_sign(method, key, item.role or "", result.code)
+                _metrics.count_sign(method, key, role, result.code)
 
     async def _sign(self, request: SignRequest, rule: AccessRule) -> SignResult | Refusal:
         pinned = bool(request.item.expected_keyid)
@@ -273,6 +281,8 @@ class Signer:
                 could be recorded (no signature is returned).
         """
         batch = self._recorder.event(identity, "sign-batch", detail={"items": len(items)})
+        # Each item's role as its checks resolved it (a request may name none), for the metrics.
+        roles = [item.role or "" for item in items]
 
         async def body(rule: AccessRule) -> list[SignResult | TufSignerError] | Refusal:
             if not items:
@@ -288,6 +298,8 @@ class Signer:
             if isinstance(signed, Refusal):
                 return signed
             owners, entries = signed
+            for i, entry in enumerate(entries):
+                roles[i] = entry.event.role or roles[i]
             committed = await self._recorder.commit_many(entries)
             return [
                 await self._settle(owner, done)
@@ -300,9 +312,9 @@ class Signer:
                 batch, policy.SIGN, body, cost=len(items), nbytes=nbytes
             )
         except TufSignerError as e:
-            self._count("SignBatch", items, [e] * len(items))
+            self._count("SignBatch", items, [e] * len(items), roles)
             raise
-        self._count("SignBatch", items, results)
+        self._count("SignBatch", items, results, roles)
         return results
 
     async def _sign_items(

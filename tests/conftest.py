@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import secrets
@@ -86,6 +87,23 @@ def free_port() -> int:
 
 
 GOCODE = Path("/usr/share/gocode")  # where Debian's golang-*-dev packages put Go sources
+
+
+def json_requests(binary: Path) -> Callable[..., list[dict[str, Any]]]:
+    """Run JSON requests through a Go checker: a JSON array on stdin, one of answers out."""
+
+    def run(*requests: dict[str, Any]) -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [str(binary)],
+            input=json.dumps(list(requests)).encode(),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        answers: list[dict[str, Any]] = json.loads(out.stdout)
+        return answers
+
+    return run
 
 
 def build_go_checker(source: Path, work: Path, package: str, why: str) -> Path:

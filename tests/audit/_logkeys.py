@@ -7,8 +7,6 @@ proofs never see how a checkpoint was signed: they read the store.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tests.conftest import build_go_checker
+from tests.conftest import build_go_checker, json_requests
 from tuf_signer.audit import AuditStore
 from tuf_signer.audit._checkpoint import Checkpoint, sign_checkpoint
 from tuf_signer.audit._note import (
@@ -111,16 +109,4 @@ def build_go_proof(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., li
         "golang.org/x/mod/sumdb/tlog",
         "Go's sumdb/note and sumdb/tlog are the independent reference",
     )
-
-    def run(*requests: dict[str, Any]) -> list[dict[str, Any]]:
-        out = subprocess.run(
-            [str(binary)],
-            input=json.dumps(list(requests)).encode(),
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        answers: list[dict[str, Any]] = json.loads(out.stdout)
-        return answers
-
-    return run
+    return json_requests(binary)

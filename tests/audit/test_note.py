@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import build_go_checker
+from tests.conftest import build_go_checker, json_requests
 from tuf_signer.audit._checkpoint import (
     EMPTY_ROOT,
     Checkpoint,
@@ -779,19 +777,7 @@ def go_note(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "golang.org/x/mod/sumdb/note",
         "Go's x/mod note package is the reference",
     )
-
-    def run(*requests: dict[str, Any]) -> list[dict[str, Any]]:
-        out = subprocess.run(
-            [str(binary)],
-            input=json.dumps(list(requests)).encode(),
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        answers: list[dict[str, Any]] = json.loads(out.stdout)
-        return answers
-
-    return run
+    return json_requests(binary)
 
 
 def _cosigner(key: VerifierKey, **more: Any) -> dict[str, Any]:

@@ -108,6 +108,15 @@ def parse_checkpoint(text: str) -> Checkpoint:
     )
 
 
+def note_checkpoint(note: bytes) -> Checkpoint:
+    """The checkpoint a signed note carries, parsed; its signatures are not checked.
+
+    Raises:
+        NoteFormatError: the note or its checkpoint text is malformed.
+    """
+    return parse_checkpoint(parse_note(note).text)
+
+
 @dataclass(frozen=True)
 class SignedCheckpoint:
     """A checkpoint whose log signature verified, with the cosignatures that verified.
@@ -232,7 +241,7 @@ class TlogProof:
             raise NoteFormatError(f"proof has {len(self.path)} hashes, more than {MAX_PATH}")
         if any(len(h) != HASH_SIZE for h in self.path):
             raise NoteFormatError("proof hash is not 32 bytes")
-        size = parse_checkpoint(parse_note(self.checkpoint).text).size
+        size = note_checkpoint(self.checkpoint).size
         if not 0 <= self.index < size:
             raise NoteFormatError(f"proof index {self.index} is not below the tree size {size}")
 

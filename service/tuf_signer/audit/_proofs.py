@@ -26,8 +26,8 @@ from tuf_signer.audit._checkpoint import (
     MAX_PATH,
     Checkpoint,
     TlogProof,
+    note_checkpoint,
     open_checkpoint,
-    parse_checkpoint,
 )
 from tuf_signer.audit._checkpoints import StoredCheckpoint
 from tuf_signer.audit._merkle import (
@@ -43,7 +43,6 @@ from tuf_signer.audit._note import (
     VerifierKey,
     b64decode,
     b64encode,
-    parse_note,
 )
 from tuf_signer.audit._store import AuditStore
 from tuf_signer.errors import AuditChainError, NotFoundError, RequestError, TufSignerError, shown
@@ -253,7 +252,7 @@ def parse_consistency(data: bytes) -> Consistency:
     hashes = tuple(b64decode(line, "consistency proof hash") for line in lines)
     if any(len(h) != HASH_SIZE for h in hashes):
         raise NoteFormatError("consistency proof hash is not 32 bytes")
-    parse_checkpoint(parse_note(note).text)
+    note_checkpoint(note)
     return Consistency(hashes, note)
 
 
@@ -310,7 +309,7 @@ def _check_root(
         if log_key is not None:
             parsed = open_checkpoint(found.note, origin=origin, log_key=log_key).checkpoint
         else:
-            parsed = parse_checkpoint(parse_note(found.note).text)
+            parsed = note_checkpoint(found.note)
     except NoteError as e:
         raise _mismatch(found, e.reason) from None
     if parsed.origin != origin or parsed.size != found.size:

@@ -279,11 +279,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _parse_note(note: bytes) -> None:
     """Refuse a checkpoint note from a server unless it parses (before it is printed)."""
-    from tuf_signer.audit._checkpoint import parse_checkpoint
-    from tuf_signer.audit._note import NoteError, parse_note
+    from tuf_signer.audit._checkpoint import note_checkpoint
+    from tuf_signer.audit._note import NoteError
 
     try:
-        parse_checkpoint(parse_note(note).text)
+        note_checkpoint(note)
     except NoteError as e:
         raise RequestError(f"the server sent a malformed checkpoint: {e.reason}") from None
 

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from tuf_signer._text import printable
 from tuf_signer.audit import AuditStore
-from tuf_signer.audit._checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
+from tuf_signer.audit._checkpoint import Checkpoint, note_checkpoint, open_checkpoint
 from tuf_signer.audit._checkpoints import StoredCheckpoint
 from tuf_signer.audit._note import (
     NoteError,
@@ -273,7 +273,7 @@ class TransparencyLog:
                 if latest is None or size > latest.size:
                     latest = await self._sign(size)
                 self._checkpointed = max(self._checkpointed, latest.size)
-                root = checkpoint_of(latest.note).root_hash
+                root = note_checkpoint(latest.note).root_hash
                 pending = [w for w in self._witnesses if w.cosigned != latest.size]
                 await asyncio.gather(*(self._submit(w, latest, root) for w in pending))
                 stored = await _blocking(self._store.checkpoint_at, self.origin, latest.size)
@@ -467,11 +467,6 @@ class TransparencyLog:
         for record in self._store.records(seq):
             return _epoch(record.event.time)
         return None
-
-
-def checkpoint_of(note: bytes) -> Checkpoint:
-    """The checkpoint a stored note carries (its signature is the caller's to check)."""
-    return parse_checkpoint(parse_note(note).text)
 
 
 def _epoch(text: str) -> float:

@@ -49,6 +49,8 @@ class Phase:
         duration: stop issuing after this many seconds; 0 to send every record.
         warmup: records sent first and left out of the figures.
         batch: responses are SignBatchResponse; count items and item failures.
+        timeline: report every measured completion as ``[seconds after the
+            phase's start, items signed]``, sorted by time (``steady_rate``).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Phase:
     duration: float = 0.0
     warmup: int = 0
     batch: bool = False
+    timeline: bool = False
 
 
 def _write_records(path: Path, records: Iterable[tuple[int, bytes]]) -> tuple[int, int]:
@@ -105,6 +108,7 @@ def run_loadgen(
                     "duration": phase.duration,
                     "warmup": phase.warmup,
                     "batch": phase.batch,
+                    "timeline": phase.timeline,
                     # seconds; loadgen bounds the whole phase by duration + timeout
                     "timeout": 120 if phase.duration > 0 else _UNTIMED_BOUND,
                 }
@@ -142,6 +146,39 @@ def run_loadgen(
     out["wall_s"] = wall1 - wall0
     out["conns"] = conns
     return out
+
+
+# The part of a phase's items over which ``steady_rate`` measures: the start
+# (connections, first calls, a pipeline filling) and the tail (the last calls
+# finishing one by one) are left out, the same way on every side.
+STEADY = (0.1, 0.9)
+
+
+def steady_rate(phase: dict[str, Any]) -> float:
+    """Items per second of a phase run with ``timeline``, in its steady state.
+
+    From the completion that brings the phase past 10% of its items to the one
+    that brings it past 90%. A phase too short to have a steady state (under
+    four completions) gives its plain rate.
+    """
+    timeline = phase.get("timeline") or []
+    total = sum(n for _, n in timeline)
+    plain = float(phase["items_rate"] or phase["rate"])
+    if len(timeline) < 4 or total <= 0:
+        return plain
+    lo, hi = STEADY[0] * total, STEADY[1] * total
+    done = 0.0
+    first: tuple[float, float] | None = None
+    for t, n in timeline:
+        done += n
+        if first is None and done >= lo:
+            first = (t, done)
+        if done >= hi:
+            assert first is not None
+            if t > first[0]:
+                return float(done - first[1]) / float(t - first[0])
+            break
+    return plain
 
 
 def grpc_frame(message: bytes) -> bytes:

@@ -8,6 +8,12 @@ them; the server's own canonical-JSON check refuses anything else anyway.
 
 Sizes follow PEP 458: bins average ~139 targets and ~54 KB; the snapshot
 lists every bin; the timestamp is a few hundred bytes.
+
+Coherence (issue 14): the signer refuses a snapshot that lists a bin at a
+version its key never signed, or below what its last snapshot listed, and a
+timestamp that names a snapshot version it never signed. So a snapshot is
+built from the versions actually signed (``snapshot`` takes them), and a
+timestamp names a snapshot that was signed.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import itertools
 import json
 import random
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -50,18 +56,29 @@ def timestamp(version: int, snapshot_version: int, exp: str) -> bytes:
     ).encode()
 
 
-@lru_cache(maxsize=4)
-def _snapshot_meta(n_bins: int) -> str:
-    names = sorted([f"{bin_name(i)}.json" for i in range(n_bins)] + ["targets.json"])
-    return ",".join(f'"{n}":{{"version":2}}' for n in names)
+TARGETS_VERSION = 1  # top-level targets, signed offline by another key: listed, never signed here
 
 
-def snapshot(version: int, n_bins: int, exp: str) -> bytes:
-    """A snapshot listing ``n_bins`` bins and targets (~600 KB for 16,384 bins)."""
+def snapshot(version: int, listed: Mapping[int, int], exp: str) -> bytes:
+    """A snapshot listing bin ``i`` at version ``listed[i]``, and top-level targets.
+
+    ``listed`` must hold exactly the bins signed so far, each at the version it
+    was last signed at: the signer refuses any other listing (issue 14).
+    PEP 458's 16,384 bins make ~500 KB.
+    """
+    # Canonical order: fixed-width lower-case hex sorts as the numbers do, and
+    # every "bins-" key sorts before "targets.json".
+    entries = [f'"{bin_name(i)}.json":{{"version":{listed[i]}}}' for i in sorted(listed)]
+    entries.append(f'"targets.json":{{"version":{TARGETS_VERSION}}}')
     return (
-        f'{{"_type":"snapshot","expires":"{exp}","meta":{{{_snapshot_meta(n_bins)}}},'
+        f'{{"_type":"snapshot","expires":"{exp}","meta":{{{",".join(entries)}}},'
         f'"spec_version":"{SPEC}","version":{version}}}'
     ).encode()
+
+
+def bulk_snapshot(version: int, n_bins: int, bins_version: int, exp: str) -> bytes:
+    """The snapshot after a bulk re-sign of bins 0..``n_bins``-1, all at ``bins_version``."""
+    return snapshot(version, dict.fromkeys(range(n_bins), bins_version), exp)
 
 
 def _path(k: int) -> tuple[str, str, str]:
@@ -200,7 +217,8 @@ def self_check() -> None:
     exp = expires()
     samples = [
         timestamp(3, 2, exp),
-        snapshot(4, 64, exp),
+        bulk_snapshot(4, 64, 3, exp),
+        snapshot(5, {0: 2, 17: 3}, exp),
         bin_payload(5, 6, exp),
         small_bin(7, 8, exp),
         next(realistic_bins(1, 1, exp))[1],

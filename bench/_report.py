@@ -22,23 +22,29 @@ _NOTARY = ("w5", "notary-signer", "notary-stubs")
 class Target:
     """A key's goal, and which workloads' errors and skip reasons bear on it."""
 
-    op: str  # "<=" or ">="
+    op: str  # "<=", ">=", or "" for a figure reported with no target
     value: float
     errors: tuple[str, ...]  # error groups (Bench.errors) that fail the key
     skips: tuple[str, ...]  # Bench.skipped entries that explain a missing value
 
 
+# Issue 16's table.
 TARGETS: dict[str, Target] = {
     "w1_p50_over_floor": Target("<=", 1.5, ("w1",), ("w1",)),
     "w2_over_echo": Target(">=", 0.5, ("w2",), ("w2",)),
-    "w2_over_notary": Target(">=", 0.5, ("w5",), ("w5-small", *_NOTARY)),
+    # CPython's gRPC echo alone is ~0.34x notary-signer here: reported, no target.
+    "w2_over_notary": Target("", 0.0, ("w5",), ("w5-small", *_NOTARY)),
     "w3_batch_over_raw_1p": Target(">=", 0.8, ("w3",), ("w3",)),
     "w3_batch_over_raw_np": Target(">=", 0.8, ("w3",), ("w3",)),
-    "w4_over_inprocess": Target("<=", 1.0, ("w4",), ("w4",)),
-    "w4_over_raw": Target("<=", 1.3, ("w4",), ("w4",)),
+    "w4_over_inprocess": Target("<=", 0.25, ("w4",), ("w4",)),
+    "w4_over_floor": Target("<=", 1.5, ("w4",), ("w4",)),
     "w5_bulk_over_notary": Target("<=", 1.0, ("w4", "w5"), ("w4", *_NOTARY)),
     "w6_rss_growth": Target("<=", 0.10, ("w6",), ("w6",)),
 }
+
+
+def _target_text(t: Target) -> str:
+    return f"{t.op} {t.value:g}" if t.op else "-"
 
 
 def _status(key: str, value: float | None, bench: Bench) -> str:
@@ -47,6 +53,8 @@ def _status(key: str, value: float | None, bench: Bench) -> str:
         return "SKIP"
     if any(bench.errors.get(g) for g in t.errors):
         return "FAIL (errors)"
+    if not t.op:
+        return "reported"
     ok = value <= t.value if t.op == "<=" else value >= t.value
     return "PASS" if ok else "FAIL"
 
@@ -64,7 +72,7 @@ def build(settings: Settings, info: dict[str, Any], bench: Bench) -> dict[str, A
             {
                 "key": key,
                 "value": value,
-                "target": f"{t.op} {t.value:g}",
+                "target": _target_text(t),
                 "status": _status(key, value, bench),
                 "note": note,
             }
@@ -119,6 +127,13 @@ def console(report: dict[str, Any]) -> str:
     for workload, errs in report["errors"].items():
         for e in errs:
             lines.append(f"error in {workload}: {e[:300]}")
+    lines.append("")
+    lines.append(
+        " ".join(
+            f"{row['key']}={'n/a' if row['value'] is None else format(row['value'], '.3f')}"
+            for row in report["table"]
+        )
+    )
     return "\n".join(lines)
 
 

@@ -7,9 +7,11 @@ nothing else: no policy, no HSM, no audit. What tuf-signer reaches against
 it is the cost of everything that is not gRPC.
 
 Run several on one port to match a multi-process signer; gRPC sets
-SO_REUSEPORT, and the kernel spreads connections between them::
+SO_REUSEPORT, and the kernel spreads connections between them. With
+``--tls-dir`` it requires mutual TLS with the signer's own certificates
+(``server.crt``, ``server.key``, ``ca.crt`` in that directory), as W4 does::
 
-    python -m bench.echo_server --listen 127.0.0.1:PORT
+    python -m bench.echo_server --listen 127.0.0.1:PORT [--tls-dir DIR]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -51,7 +54,7 @@ class EchoSigner(pb_grpc.SignerServicer):
         return pb.SignBatchResponse(results=results)
 
 
-async def serve(listen: str) -> None:
+async def serve(listen: str, tls_dir: Path | None = None) -> None:
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -60,7 +63,15 @@ async def serve(listen: str) -> None:
         ]
     )
     pb_grpc.add_SignerServicer_to_server(EchoSigner(), server)
-    server.add_insecure_port(listen)
+    if tls_dir is None:
+        server.add_insecure_port(listen)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [((tls_dir / "server.key").read_bytes(), (tls_dir / "server.crt").read_bytes())],
+            root_certificates=(tls_dir / "ca.crt").read_bytes(),
+            require_client_auth=True,
+        )
+        server.add_secure_port(listen, credentials)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,11 +84,14 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, help="HOST:PORT (loopback)")
+    parser.add_argument(
+        "--tls-dir", type=Path, help="mutual TLS with server.crt, server.key, ca.crt from here"
+    )
     args = parser.parse_args()
     host = args.listen.rpartition(":")[0]
     if host not in ("127.0.0.1", "localhost", "[::1]"):
         parser.error("the echo server listens on loopback only")
-    asyncio.run(serve(args.listen))
+    asyncio.run(serve(args.listen, args.tls_dir))
 
 
 if __name__ == "__main__":

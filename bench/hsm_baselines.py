@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from bench import _payloads
@@ -85,7 +85,7 @@ def run_raw(args: argparse.Namespace, pin: str) -> dict[str, Any]:
     tail: list[bytes] = []
     if args.payload == "bulk" and args.with_tail:
         exp = _payloads.expires()
-        tail = [_payloads.snapshot(2, args.bins, exp), _payloads.timestamp(2, 2, exp)]
+        tail = [_payloads.bulk_snapshot(2, args.bins, 2, exp), _payloads.timestamp(2, 2, exp)]
     ecdsa = args.algorithm == "ecdsa"
     mechanism = Mechanism.ECDSA if ecdsa else Mechanism.EDDSA
     with _open(args.module, args.label, pin) as session:
@@ -124,9 +124,13 @@ def run_raw(args: argparse.Namespace, pin: str) -> dict[str, Any]:
 def run_inprocess(args: argparse.Namespace, pin: str) -> dict[str, Any]:
     from securesystemslib.signer import HSMSigner, Signer
 
-    # The key HSMSigner expects: an EC P-256 token object with CKA_ID 2.
+    # The key HSMSigner expects: an EC P-256 token object with CKA_ID 2 (made by
+    # the first run on this token; W4 runs this baseline once per round).
     with _open(args.module, args.label, pin) as session:
-        _keypair(session, "ecdsa", store=True, key_id=bytes([HSM_SIGNER_KEYID]))
+        key_id = bytes([HSM_SIGNER_KEYID])
+        mine = {Attribute.ID: key_id, Attribute.CLASS: ObjectClass.PRIVATE_KEY}
+        if not list(session.get_objects(mine)):
+            _keypair(session, "ecdsa", store=True, key_id=key_id)
     os.environ["PYKCS11LIB"] = args.module
 
     def secrets_handler(_what: str) -> str:
@@ -136,7 +140,7 @@ def run_inprocess(args: argparse.Namespace, pin: str) -> dict[str, Any]:
     signer = Signer.from_priv_key_uri(uri, public_key, secrets_handler)
     exp = _payloads.expires()
     payloads = _payloads_for("bulk", 0, args.bins, args.bins)
-    payloads += [_payloads.snapshot(2, args.bins, exp), _payloads.timestamp(2, 2, exp)]
+    payloads += [_payloads.bulk_snapshot(2, args.bins, 2, exp), _payloads.timestamp(2, 2, exp)]
     t0_unix, t0 = time.time(), time.perf_counter()
     signatures = [signer.sign(p) for p in payloads]
     elapsed = time.perf_counter() - t0

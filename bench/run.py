@@ -7,17 +7,21 @@ before or after it (and, in the full run, interleaved twice, best of two).
 Workloads (README "Performance" has the table and how to read it):
 
 - W1 latency: timestamp Sign at concurrency 1 against the echo ceiling plus
-  one raw HSM signature.
+  one raw HSM signature plus one fsync of the audit store's directory.
 - W2 throughput: unary Sign of 512-byte bins, 64 in flight, against the echo
   ceiling driven by the same generator.
 - W3 HSM efficiency: SignBatch (or, while it is UNIMPLEMENTED, concurrent
   unary Sign: marked) against raw python-pkcs11 loops, one process and all.
 - W4 PEP 458 bulk: every bin (~54 KB each), then snapshot, then timestamp,
-  ECDSA P-256, against securesystemslib's in-process HSMSigner and raw loops.
+  ECDSA P-256, against securesystemslib's in-process HSMSigner, and against
+  the echo ceiling (same stream, mutual TLS) plus raw loops; steady state.
 - W5 peer: notary-signer, small unary and W4's bulk workload.
 - W6 soak: mixed load at a fixed rate; RSS, errors, ``audit verify``.
 
-Usage: ``python -m bench [--quick] [--only w1,w2,...] [--keep]``.
+Every workload must end without one failed call or item: the exit status is 1
+otherwise (after the results are written).
+
+Usage: ``python -m bench [--quick] [--only w1,w2,...] [--keep] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,17 +56,26 @@ from bench._gen import (
     Phase,
     run_h2load,
     run_loadgen,
+    steady_rate,
 )
-from bench._procs import REPO, BenchError, Echo, Notary, Service, TufSigner
+from bench._procs import REPO, BenchError, Echo, Notary, Service, Tls, TufSigner
 from bench._setup import Tools, prepare
 from tuf_signer.v1 import signer_pb2 as pb
+from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_BINS = 1 << _payloads.BIN_BITS
 BULK_BATCH_BYTES = 4 << 20  # a SignBatch message stays well under gRPC's 8 MiB default limit
 BATCH_ITEMS = 256  # items per SignBatch (capped by server.max_batch_items when it exists)
 W2_IN_FLIGHT = 64  # the issue's figure
+# W4: bins per SignBatch (~1.7 MB), and batches in flight per server worker (one
+# per connection). The same in both modes, so the quick run's 2,048 bins make
+# enough rounds (64 batches on 8 connections) for a steady state.
+W4_BATCH_ITEMS = 32
+W4_IN_FLIGHT_PER_WORKER = 4
+W4_ROUNDS = 2  # interleaved rounds of W4 on each side, in both modes; the best of each
 GUESS_RATE = 20_000  # requests/s: bodies prepared per second of a closed-loop phase
+SOAK_LAG_S = 1.0  # W6: a snapshot lists, a timestamp names, only what was sent this long before
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +101,7 @@ QUICK = Settings(
     w1_requests=300,
     phase_s=1.2,
     raw_s=0.8,
-    w4_bins=1024,
+    w4_bins=2048,
     soak_s=20.0,
     soak_rate=200.0,
     sweep=(),
@@ -150,6 +164,46 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+FSYNC_SAMPLES = 200
+
+
+def fsync_us(directory: Path, samples: int = FSYNC_SAMPLES) -> dict[str, float]:
+    """What durability costs in ``directory`` (the audit store's), µs at p50.
+
+    ``dir_fsync``: one fsync of the directory itself, as issue 16 defines W1's
+    floor. ``page_fdatasync``: rewrite one 4 KiB page of a preallocated file
+    there in place and fdatasync it, the least a commit to SQLite's WAL (which
+    reuses its file) does; recorded, not in the floor. The file is removed.
+    """
+    page = b"\0" * 4096
+    scratch = directory / f".bench-fsync-{os.getpid()}"
+    dirs: list[int] = []
+    pages: list[int] = []
+    fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.pwrite(fd, page, 0)
+        os.fsync(fd)
+        os.fsync(dir_fd)
+        for _ in range(samples):
+            t0 = time.perf_counter_ns()
+            os.fsync(dir_fd)
+            t1 = time.perf_counter_ns()
+            os.pwrite(fd, page, 0)
+            os.fdatasync(fd)
+            pages.append(time.perf_counter_ns() - t1)
+            dirs.append(t1 - t0)
+    finally:
+        os.close(fd)
+        os.close(dir_fd)
+        scratch.unlink()
+    return {
+        "samples": samples,
+        "dir_fsync_p50_us": statistics.median(dirs) / 1000,
+        "page_fdatasync_p50_us": statistics.median(pages) / 1000,
+    }
+
+
 # --- request bodies ------------------------------------------------------------------
 
 
@@ -157,15 +211,40 @@ def _sign(key: str, keyid: str, role: str, payload: bytes) -> pb.SignRequest:
     return pb.SignRequest(key=key, role=role, payload=payload, expected_keyid=keyid)
 
 
-def timestamps(server: TufSigner, key: str, n: int) -> list[tuple[int, bytes]]:
-    """``n`` timestamp Signs with increasing versions (send them in order, one at a time)."""
+def sign_snapshot(server: TufSigner, key: str, listed: dict[int, int]) -> int:
+    """Sign one snapshot listing ``listed`` (bin -> version) with ``key``; its version.
+
+    A key whose rules allow snapshots signs a timestamp only for a snapshot
+    it signed (issue 14), so timestamps need one first.
+
+    Raises:
+        BenchError: the signer refused it.
+    """
+    version = server.take_versions(1)
+    payload = _payloads.snapshot(version, listed, _payloads.expires())
+    request = _sign(key, server.keyids[key], "snapshot", payload)
+    with server.channel() as channel:
+        try:
+            pb_grpc.SignerStub(channel).Sign(request, timeout=60)
+        except grpc.RpcError as e:
+            raise BenchError(f"snapshot refused: {e.code().name}: {e.details()}") from e
+    return version
+
+
+def timestamps(
+    server: TufSigner, key: str, n: int, snapshot_version: int
+) -> list[tuple[int, bytes]]:
+    """``n`` timestamp Signs naming ``snapshot_version``, with increasing versions.
+
+    Send them in order, one at a time.
+    """
     exp, base = _payloads.expires(), server.take_versions(n)
     keyid = server.keyids[key]
     return [
         (
             0,
             _sign(
-                key, keyid, "timestamp", _payloads.timestamp(base + i, 1, exp)
+                key, keyid, "timestamp", _payloads.timestamp(base + i, snapshot_version, exp)
             ).SerializeToString(),
         )
         for i in range(n)
@@ -189,6 +268,31 @@ def small_signs(server: TufSigner, key: str, n: int) -> list[pb.SignRequest]:
         )
         for i in range(n)
     ]
+
+
+def _bulk_seconds(phases: list[dict[str, Any]], n: int) -> tuple[float, float]:
+    """A bulk re-sign's time in steady state, and its bins/s: W4's bins phase, then its tail.
+
+    ``n`` bins at the bins phase's ``steady_rate``, plus each later phase's
+    time (the snapshot and the timestamp, one call each).
+    """
+    rate = steady_rate(phases[0])
+    return n / rate + sum(p["elapsed_s"] for p in phases[1:]), rate
+
+
+def _side(result: dict[str, Any], n: int, *, api: str) -> dict[str, Any]:
+    """One side's figures from one W4 round (``_bulk_seconds``), timelines dropped."""
+    phases = result["phases"]
+    seconds, rate = _bulk_seconds(phases, n)
+    return {
+        "s": seconds,
+        "rate": rate,
+        "api": api,
+        "timed_wall_s": phases[-1]["end_unix"] - phases[0]["start_unix"],
+        "server_cpu_s": result["server_cpu_s"],
+        "server_cpu_us_per_signature": 1e6 * result["server_cpu_s"] / (n + 2),
+        "phases": [{k: v for k, v in p.items() if k != "timeline"} for p in phases],
+    }
 
 
 def unary(requests: list[pb.SignRequest], method: int = 0) -> list[tuple[int, bytes]]:
@@ -255,8 +359,8 @@ class Bench:
             )
         return server
 
-    def echo(self, processes: int) -> Echo:
-        echo = Echo(self._dir("echo"), processes)
+    def echo(self, processes: int, tls: Tls | None = None) -> Echo:
+        echo = Echo(self._dir("echo"), processes, tls)
         self._services.append(echo)
         return echo.start()
 
@@ -289,11 +393,17 @@ class Bench:
         return result
 
     def _check(self, workload: str, result: dict[str, Any]) -> None:
+        """Record every failed call or item of ``result``, its warm-up included."""
         for p in result["phases"]:
             if p["errors"] or p["item_errors"]:
                 self.errors.setdefault(workload, []).append(
                     f"{p['name']}: {p['errors']} failed calls, {p['item_errors']} failed items; "
                     f"{p['samples'][:2]}"
+                )
+            if p.get("warmup_errors") or p.get("warmup_item_errors"):
+                self.errors.setdefault(workload, []).append(
+                    f"{p['name']} warm-up: {p['warmup_errors']} failed calls, "
+                    f"{p['warmup_item_errors']} failed items; {p['warmup_samples'][:2]}"
                 )
 
     def raw(
@@ -383,19 +493,26 @@ class Bench:
         n = self.s.w1_requests
         warm = max(20, n // 10)
         runs: dict[str, list[dict[str, Any]]] = {"sign": [], "echo": []}
+        fsyncs: list[dict[str, float]] = []
+        # The timestamps name a snapshot this key signed: one listing no bin.
+        snapshot_version = sign_snapshot(server, "ed", {})
         for _ in range(self.s.repeats):
-            bodies = timestamps(server, "ed", n + warm)
+            bodies = timestamps(server, "ed", n + warm, snapshot_version)
             for name, target in (("sign", server), ("echo", echo)):
                 phase = Phase(f"w1-{name}", bodies, [SIGN], concurrency=1, warmup=warm)
                 result = self.loadgen(target, [phase])
                 self._check("w1", result)
                 runs[name].append(result)
+            fsyncs.append(fsync_us(server.audit_dir))  # next to the Signs it stands for
         raw = self.raw(server, 1, payload="timestamp", count=2000, per_sign=True)
+        fsync = min(fsyncs, key=lambda f: f["dir_fsync_p50_us"])
         sign_p50 = min(r["phases"][0]["latency_us"]["p50"] for r in runs["sign"])
         sign_p99 = min(r["phases"][0]["latency_us"]["p99"] for r in runs["sign"])
         echo_p50 = min(r["phases"][0]["latency_us"]["p50"] for r in runs["echo"])
         hsm_us = raw["per_process"][0]["per_sign_us"]["p50"]
-        floor = echo_p50 + hsm_us
+        # P4: a signature goes back only once its record is durable, so one
+        # fsync of the audit store's directory is part of any Sign's floor.
+        floor = echo_p50 + hsm_us + fsync["dir_fsync_p50_us"]
         self.figures["w1"] = {
             "payload_bytes": len(_payloads.timestamp(1, 1, _payloads.expires())),
             "sign_p50_us": sign_p50,
@@ -403,6 +520,8 @@ class Bench:
             "echo_p50_us": echo_p50,
             "echo_p99_us": min(r["phases"][0]["latency_us"]["p99"] for r in runs["echo"]),
             "raw_hsm_sign_us": hsm_us,
+            "fsync": fsync,
+            "fsync_runs": fsyncs,
             "floor_us": floor,
             "sign_server_cpu_us_per_request": min(
                 r["server_cpu_us_per_request"] for r in runs["sign"]
@@ -417,7 +536,9 @@ class Bench:
             "w1_p50_over_floor",
             sign_p50 / floor,
             f"Sign p50 {sign_p50:.0f} µs, p99 {sign_p99:.0f} µs; floor {floor:.0f} µs = "
-            f"echo p50 {echo_p50:.0f} + raw HSM {hsm_us:.0f}",
+            f"echo p50 {echo_p50:.0f} + raw HSM {hsm_us:.0f} + audit directory fsync "
+            f"{fsync['dir_fsync_p50_us']:.0f} (a 4 KiB page rewritten and fdatasynced there: "
+            f"{fsync['page_fdatasync_p50_us']:.0f})",
         )
 
     # --- W2 ------------------------------------------------------------------------
@@ -621,7 +742,109 @@ class Bench:
 
     # --- W4 and W5 bulk ------------------------------------------------------------------
 
-    def w4(self, ours: TufSigner, notary: Notary | None, notary_ec: str | None) -> None:
+    def w4(
+        self, ours: TufSigner, echo: Echo | None, notary: Notary | None, notary_ec: str | None
+    ) -> None:
+        """W4 and W5's bulk figure: one re-sign of every bin, then snapshot, then timestamp.
+
+        Every side gets the same request stream with the same warm-up (one
+        batch per connection, or as many bins unary), and its time is taken
+        in its steady state (``steady_rate``): ``bins / rate`` plus the
+        snapshot's and the timestamp's latency. Warm-up and tail are fixed
+        costs; leaving them out on every side makes the 2,048 bins of the
+        quick run predict the 16,384 of the full one. Tuf-signer, the echo
+        ceiling, notary-signer, HSMSigner in-process and the raw loops take
+        turns, ``W4_ROUNDS`` times; each keeps its best round.
+        """
+        n = self.s.w4_bins
+        workers = ours.workers
+        conns = W4_IN_FLIGHT_PER_WORKER * workers
+        items = min(W4_BATCH_ITEMS, self.batch_items)
+        warm_bins = min(n, conns * items)
+        rounds: list[dict[str, Any]] = []
+        for _ in range(W4_ROUNDS):
+            rounds.append(self._w4_round(ours, echo, notary, notary_ec, conns, items, warm_bins))
+        best = {
+            side: min(rounds, key=lambda r: r[side]["s"])[side]
+            for side in ("ours", "echo", "notary", "inprocess", "raw")
+            if rounds[0][side] is not None
+        }
+        ours_s, ours_rate = best["ours"]["s"], best["ours"]["rate"]
+        inprocess, raw = best["inprocess"]["result"], best["raw"]["result"]
+        raw_s = best["raw"]["s"]
+        fig: dict[str, Any] = {
+            "bins": n,
+            "warmup_bins": warm_bins,
+            "bin_bytes_mean": rounds[0]["payload_bytes"] / n,
+            "snapshot_bytes": rounds[0]["snapshot_bytes"],
+            "algorithm": "ECDSA P-256 (HSMSigner supports only ECDSA)",
+            "transport": "mutual TLS",
+            "api": best["ours"]["api"],
+            "how": "steady state: bins / rate between 10% and 90% of the timed bins, "
+            "+ snapshot and timestamp latency; warm-up left out on every side; best of "
+            f"{W4_ROUNDS} interleaved rounds",
+            "ours_s": ours_s,
+            "ours_rate": ours_rate,
+            "ours_timed_wall_s": best["ours"]["timed_wall_s"],
+            "ours_server_cpu_us_per_signature": best["ours"]["server_cpu_us_per_signature"],
+            "echo_s": best["echo"]["s"] if "echo" in best else None,
+            "inprocess_wall_s": inprocess["elapsed_s"],
+            "inprocess": inprocess,
+            "raw_processes": workers,
+            "raw_s": raw_s,
+            "raw_wall_s": raw["wall_s"],
+            "raw": raw,
+            "rounds": rounds,
+        }
+        self.figures["w4"] = fig
+        self.record(
+            "w4_over_inprocess",
+            ours_s / inprocess["elapsed_s"],
+            f"{n} bins + snapshot + timestamp: {ours_s:.2f} s vs HSMSigner in-process "
+            f"{inprocess['elapsed_s']:.2f} s",
+        )
+        if echo is not None:
+            echo_s = best["echo"]["s"]
+            floor = echo_s + raw_s
+            fig["floor_s"] = floor
+            self.record(
+                "w4_over_floor",
+                ours_s / floor,
+                f"{ours_s:.2f} s vs floor {floor:.2f} s = echo ceiling {echo_s:.2f} s (same "
+                f"stream, mutual TLS, {echo.processes} process(es)) + raw HSM {raw_s:.2f} s "
+                f"({workers} process(es))",
+            )
+        if "notary" not in best:
+            return
+        notary_s, notary_rate = best["notary"]["s"], best["notary"]["rate"]
+        self.figures["w5_bulk"] = {
+            "bins": n,
+            "warmup_bins": warm_bins,
+            "notary_api": "unary Sign, 64 in flight (it has no batch call)",
+            "ours_s": ours_s,
+            "notary_s": notary_s,
+            "notary_rate": notary_rate,
+            "notary_timed_wall_s": best["notary"]["timed_wall_s"],
+        }
+        self.record(
+            "w5_bulk_over_notary",
+            ours_s / notary_s,
+            f"W4 workload, both mutual TLS, steady state: {ours_s:.2f} s ({ours_rate:.0f} bins/s) "
+            f"vs notary-signer {notary_s:.2f} s ({notary_rate:.0f} bins/s) (ECDSA P-256, software "
+            "key, no policy, no audit)",
+        )
+
+    def _w4_round(
+        self,
+        ours: TufSigner,
+        echo: Echo | None,
+        notary: Notary | None,
+        notary_ec: str | None,
+        conns: int,
+        items: int,
+        warm_bins: int,
+    ) -> dict[str, Any]:
+        """One round of W4 on each side, at fresh versions; each side's figures."""
         n = self.s.w4_bins
         exp = _payloads.expires()
         keyid = ours.keyids["ec"]
@@ -631,7 +854,9 @@ class Bench:
             for name, payload in _payloads.realistic_bins(n, version, exp)
         ]
         payload_bytes = sum(len(r.payload) for r in requests)
-        snapshot = _payloads.snapshot(version, n, exp)
+        # Coherent: the snapshot lists exactly the bins this round signs, at the
+        # version it signs them; the timestamp names that snapshot.
+        snapshot = _payloads.bulk_snapshot(version, n, version, exp)
         ts = _payloads.timestamp(version, version, exp)
         tail = [
             Phase(
@@ -645,61 +870,47 @@ class Bench:
                 [SIGN],
             ),
         ]
-        workers = ours.workers
         if self.batch_api:
-            bodies = batches(requests, self.batch_items)
-            # ~4 MiB batches, 4 per worker in flight, one per connection (see w3).
-            first = Phase("w4-bins", bodies, [SIGN_BATCH], concurrency=4 * workers, batch=True)
-            api, conns = f"SignBatch, {len(bodies)} batches", 4 * workers
+            bodies = batches(requests, items)
+            # One batch per connection in flight, the first round of them warm-up.
+            first = Phase(
+                "w4-bins",
+                bodies,
+                [SIGN_BATCH],
+                concurrency=conns,
+                batch=True,
+                warmup=conns,
+                timeline=True,
+            )
+            api = f"SignBatch of {items}, {len(bodies)} batches, {conns} in flight"
         else:
-            first = Phase("w4-bins", unary(requests), [SIGN], concurrency=64)
-            api, conns = "unary Sign, 64 in flight (SignBatch UNIMPLEMENTED)", max(8, 4 * workers)
+            first = Phase(
+                "w4-bins", unary(requests), [SIGN], concurrency=64, warmup=warm_bins, timeline=True
+            )
+            api = "unary Sign, 64 in flight (SignBatch UNIMPLEMENTED)"
         del requests
-        result = self.loadgen(ours, [first, *tail], conns=conns)
-        self._check("w4", result)
-        phases = result["phases"]
-        ours_wall = phases[-1]["end_unix"] - phases[0]["start_unix"]
-        inprocess = self._inprocess(ours, n)
-        raw = self.raw(ours, workers, algorithm="ecdsa", payload="bulk", count=n, bins=n)
-        raw1 = (
-            raw
-            if workers == 1
-            else self.raw(ours, 1, algorithm="ecdsa", payload="bulk", count=n, bins=n)
-        )
-        fig: dict[str, Any] = {
-            "bins": n,
-            "bin_bytes_mean": payload_bytes / n,
+        out: dict[str, Any] = {
+            "version": version,
+            "payload_bytes": payload_bytes,
             "snapshot_bytes": len(snapshot),
-            "algorithm": "ECDSA P-256 (HSMSigner supports only ECDSA)",
-            "transport": "mutual TLS",
-            "api": api,
-            "ours_wall_s": ours_wall,
-            "ours_rate": (n + 2) / ours_wall,
-            "ours_server_cpu_s": result["server_cpu_s"],
-            "ours_server_cpu_us_per_signature": 1e6 * result["server_cpu_s"] / (n + 2),
-            "ours_phases": phases,
-            "inprocess_wall_s": inprocess["elapsed_s"],
-            "inprocess": inprocess,
-            "raw_processes": workers,
-            "raw_wall_s": raw["wall_s"],
-            "raw_1p_wall_s": raw1["wall_s"],
-            "raw": raw,
+            "echo": None,
+            "notary": None,
         }
-        self.figures["w4"] = fig
-        self.record(
-            "w4_over_inprocess",
-            ours_wall / inprocess["elapsed_s"],
-            f"{n} bins + snapshot + timestamp: {ours_wall:.2f} s vs HSMSigner in-process "
-            f"{inprocess['elapsed_s']:.2f} s",
-        )
-        self.record(
-            "w4_over_raw",
-            ours_wall / raw["wall_s"],
-            f"{ours_wall:.2f} s vs raw python-pkcs11 {raw['wall_s']:.2f} s in {workers} "
-            f"process(es) (1 process: {raw1['wall_s']:.2f} s)",
-        )
+        for side, target, workload in (("ours", ours, "w4"), ("echo", echo, "w4")):
+            if target is None:
+                continue
+            result = self.loadgen(target, [first, *tail], conns=conns)
+            self._check(workload, result)
+            out[side] = _side(result, n, api=api)
+        del first, tail
+        inprocess = self._inprocess(ours, n)
+        out["inprocess"] = {"s": inprocess["elapsed_s"], "result": inprocess}
+        raw = self.raw(ours, ours.workers, algorithm="ecdsa", payload="bulk", count=n, bins=n)
+        # The HSM's own time for the same n + 2 signatures, in steady state:
+        # the processes' summed rates (their start-up skew left out).
+        out["raw"] = {"s": raw["count"] / raw["rate"], "result": raw}
         if notary is None or notary_ec is None:
-            return
+            return out
         pb2, _ = notary.stubs
 
         def notary_body(content: bytes) -> tuple[int, bytes]:
@@ -710,29 +921,22 @@ class Bench:
         nresult = self.loadgen(
             notary,
             [
-                Phase("w5-notary-bins", bins, [NOTARY_SIGN], concurrency=64),
+                Phase(
+                    "w5-notary-bins",
+                    bins,
+                    [NOTARY_SIGN],
+                    concurrency=64,
+                    warmup=warm_bins,
+                    timeline=True,
+                ),
                 Phase("w5-notary-snapshot", [notary_body(snapshot)], [NOTARY_SIGN]),
                 Phase("w5-notary-timestamp", [notary_body(ts)], [NOTARY_SIGN]),
             ],
             conns=8,
         )
         self._check("w5", nresult)
-        nphases = nresult["phases"]
-        notary_wall = nphases[-1]["end_unix"] - nphases[0]["start_unix"]
-        self.figures["w5_bulk"] = {
-            "bins": n,
-            "notary_api": "unary Sign, 64 in flight (it has no batch call)",
-            "ours_wall_s": ours_wall,
-            "notary_wall_s": notary_wall,
-            "notary_server_cpu_s": nresult["server_cpu_s"],
-            "notary_phases": nphases,
-        }
-        self.record(
-            "w5_bulk_over_notary",
-            ours_wall / notary_wall,
-            f"W4 workload, both mutual TLS: {ours_wall:.2f} s vs notary-signer "
-            f"{notary_wall:.2f} s (ECDSA P-256, software key, no policy, no audit)",
-        )
+        out["notary"] = _side(nresult, n, api="unary Sign, 64 in flight")
+        return out
 
     def _inprocess(self, server: TufSigner, n: int) -> dict[str, Any]:
         hsm = server.hsm
@@ -770,48 +974,77 @@ class Bench:
     ) -> Iterator[tuple[int, bytes]]:
         """Mixed load in time order (methods: Sign, GetPublicKeys, SignBatch).
 
-        Per second: one timestamp, and a snapshot (listing ``n_bins`` bins)
-        every other second, each far from its predecessor so versions never
-        race; ~5% GetPublicKeys; ~5% PEP 458-size bins, the rest 512-byte bins,
-        cycling over ``n_bins`` bins; ~5% SignBatch of 8 bins when the server
-        has it.
+        Per second: one timestamp, and a snapshot every other second; ~5%
+        GetPublicKeys; ~5% PEP 458-size bins, the rest 512-byte bins, cycling
+        over ``n_bins`` bins; ~5% SignBatch of 8 bins when the server has it.
+
+        The repository stays coherent (issue 14): a snapshot lists each bin at
+        the last version sent for it at least ``SOAK_LAG_S`` earlier (so
+        signed by then), and only bins sent by then; a timestamp names the
+        newest snapshot sent that long before. Until there is one to list or
+        name, a GetPublicKeys takes the slot.
         """
         per_s = max(1, int(rate))
         total = int(rate * seconds)
+        lag = max(1, int(rate * SOAK_LAG_S))  # records
         exp = _payloads.expires()
         keyid = server.keyids["ed"]
         base = server.take_versions(2 * total + 2)
         ts_version = snap_version = base
         j = 0  # bins signed so far: bin j % n_bins, at version base + j // n_bins
+        sent_bins: deque[tuple[int, int, int]] = deque()  # (record, bin, version)
+        sent_snapshots: deque[tuple[int, int]] = deque()  # (record, snapshot version)
+        listed: dict[int, int] = {}  # bin -> version the next snapshot lists
+        named = 0  # the snapshot version the next timestamp names (0: none yet)
 
-        def next_bin() -> tuple[int, str, int]:
+        def next_bin(i: int) -> tuple[int, str, int]:
             """The next bin's number, name and version (its payload's paths hash into it)."""
             nonlocal j
             j += 1
             index = (j - 1) % n_bins
-            return index, f"bins-{index:04x}", base + (j - 1) // n_bins
+            version = base + (j - 1) // n_bins
+            sent_bins.append((i, index, version))
+            return index, _payloads.bin_name(index), version
+
+        def settle(i: int) -> None:
+            """Take what was sent at least ``lag`` records before record ``i`` as signed."""
+            nonlocal named
+            while sent_bins and sent_bins[0][0] <= i - lag:
+                _, index, version = sent_bins.popleft()
+                listed[index] = version
+            while sent_snapshots and sent_snapshots[0][0] <= i - lag:
+                named = sent_snapshots.popleft()[1]
 
         empty = pb.GetPublicKeysRequest(key="ed").SerializeToString()
         for i in range(total):
             if i % per_s == per_s // 2:
+                settle(i)
+                if not named:
+                    yield 1, empty
+                    continue
                 ts_version += 1
-                payload = _payloads.timestamp(ts_version, snap_version, exp)
+                payload = _payloads.timestamp(ts_version, named, exp)
                 yield 0, _sign("ed", keyid, "timestamp", payload).SerializeToString()
             elif i % (2 * per_s) == 0:
+                settle(i)
+                if not listed:
+                    yield 1, empty
+                    continue
                 snap_version += 1
-                payload = _payloads.snapshot(snap_version, n_bins, exp)
+                sent_snapshots.append((i, snap_version))
+                payload = _payloads.snapshot(snap_version, listed, exp)
                 yield 0, _sign("ed", keyid, "snapshot", payload).SerializeToString()
             elif i % 20 == 3:
                 yield 1, empty
             elif i % 20 == 7 and self.batch_api:
                 items = []
                 for _ in range(8):
-                    index, role, version = next_bin()
+                    index, role, version = next_bin(i)
                     small = _payloads.small_bin(index, version, exp)
                     items.append(_sign("ed", keyid, role, small))
                 yield 2, pb.SignBatchRequest(requests=items).SerializeToString()
             else:
-                index, role, version = next_bin()
+                index, role, version = next_bin(i)
                 if i % 20 == 11:
                     payload = _payloads.bin_payload(index, version, exp)
                 else:
@@ -934,8 +1167,10 @@ class Bench:
         try:
             fn()
         except BenchError as e:
+            # A workload that could not finish is a failed run, not a quiet skip.
             self.skipped[workload] = str(e)
-            _log(f"SKIP {workload}: {e}")
+            self.errors.setdefault(workload, []).append(f"did not finish: {e}")
+            _log(f"FAILED {workload}: {e}")
         _log(f"{workload} done in {time.monotonic() - started:.1f} s")
 
     def run(self) -> None:
@@ -992,7 +1227,18 @@ class Bench:
         if self.s.sweep:
             self.guarded("sweep-tls", lambda: self.sweep_tls(ours, notary, notary_ed))
         if {"w4", "w5"} & want:  # W5's bulk figure compares with W4's own run
-            self.guarded("w4", lambda: self.w4(ours, notary if "w5" in want else None, notary_ec))
+            # The echo ceiling of W4's floor: same TLS, certificates and process count.
+
+            def w4() -> None:
+                # The echo ceiling of W4's floor: same TLS, certificates and process count.
+                echo = self.echo(ours.workers, ours.tls) if "w4" in want else None
+                try:
+                    self.w4(ours, echo, notary if "w5" in want else None, notary_ec)
+                finally:
+                    if echo is not None:
+                        self.stop(echo)
+
+            self.guarded("w4", w4)
         if notary is not None:
             self.stop(notary)
         self.stop(ours)
@@ -1000,7 +1246,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the < 1 minute variant")
+    parser.add_argument("--quick", action="store_true", help="the ~2 minute variant, same keys")
     parser.add_argument("--only", default=",".join(WORKLOADS), help="e.g. w1,w2 (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -1049,6 +1295,10 @@ def main(argv: list[str] | None = None) -> int:
     _report.write(report, args.out, settings.mode, bench.sweep)
     print(_report.console(report))
     _log(f"total {info['total_s']:.1f} s (setup {setup_s:.1f} s)")
+    if bench.errors:
+        # Loud: a figure measured while calls failed is not a figure.
+        _log(f"FAILED: errors in {', '.join(sorted(bench.errors))} (see above and {args.out})")
+        return 1
     return 0
 
 

@@ -61,6 +61,7 @@ type phaseSpec struct {
 	Warmup      int      `json:"warmup"`   // records sent first and not measured
 	Batch       bool     `json:"batch"`    // responses are SignBatchResponse: count items
 	Timeout     float64  `json:"timeout"`  // seconds per call
+	Timeline    bool     `json:"timeline"` // report every completion: [seconds after start, items]
 }
 
 type spec struct {
@@ -100,6 +101,12 @@ type phaseResult struct {
 	Exhausted  bool           `json:"exhausted"`
 	StartUnix  float64        `json:"start_unix"`
 	EndUnix    float64        `json:"end_unix"`
+	// Warm-up calls are not measured, but their failures are counted: a run
+	// whose warm-up failed is not a clean run.
+	WarmupErrors     int64        `json:"warmup_errors"`
+	WarmupItemErrors int64        `json:"warmup_item_errors"`
+	WarmupSamples    []string     `json:"warmup_samples"`
+	Timeline         [][2]float64 `json:"timeline,omitempty"`
 }
 
 type output struct {
@@ -257,6 +264,10 @@ type collector struct {
 	codes      map[string]int
 	samples    []string
 	last       time.Time
+	// With a timeline: each completion's time after start (s) and items signed.
+	start    time.Time
+	timeline [][2]float64
+	keep     bool
 }
 
 func (c *collector) add(d time.Duration, err error, resp []byte, batch bool, end time.Time) {
@@ -283,6 +294,13 @@ func (c *collector) add(d time.Duration, err error, resp []byte, batch bool, end
 	c.ok++
 	c.items += items
 	c.itemErrors += failed
+	if c.keep {
+		done := items - failed
+		if !batch {
+			done = 1
+		}
+		c.timeline = append(c.timeline, [2]float64{end.Sub(c.start).Seconds(), float64(done)})
+	}
 	if reason != "" && len(c.samples) < 5 {
 		c.samples = append(c.samples, reason)
 	}
@@ -327,6 +345,7 @@ func runPhase(conns []*grpc.ClientConn, p phaseSpec) phaseResult {
 	}
 	var wg sync.WaitGroup
 	var wnext int64
+	wcol := &collector{codes: map[string]int{}}
 	for g := 0; g < p.Concurrency; g++ {
 		wg.Add(1)
 		go func(g int) {
@@ -337,15 +356,18 @@ func runPhase(conns []*grpc.ClientConn, p phaseSpec) phaseResult {
 					return
 				}
 				r := recs[i]
-				call(ctx, conns[g%len(conns)], p.Methods[r.method], r.body)
+				t0 := time.Now()
+				out, err := call(ctx, conns[g%len(conns)], p.Methods[r.method], r.body)
+				t1 := time.Now()
+				wcol.add(t1.Sub(t0), err, out, p.Batch, t1)
 			}
 		}(g)
 	}
 	wg.Wait()
 	recs = recs[warm:]
 
-	col := &collector{codes: map[string]int{}}
 	start := time.Now()
+	col := &collector{codes: map[string]int{}, start: start, keep: p.Timeline}
 	var deadline time.Time
 	if p.Duration > 0 {
 		deadline = start.Add(time.Duration(p.Duration * float64(time.Second)))
@@ -437,6 +459,15 @@ func runPhase(conns []*grpc.ClientConn, p phaseSpec) phaseResult {
 	}
 	if res.Samples == nil {
 		res.Samples = []string{}
+	}
+	res.WarmupErrors, res.WarmupItemErrors = wcol.errs, wcol.itemErrors
+	res.WarmupSamples = wcol.samples
+	if res.WarmupSamples == nil {
+		res.WarmupSamples = []string{}
+	}
+	if p.Timeline {
+		sort.Slice(col.timeline, func(a, b int) bool { return col.timeline[a][0] < col.timeline[b][0] })
+		res.Timeline = col.timeline
 	}
 	if elapsed > 0 {
 		res.Rate = float64(col.ok) / elapsed

@@ -29,6 +29,16 @@ system-deps:
 	  echo "installing softhsm2 (Debian)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
 	fi
+	@# A C compiler and Python's headers: pip builds the native canonical-JSON check
+	@# (policy/_ccanonical.c); without them the build skips it and `make test` fails.
+	@if ! command -v gcc >/dev/null; then \
+	  echo "installing gcc (Debian) for the native canonical-JSON check"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc; \
+	fi
+	@if ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+	  echo "installing python3-dev (Debian) for the native canonical-JSON check"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev; \
+	fi
 
 # The tests also need a PostgreSQL server (audit store on PostgreSQL): the one on
 # 127.0.0.1:5432 if it answers, else a throwaway cluster the tests start from
@@ -52,7 +62,7 @@ test-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; \
 	fi
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py service/tuf_signer/policy/_ccanonical.c
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "tuf-signer needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -75,8 +85,10 @@ format: install
 	$(BIN)/ruff check --fix service tests scripts examples bench
 	$(BIN)/ruff format service tests scripts examples bench
 
+# TUF_SIGNER_REQUIRE_NATIVE=1: a missing native canonical-JSON check fails the run
+# (tests/policy/test_native_canonical.py) instead of skipping its tests.
 pytest: install test-deps
-	$(BIN)/pytest
+	TUF_SIGNER_REQUIRE_NATIVE=1 $(BIN)/pytest
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

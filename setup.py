@@ -6,11 +6,17 @@ URI scheme with securesystemslib lazily (README "Integrating RSTUF"): a
 repository such as RSTUF never imports ``tuf_signer`` itself. setuptools has
 no setting for a file at the top of site-packages, so ``build_py`` writes it:
 into the wheel, and for ``pip install -e`` into the editable wheel.
+
+``tuf_signer.policy._ccanonical`` is the native canonical-JSON check (issue 16).
+It is optional: without a C compiler and Python's headers (Debian:
+``python3-dev``) the package installs without it and ``parse_canonical`` runs
+its pure-Python reference path; ``make test`` insists on it
+(TUF_SIGNER_REQUIRE_NATIVE=1).
 """
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 PTH_NAME = "tuf_signer_hook.pth"  # sorts after __editable__.*.pth, which puts service/ on sys.path
@@ -34,4 +40,14 @@ class BuildPyWithPth(build_py):
         path.write_text(PTH_LINE)
 
 
-setup(cmdclass={"build_py": BuildPyWithPth})
+CANONICAL_EXT = Extension(
+    "tuf_signer.policy._ccanonical",
+    sources=["service/tuf_signer/policy/_ccanonical.c"],
+    # The source is -Wall -Wextra -Werror clean (tests/policy/test_native_canonical.py
+    # compiles it so); -Werror stays out of here, where a newer compiler's new
+    # warning would silently drop the extension.
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+    optional=True,
+)
+
+setup(cmdclass={"build_py": BuildPyWithPth}, ext_modules=[CANONICAL_EXT])

@@ -301,11 +301,6 @@ call_deadline_seconds = 60
 max_concurrent = 100000
 rate = 1000000000
 burst = 1000000000
-# Each off-loop payload check (a payload over 64 KiB: ~9% of PEP 458 bins)
-# reserves the whole check_timeout (10 s) of this budget until it settles, so
-# the default burst (30 s) refuses a 4th concurrent one: W4's 4 batches in
-# flight per worker trip it (RESOURCE_EXHAUSTED) though each check takes ~1 ms.
-check_cpu_burst = 1000000
 
 [audit]
 store = "sqlite"

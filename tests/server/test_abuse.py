@@ -264,10 +264,11 @@ async def test_sign_message_limit_is_far_below_signbatch(harness: Harness) -> No
 
 
 def _slow_path_payload(clock: Clock, size: int, version: int = 1) -> bytes:
-    """A canonical timestamp of ~``size`` bytes with a raw control character in it.
+    """A canonical timestamp of ~``size`` bytes with a non-ASCII key and a raw control character.
 
-    orjson escapes the control character, so the fast path cannot accept it and
-    the pure-Python exact check runs: ~2.5 s for 8 MiB of small entries here.
+    The native check leaves a non-ASCII key to Python (NFKC and case folding),
+    and orjson escapes the control character, so neither fast path accepts it
+    and the pure-Python exact check runs: ~2.5 s for 8 MiB of small entries here.
     """
     expires = (clock.now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     signed = {
@@ -276,7 +277,7 @@ def _slow_path_payload(clock: Clock, size: int, version: int = 1) -> bytes:
         "meta": {"snapshot.json": {"version": 1}},
         "spec_version": "1.0.31",
         "version": version,
-        "x-ctl": "\x01",
+        "x-ctl-\u00e9": "\x01",
         "x-pad": {f"k{i:07d}": [i, "a"] for i in range(size // 22)},
     }
     # Canonical JSON writes the control character raw; json.dumps would escape it.

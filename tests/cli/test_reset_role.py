@@ -22,7 +22,7 @@ def test_f8_reset_role_from_the_command_line(dev_signer: DevSigner) -> None:
     assert far.returncode == 1
     assert "FAILED_PRECONDITION" in far.stderr and "keys reset-role" in far.stderr
 
-    reset = ["keys", "reset-role", "online", "timestamp", "--version", "2"]
+    reset = ["keys", "reset-role", "online", "timestamp", "--version", "4"]
     denied = backend(*reset, "--reason", "backend tries", check=False)
     assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
     no_reason = admin(*reset, check=False)
@@ -31,9 +31,13 @@ def test_f8_reset_role_from_the_command_line(dev_signer: DevSigner) -> None:
                      "--reason", "x", check=False)  # fmt: skip
     assert negative.returncode == 2
 
+    # Version 5 again, with other bytes (a later expiry): equivocation until the reset.
+    again = payload("timestamp", 5)
+    refused = backend("sign", "--key", "online", "-", stdin=again, check=False)
+    assert refused.returncode == 1 and "equivocation" in refused.stderr
     state = json.loads(admin(*reset, "--reason", "restore after INC-7").stdout)
-    assert (state["key"], state["role"], state["version"]) == ("online", "timestamp", 2)
-    sig = json.loads(backend("sign", "--key", "online", "-", stdin=payload("timestamp", 3)).stdout)
+    assert (state["key"], state["role"], state["version"]) == ("online", "timestamp", 4)
+    sig = json.loads(backend("sign", "--key", "online", "-", stdin=again).stdout)
     assert sig["sig"]
 
     tail = run("audit", "tail", "--config", str(dev_signer.config), "-n", "20").stdout

@@ -248,6 +248,30 @@ SIGN_REFUSALS = [
         r"role 'bins-00c1' is not allowed",
         id="f1-other-bit-length",
     ),
+    # TUF's signed bytes do not name their role: targets metadata that is not a
+    # bin, signed by a key that declares bins, would verify as each bin its
+    # paths hash into (a fork of that bin at that version).
+    pytest.param(
+        bin_payload(IN_0C1 + IN_0C2),
+        "delegated",
+        BINS12,
+        (*RULES12, RoleRule("delegated", DAY)),
+        PayloadError,
+        "INVALID_ARGUMENT",
+        r"role 'delegated' lists target files, but the key declares the bins bins:12 .* "
+        r"would also verify as 'bins-0c[12]'",
+        id="f1-delegated-role-listing-targets-is-a-bin-in-disguise",
+    ),
+    pytest.param(
+        bin_payload(IN_0C1 + IN_0C2),  # one bin's paths alone: the role "disagrees"
+        "targets",
+        BINS12,
+        (*RULES12, RoleRule("targets", DAY)),
+        PayloadError,
+        "INVALID_ARGUMENT",
+        r"role 'targets' lists target files, .* would also verify as 'bins-0c[12]'",
+        id="f1-top-level-targets-listing-targets-is-a-bin-in-disguise",
+    ),
 ]
 
 
@@ -281,13 +305,6 @@ def test_bin_sign_refusals(
             BINS12,
             (RoleRule("bins-0c1", DAY),),
             id="f1-literal-bin-rule",
-        ),
-        pytest.param(
-            bin_payload(IN_0C1 + IN_0C2),
-            "delegated",
-            BINS12,
-            (*RULES12, RoleRule("delegated", DAY)),
-            id="f1-targets-role-outside-prefix-unchecked",
         ),
         pytest.param(
             bin_payload(IN_0C1 + IN_0C2),

@@ -39,6 +39,8 @@ from .conftest import (
 )
 
 # Literal role names only: these tests are about cost, not about hash bins.
+# Literal roles only, and keys without a bins declaration (``bins=None``): these
+# tests sign targets metadata listing files under many role names.
 ROLES = [("timestamp", 86400), ("snapshot", 86400), ("targets", 86400)] + [
     (f"r-{i}", 86400) for i in range(40)
 ]
@@ -73,7 +75,7 @@ def config_path(tmp_path: Path, softhsm: Any) -> Path:
 async def test_hostile_strings_are_refused_and_recorded_escaped(
     harness: Harness, key: str, role: str, code: str, shown: str
 ) -> None:
-    await harness.create_key("k", roles=ROLES)
+    await harness.create_key("k", roles=ROLES, bins=None)
     payload = harness.payloads.targets(1) if role else harness.payloads.timestamp(1)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await harness.sign(key, payload, role=role)
@@ -104,7 +106,7 @@ async def test_nul_strings_on_postgres_fail_only_themselves(
     monkeypatch.setenv("F3_DSN", postgres_dsn)
     h = await start_harness(path, clock)
     try:
-        await h.create_key("k", roles=ROLES)
+        await h.create_key("k", roles=ROLES, bins=None)
         stop = asyncio.Event()
 
         async def hostile() -> list[str]:
@@ -236,7 +238,7 @@ async def test_rate_limited_calls_are_counted(tls_harness: TlsHarness) -> None:
 
 async def test_sign_message_limit_is_far_below_signbatch(harness: Harness) -> None:
     """f4: per-method message limits; a 12 MB key name never reaches the store."""
-    await harness.create_key("k", roles=ROLES)
+    await harness.create_key("k", roles=ROLES, bins=None)
     db = harness.config.audit.path
     size_before = db.stat().st_size
     huge = "k" * (12 * 1024 * 1024)  # above a Sign's limit, below gRPC's (SignBatch)
@@ -288,7 +290,7 @@ def _slow_path_payload(clock: Clock, size: int, version: int = 1) -> bytes:
 async def _big_harness(tmp_path: Path, softhsm: Any, clock: Clock, extra: str = "") -> Harness:
     path = _config(tmp_path / "signer", softhsm, max_payload=9 * 1024 * 1024, extra=extra)
     h = await start_harness(path, clock)
-    await h.create_key("k", roles=ROLES)
+    await h.create_key("k", roles=ROLES, bins=None)
     return h
 
 
@@ -342,7 +344,7 @@ async def test_check_budget_per_identity(tmp_path: Path, softhsm: Any, clock: Cl
     )
     h = await start_harness(path, clock)
     try:
-        await h.create_key("k", roles=ROLES)
+        await h.create_key("k", roles=ROLES, bins=None)
         payload = _slow_path_payload(clock, 2 * 1024 * 1024)
         await h.sign("k", payload)  # spends more than 0.2 CPU s
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -540,7 +542,7 @@ async def test_concurrent_checks_cannot_overrun_the_budget(
     path.write_text(path.read_text() + "\n[limits]\ncheck_cpu_rate = 0.001\ncheck_cpu_burst = 12\n")
     h = await start_harness(path, clock)
     try:
-        await h.create_key("k", roles=ROLES)
+        await h.create_key("k", roles=ROLES, bins=None)
         payloads = [_slow_path_payload(clock, 2 * 1024 * 1024, version=v) for v in range(1, 5)]
         results = await asyncio.wait_for(
             asyncio.gather(*(h.sign("k", p) for p in payloads), return_exceptions=True), 60

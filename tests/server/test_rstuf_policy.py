@@ -190,6 +190,28 @@ def _changed_delegations(repo: Repo) -> bytes:
     return repo.top_level(2, keyids=[repo.keyid, "ab" * 32])  # a key outside the service
 
 
+def _top_level_listing_a_bins_targets(repo: Repo) -> bytes:
+    # The approved delegations, unchanged, plus target files of bins-01: signed
+    # as top-level targets version 2, it would verify as a second bins-01
+    # version 2 (a fork; signed bytes do not name their role).
+    top = Metadata.from_bytes(_metadata_file(repo.top_level(2)))
+    files = parse_canonical(repo.bin_payload(bin_role(1), 2, salt="fork"))["targets"]
+    top.signed.targets = Targets.from_dict(
+        {
+            "_type": "targets",
+            "spec_version": "1.0.31",
+            "version": 2,
+            "expires": "2099-01-01T00:00:00Z",
+            "targets": files,
+        }
+    ).targets
+    return top.signed_bytes
+
+
+def _metadata_file(signed: bytes) -> bytes:
+    return b'{"signatures":[],"signed":' + signed + b"}"
+
+
 BAD: dict[str, tuple[Arrange, grpc.StatusCode, str]] = {
     "role-less-targets-without-bins": (
         _case("plain", "", lambda r: r.bin_payload(bin_role(1), 3), "targets"),
@@ -210,6 +232,12 @@ BAD: dict[str, tuple[Arrange, grpc.StatusCode, str]] = {
         _case("online", "", _changed_delegations, "targets"),
         FAILED,
         "delegations of 'targets' version 2 (sha256 ",
+    ),
+    "top-level-targets-listing-a-bins-targets": (
+        _case("online", "", _top_level_listing_a_bins_targets, "targets"),
+        INVALID,
+        f"role 'targets' lists target files, but the key declares the bins {TEST_BINS} and "
+        f"signs target files only in them: this signature would also verify as '{bin_role(1)}'",
     ),
     "snapshot-rolls-a-bin-back": (
         _case("online", "", lambda r: r.snapshot_payload(3, r.bins | {bin_role(1): 1}), "snapshot"),
@@ -377,6 +405,43 @@ async def test_reset_roles_drops_the_floors_of_bins_listed_through_empty_bins(
     assert again.snapshot == 1
 
 
+async def test_a_timestamp_reset_keeps_the_snapshot_floor(harness: Harness) -> None:
+    # Only reset-roles (RSTUF's re-bootstrap) forgets what the last timestamp
+    # named; a reset of timestamp alone cannot roll the snapshot back.
+    h = harness
+    repo = await rstuf_repo(h)
+    await repo.bootstrap(n_bins=2)
+    await repo.publish()  # snapshot 2, timestamp 2
+    await h.admin.ResetRoleState(
+        pb.ResetRoleStateRequest(key="online", role="timestamp", version=2, reason="INC-5")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await repo.sign(h.payloads.timestamp(3, 1))
+    assert info.value.code() == FAILED
+    assert "names snapshot version 1, below version 2" in (info.value.details() or "")
+    assert (await repo.sign(h.payloads.timestamp(3, 2))).metadata_version == 3
+
+
+async def test_a_high_floor_set_before_the_first_snapshot_is_undone_by_a_snapshot_reset(
+    harness: Harness,
+) -> None:
+    # Before the key signs its first snapshot, a timestamp is held to the floor
+    # rule only (its snapshots may be another key's): a compromised backend can
+    # name a high version. Denial of service, undone on the record.
+    h = harness
+    repo = await rstuf_repo(h)
+    await repo.sign(h.payloads.timestamp(1, 1_000_000))
+    await repo.sign(repo.snapshot_payload(1, {}))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await repo.sign(h.payloads.timestamp(2, 1))
+    assert "names snapshot version 1, below version 1000000" in (info.value.details() or "")
+    await h.admin.ResetRoleState(
+        pb.ResetRoleStateRequest(key="online", role="snapshot", version=0, reason="INC-6")
+    )
+    await repo.sign(repo.snapshot_payload(1, {}))  # the mark is 0 again: signed anew
+    assert (await repo.sign(h.payloads.timestamp(2, 1))).metadata_version == 2
+
+
 async def test_a_policy_edit_lets_an_existing_key_sign_top_level_targets(
     harness: Harness,
 ) -> None:
@@ -466,6 +531,7 @@ async def test_a_repository_clock_two_seconds_ahead_is_not_refused(harness: Harn
     h = harness
     await h.create_key("online")
     ahead = h.clock.now + timedelta(days=1, seconds=2)  # RSTUF: its now + 1 day
+    assert (await h.sign("online", h.payloads.snapshot(1, expires=ahead))).metadata_version == 1
     assert (await h.sign("online", h.payloads.timestamp(1, expires=ahead))).metadata_version == 1
 
 

@@ -93,7 +93,9 @@ class Call:
 
 def _sign(role: str = "", key: str = "k", kind: str = "timestamp"):
     async def do(h: TlsHarness, client: str) -> object:
-        payload = getattr(h.payloads, kind)(1, **({"role": role} if kind == "targets" else {}))
+        # Targets listing no target file: top-level targets of a key with bins.
+        extra = {"role": role, "n_targets": 0} if kind == "targets" else {}
+        payload = getattr(h.payloads, kind)(1, **extra)
         return await h.signer(client).Sign(pb.SignRequest(key=key, role=role, payload=payload))
 
     return do

@@ -352,10 +352,12 @@ def coherence_writes(change: AdvanceRole, view: CoherenceView) -> tuple[Coherenc
     at that version (an empty bin verifies as any bin). A role other than a
     bin that the key never signed at all is held to the first rule only (its
     metadata may be another key's, e.g. top-level targets signed offline).
-    Each entry of ``change.lists`` is (role, version, whether it is a bin). A timestamp may name
-    a snapshot version neither below the one its last timestamp named nor
-    above the key's snapshot mark (a key that never signed a snapshot is held
-    to the first rule only: its snapshots may come from another key).
+    Each entry of ``change.lists`` is (role, version, whether it is a bin). A
+    timestamp may name a snapshot version neither below the one its last
+    timestamp named nor above the key's snapshot mark (a key that never signed
+    a snapshot is held to the first rule only: its snapshots may come from
+    another key; before its first snapshot, a timestamp naming a high version
+    sets a high floor, which ``keys reset-role KEY snapshot`` lowers).
 
     Targets metadata other than a bin may carry delegations other than the
     ones last signed for its role only with an admin's approval; its first
@@ -523,19 +525,19 @@ def reset_listings(
     """What an admin reset of ``new.role`` does to the listings (issue 14).
 
     The role starts again: what the key's last snapshot (or timestamp) listed
-    of it comes down to the new mark, and a timestamp's snapshot is
-    forgotten. What a snapshot listed (each bin's rollback floor) is
+    of it comes down to the new mark. What a role listed of others (a
+    snapshot each bin's rollback floor, a timestamp its snapshot's) is
     forgotten only with ``drop_listings`` (``reset-roles``: every role of the
-    key starts again, RSTUF's re-bootstrap); a reset of ``snapshot`` alone
-    keeps the floors, so that it cannot roll every bin back at once (a bin's
-    own reset lowers its floor). The reset is on the record; so is every
-    signature after it.
+    key starts again, RSTUF's re-bootstrap); a reset of ``snapshot`` or
+    ``timestamp`` alone keeps the floors it set, so that it cannot roll every
+    bin, or the snapshot, back at once (a role's own reset lowers its own
+    floor). The reset is on the record; so is every signature after it.
     """
     key, role = new.key_name, new.role
     writes: list[CoherenceWrite] = []
     if view.listed.get(role, 0) > new.version:
         writes.append(("listed", key, role, new.version))
-    if role == "timestamp" and view.listed.get("snapshot", 0):
+    if role == "timestamp" and drop_listings and view.listed.get("snapshot", 0):
         writes.append(("listed", key, "snapshot", 0))
     if role == "snapshot" and drop_listings:
         writes.extend(("listed", key, r, 0) for r, v in view.listed.items() if v and r != role)

@@ -29,6 +29,7 @@ from tuf_signer.policy._bins import (
 from tuf_signer.policy._canonical import parse_canonical
 from tuf_signer.policy._coherence import (
     Listing,
+    check_not_a_bin,
     check_role_agrees,
     delegations_digest,
     empty_bin_rule,
@@ -393,7 +394,8 @@ def check_sign_request(
         )
     obj = parse_canonical(payload, exact=exact)
     info = inspect_signed(obj, payload, payload_sha256)
-    if not role and info.type == "targets":
+    inferred = not role and info.type == "targets"
+    if inferred:
         resolved = infer_targets_role(obj, bins, key_name, info.payload_sha256)
     else:
         resolved = resolve_role(role, info.type)
@@ -403,9 +405,15 @@ def check_sign_request(
     else:
         rule = check_role_allowed(resolved, rules, key_name)
         if info.type == "targets":
-            check_bin_payload(resolved, obj, rule, bins, key_name)
-            if role:
-                check_role_agrees(resolved, obj, bins, info.payload_sha256)
+            is_a_bin = bins is not None and bin_index(bins, resolved) is not None
+            # Inference named the bin its paths hash into, and a bin carries no
+            # delegations: the bin checks have nothing left to find.
+            if not (inferred and is_a_bin):
+                check_bin_payload(resolved, obj, rule, bins, key_name)
+            if not is_a_bin:  # a bin's paths were just checked: it agrees, and it is one
+                if role:
+                    check_role_agrees(resolved, obj, bins, info.payload_sha256)
+                check_not_a_bin(resolved, obj, bins)
     check_spec_version(info.spec_version)
     check_expiry(info.expires, now, rule.max_validity, max_clock_skew)
     lists = listing(obj, info.type, bins, rules)

@@ -46,6 +46,7 @@ from tuf_signer.model import BinsDelegation, RoleRule
 from tuf_signer.policy._bins import (
     GLOB_CHARS,
     bin_for_path,
+    bin_index,
     bin_name,
     bins_pattern,
     suffix_len,
@@ -163,6 +164,36 @@ def check_role_agrees(
             else "(its target paths hash into that bin)"
         )
     )
+
+
+def check_not_a_bin(role: str, obj: Mapping[str, Any], bins: BinsDelegation | None) -> None:
+    """Targets metadata that is not a bin lists no target file, for a key that declares bins.
+
+    TUF's signed bytes do not name their role: a targets payload this key
+    signs as ``targets`` (or as any role other than a bin) that lists target
+    files verifies as each bin its paths hash into, at its version. A
+    compromised backend would sign, as top-level ``targets`` with the very
+    delegations already approved, a second version N of a bin it could never
+    get signed as that bin: a fork (P3). PEP 458 and RSTUF list no target in
+    top-level ``targets``; delegated roles other than the bins belong to
+    another key.
+
+    Raises:
+        PayloadError: the payload lists target files (names the bin of the
+            first one).
+    """
+    if bins is None or bin_index(bins, role) is not None or is_empty_bin_role(role):
+        return
+    targets = obj.get("targets")
+    if isinstance(targets, dict) and targets:
+        first = next(iter(targets))
+        raise PayloadError(
+            f"role {shown(role)} lists target files, but the key declares the bins {bins} and "
+            f"signs target files only in them: this signature would also verify as "
+            f"{bin_for_path(bins, first)!r} (TUF's signed bytes do not name the role; "
+            f"{shown(first)} hashes there); list targets in the bins, and give other "
+            "delegated roles a key without a bins declaration"
+        )
 
 
 def empty_bin_rule(rules: Sequence[RoleRule], bins: BinsDelegation, key_name: str) -> RoleRule:
@@ -325,6 +356,7 @@ __all__ = [
     "EMPTY_BIN",
     "Listing",
     "check_declared_delegation",
+    "check_not_a_bin",
     "check_role_agrees",
     "delegated_keyids",
     "delegations_digest",

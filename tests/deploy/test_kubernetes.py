@@ -196,10 +196,12 @@ def test_the_prometheus_rule_is_valid(objects: dict[str, dict[str, Any]]) -> Non
     names = [a["alert"] for a in alerts]
     assert len(names) == len(set(names))
     assert {"TufSignerRoleNotRefreshed", "TufSignerTimestampAboutToExpire",
-            "TufSignerNotServing", "TufSignerAuditHalted"} <= set(names)  # fmt: skip
+            "TufSignerTimestampNotRefreshed", "TufSignerNotServing",
+            "TufSignerAuditHalted"} <= set(names)  # fmt: skip
     # Every metric an alert reads is one the signer exports, so no alert is silently dead.
     exported = _exported_metrics()
     assert "tuf_signer_role_expiry_seconds" in exported
+    assert "tuf_signer_role_last_signed_timestamp_seconds" in exported
     for alert in alerts:
         used = set(re.findall(r"\btuf_signer_\w+", alert["expr"]))
         assert used, alert["alert"]

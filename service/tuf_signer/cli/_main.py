@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tuf_signer._logs import LOG_FORMATS, log_handler, use_log_format
+from tuf_signer._logs import LOG_FORMATS, log_handler, use_log_format, use_request_log
 from tuf_signer._text import printable
 from tuf_signer.cli import _auditlog, _migrate, _monitor, _verify, _witness
 from tuf_signer.errors import RemoteError, RequestError, TufSignerError
@@ -81,6 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.log_format is None and config.ops.log_format != "text":
         use_log_format(config.ops.log_format, worker_index())  # ``[ops] log_format``
+    use_request_log(config.ops.request_log)  # ``[ops] request_log``
     if config.server.workers > 1 and worker_index() is None:
         server = replace(config.server, listen=args.listen or config.server.listen)
         check_listen(server)
@@ -229,10 +230,33 @@ def cmd_keys_set_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_approve_delegations(args: argparse.Namespace) -> int:
+    if (args.sha256 is None) == (args.metadata is None):
+        raise RequestError("give the delegations digest or --metadata FILE, not both or neither")
+    digest = args.sha256 or _delegations_digest_of(args.metadata)
     with _client(args) as client:
-        seq = client.approve_delegations(args.name, args.role, args.sha256, args.reason)
-        _print_json({"audit_seq": seq})
+        seq = client.approve_delegations(args.name, args.role, digest, args.reason)
+        _print_json({"audit_seq": seq, "delegations_sha256": digest})
     return 0
+
+
+def _delegations_digest_of(path: Path) -> str:
+    """The delegations digest of a targets metadata file (``ROLE.json``, signed or not).
+
+    What the service compares (``policy.delegations_digest``), so an admin
+    can approve a rotation's new delegations before the repository signs.
+    """
+    from tuf_signer.policy import delegations_digest
+
+    try:
+        document = json.loads(path.read_bytes())
+    except OSError as e:
+        raise RequestError(f"--metadata: cannot read {path}: {e.strerror}") from None
+    except ValueError:
+        raise RequestError(f"--metadata: {path} is not JSON") from None
+    signed = document.get("signed", document) if isinstance(document, dict) else None
+    if not isinstance(signed, dict) or signed.get("_type") != "targets":
+        raise RequestError(f"--metadata: {path} is not targets metadata (_type 'targets')")
+    return delegations_digest(signed)
 
 
 def cmd_role_state(args: argparse.Namespace) -> int:
@@ -525,7 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_args(p)
     p.add_argument("name")
     p.add_argument("role")
-    p.add_argument("sha256", help="the delegations digest the refused Sign named")
+    p.add_argument("sha256", nargs="?", help="the delegations digest (a refused Sign names it)")
+    p.add_argument(
+        "--metadata",
+        type=Path,
+        help="or: the targets metadata to be signed (ROLE.json); its delegations' digest",
+    )
     p.add_argument("--reason", required=True, help="why, for the audit record")
     p.set_defaults(func=cmd_keys_approve_delegations)
 

@@ -113,6 +113,7 @@ def _ops(o: Mapping[str, Any]) -> OpsConfig:
             "expiry_margin_seconds",
             "freshness_interval_seconds",
             "log_format",
+            "request_log",
         }
     )
     ops = OpsConfig(
@@ -121,6 +122,7 @@ def _ops(o: Mapping[str, Any]) -> OpsConfig:
         expiry_margin_seconds=t.number("expiry_margin_seconds"),
         freshness_interval_seconds=t.number("freshness_interval_seconds"),
         log_format=t.get("log_format", str),
+        request_log=t.get("request_log", str),
     )
     if ops.listen:
         # Plaintext, like server.insecure: loopback unless explicitly allowed.
@@ -136,6 +138,10 @@ def _ops(o: Mapping[str, Any]) -> OpsConfig:
         raise ConfigError("ops.freshness_interval_seconds: must be between 0 and 3600")
     if ops.log_format not in ("text", "json"):
         raise ConfigError(f"ops.log_format: expected text or json, got {ops.log_format!r}")
+    if ops.request_log not in ("all", "refused", "none"):
+        raise ConfigError(
+            f"ops.request_log: expected all, refused or none, got {ops.request_log!r}"
+        )
     return ops
 
 

@@ -334,6 +334,9 @@ class OpsConfig:
             signed version of a role expires within this many seconds.
         freshness_interval_seconds: seconds between two reads of the role states.
         log_format: ``text`` or ``json`` (one object per line).
+        request_log: the INFO lines written per request decision: ``all``
+            (each Sign, SignBatch and KeyAdmin call, granted or refused),
+            ``refused`` (each refusal on the record) or ``none``.
     """
 
     listen: str = ""
@@ -341,6 +344,7 @@ class OpsConfig:
     expiry_margin_seconds: float = 6 * 3600.0
     freshness_interval_seconds: float = 60.0
     log_format: str = "text"
+    request_log: str = "refused"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ only after the role was re-signed out of the margin and then fell back into
 it. With workers, only worker 0 (or the single server) warns; all set the
 gauge. A restarted process warns once more for a role still in the margin.
 
+The same tick sets ``tuf_signer_role_last_signed_timestamp_seconds{key, role}``:
+the time of the record of each series' last signed version, for bins the most
+recent bin (the stalest would say nothing: a bin is re-signed only when its
+targets change). A frozen repository shows as a timestamp whose last signing
+grows old long before it expires. The role state names its record (its
+``audit_seq``), whose time is read once per new record (the records since it
+are few for a role re-signed often; older ones are cached).
+
 The same tick refreshes the registry and log gauges (key versions by state,
 audit tree size and checkpoint lag). At start, a first pass sets the gauges
 only (no warning, no record), so they exist from the first scrape on. A role
@@ -84,8 +92,7 @@ def soonest(states: Sequence[RoleState], now: datetime) -> list[Soonest]:
             expires = datetime.fromisoformat(state.expires.replace("Z", "+00:00"))
         except ValueError:
             continue
-        series = state.role if state.role in _metrics.NAMED_ROLES else _metrics.BINS
-        key = (state.key_name, series)
+        key = (state.key_name, _series_of(state))
         left = (expires - now).total_seconds()
         counts[key] += 1
         if key not in best or left < best[key][0]:
@@ -93,6 +100,35 @@ def soonest(states: Sequence[RoleState], now: datetime) -> list[Soonest]:
     return [
         Soonest(k, s, best[(k, s)][1], best[(k, s)][0], counts[(k, s)]) for k, s in sorted(best)
     ]
+
+
+def _series_of(state: RoleState) -> str:
+    return state.role if state.role in _metrics.NAMED_ROLES else _metrics.BINS
+
+
+def _signed(state: RoleState) -> bool:
+    """Whether ``state`` marks a signed version (not an empty bin, nor a reset mark)."""
+    if is_empty_bin_role(state.role) or not state.signature:
+        return False
+    try:
+        datetime.fromisoformat(state.expires.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def latest(states: Sequence[RoleState]) -> dict[tuple[str, str], RoleState]:
+    """The last signed role state of each (key, series): the highest ``audit_seq``
+    (records are numbered in the order they were written), for bins the most
+    recent bin. The same states as ``soonest`` (empty bins and reset marks left out)."""
+    out: dict[tuple[str, str], RoleState] = {}
+    for state in states:
+        if not _signed(state):
+            continue
+        key = (state.key_name, _series_of(state))
+        if key not in out or state.audit_seq > out[key].audit_seq:
+            out[key] = state
+    return out
 
 
 def expiry_event(item: Soonest, margin: float, at: str) -> AuditEvent:
@@ -156,6 +192,8 @@ class FreshnessWatch:
         # (key, series) warned about and not yet back out of the margin.
         self._warned: set[tuple[str, str]] = set()
         self._series: set[tuple[str, str]] = set()
+        # audit_seq -> Unix time of that record, for the series' last signed states.
+        self._signed_at: dict[int, float] = {}
 
     async def run(self) -> None:
         """Set the gauges at once (``tick(warn=False)``), then tick every ``interval``
@@ -185,7 +223,7 @@ class FreshnessWatch:
             TufSignerError: the store could not be read, or the warning not recorded
                 (it is tried again next tick).
         """
-        states, versions, size = await asyncio.to_thread(self._read)
+        states, versions, size, signed_at = await asyncio.to_thread(self._read)
         now = self._clock()
         _metrics.set_expiry_margin(self._margin)
         for state_name in ("pending", "active", "retired"):
@@ -200,6 +238,8 @@ class FreshnessWatch:
             _metrics.drop_role_expiry(*gone)
         self._series = seen
         fresh: list[Soonest] = []
+        for (key, role), when in signed_at.items():
+            _metrics.ROLE_LAST_SIGNED.labels(key, role).set(when)
         for item in items:
             _metrics.ROLE_EXPIRY.labels(item.key, item.series).set(item.left)
             if not warn:
@@ -223,11 +263,37 @@ class FreshnessWatch:
             )
         return events
 
-    def _read(self) -> tuple[list[RoleState], dict[str, int], int]:
+    def _read(
+        self,
+    ) -> tuple[list[RoleState], dict[str, int], int, dict[tuple[str, str], float]]:
         states = self._store.list_role_states()
         versions: Counter[str] = Counter()
         for key in self._store.list_keys():
             for version in self._store.list_versions(key.name):
                 versions[str(version.state.value).lower()] += 1
         size = self._store.tree_size() if self._tree is None else 0
-        return states, dict(versions), size
+        return states, dict(versions), size, self._signed_times(latest(states))
+
+    def _signed_times(self, last: dict[tuple[str, str], RoleState]) -> dict[tuple[str, str], float]:
+        """The Unix time of each series' last signed record (a record that cannot
+        be read, or is not that signature's, leaves its series out)."""
+        known, self._signed_at = self._signed_at, {}
+        out: dict[tuple[str, str], float] = {}
+        for series, state in last.items():
+            seq = state.audit_seq
+            if seq not in known:
+                records = self._store.records(seq)
+                try:
+                    record = next(iter(records), None)
+                finally:
+                    getattr(records, "close", lambda: None)()
+                if record is None or record.seq != seq or record.event.operation != "sign":
+                    continue
+                try:
+                    at = datetime.fromisoformat(record.event.time.replace("Z", "+00:00"))
+                except ValueError:
+                    continue
+                known[seq] = at.timestamp()
+            self._signed_at[seq] = known[seq]
+            out[series] = known[seq]
+        return out

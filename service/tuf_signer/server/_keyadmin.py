@@ -49,6 +49,7 @@ from tuf_signer.model import (
 from tuf_signer.policy import AccessRule
 from tuf_signer.server._recording import Recorder, Refusal
 from tuf_signer.server._registry import KeyRegistry, active_version
+from tuf_signer.server._requestlog import log_granted
 from tuf_signer.server._values import Clock, KeyView, rfc3339, validate_key_name
 
 log = logging.getLogger(__name__)
@@ -417,9 +418,9 @@ class KeyAdmin:
                 self._lock.release()
             for c in committed:
                 self._registry.note(c)
-            error = next((c.error for c in committed if c.error is not None), None)
-            if error is not None:
-                return Refusal(error, versioned, recorded=True)
+            refused = next((c for c in committed if c.error is not None), None)
+            if refused is not None and refused.error is not None:
+                return Refusal(refused.error, versioned, recorded=True, seq=refused.seq)
             log.warning(
                 "%s reset the marks of %d roles of key %s to version %d (records %d..%d)",
                 shown(identity),
@@ -429,6 +430,7 @@ class KeyAdmin:
                 committed[0].seq,
                 committed[-1].seq,
             )
+            log_granted(versioned, committed[-1].seq)
             return len(committed), committed[0].seq, committed[-1].seq
 
         return await self._recorder.guarded(event, policy.KEY_ADMIN, body)
@@ -565,8 +567,11 @@ class KeyAdmin:
             committed = await self._recorder.commit(entry)
             self._registry.note(committed)
             if committed.error is not None:
-                return Refusal(committed.error, entry.event, recorded=True)
-            return await self._recorder.outcome(entry.event, then(committed, context))
+                return Refusal(committed.error, entry.event, recorded=True, seq=committed.seq)
+            result = await self._recorder.outcome(entry.event, then(committed, context))
+            if not isinstance(result, Refusal):
+                log_granted(entry.event, committed.seq)
+            return result
         finally:
             self._lock.release()
 

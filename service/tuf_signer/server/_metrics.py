@@ -94,6 +94,13 @@ ROLE_EXPIRY = Gauge(
     ["key", "role"],
     multiprocess_mode="livemin",
 )
+ROLE_LAST_SIGNED = Gauge(
+    "tuf_signer_role_last_signed_timestamp_seconds",
+    "Unix time of the record of the last signed version of a role; role bins is the "
+    "most recent of the key's other roles.",
+    ["key", "role"],
+    multiprocess_mode="livemax",
+)
 
 
 # Gauges without labels hold a value from the moment they exist; with workers,
@@ -102,6 +109,25 @@ ROLE_EXPIRY = Gauge(
 @functools.cache
 def _gauge(name: str, documentation: str, mode: str) -> Gauge:
     return Gauge(name, documentation, multiprocess_mode=mode)  # type: ignore[arg-type]
+
+
+def count_tls_handshake() -> None:
+    """``tuf_signer_tls_handshakes_started_total``: one more connection's handshake began.
+
+    Created at the first handshake, not at import: with workers, a counter
+    without labels would otherwise write a file for every process that
+    imports this module (a payload-checker process too).
+    """
+    _counter(
+        "tuf_signer_tls_handshakes_started",
+        "Connections to the gRPC port whose TLS handshake began (gRPC asks for the "
+        "server's credentials once per connection): failed and completed handshakes alike.",
+    ).inc()
+
+
+@functools.cache
+def _counter(name: str, documentation: str) -> Counter:
+    return Counter(name, documentation)
 
 
 def set_serving(serving: bool) -> None:
@@ -159,17 +185,20 @@ def set_expiry_margin(seconds: float) -> None:
 
 
 def drop_role_expiry(key: str, role: str) -> None:
-    """Drop a ``tuf_signer_role_expiry_seconds`` series (its role state was reset).
+    """Drop the ``tuf_signer_role_expiry_seconds`` and
+    ``tuf_signer_role_last_signed_timestamp_seconds`` series of a role whose
+    state was reset.
 
     With workers the values live in files that cannot drop a series
     (``remove`` does nothing there), so the series reads NaN instead: every
     comparison with NaN is false, so no alert such as ``< 3600`` fires on it.
     """
-    if multiproc_dir() is None:
-        with contextlib.suppress(KeyError):
-            ROLE_EXPIRY.remove(key, role)
-    else:
-        ROLE_EXPIRY.labels(key, role).set(math.nan)
+    for gauge in (ROLE_EXPIRY, ROLE_LAST_SIGNED):
+        if multiproc_dir() is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(key, role)
+        else:
+            gauge.labels(key, role).set(math.nan)
 
 
 def role_class(role: str) -> str:

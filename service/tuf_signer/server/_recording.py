@@ -9,6 +9,10 @@ as the request got, so that its record says what was known when it was refused.
 returns: a result, or a ``Refusal`` that it records (once) and raises. A refusal
 that reached no key (no identity, no rule, a limit) is counted for the next
 summary record instead (``RefusalTally``).
+
+Every refusal recorded here also gets its request line in the operator's log
+(``_requestlog``); calls refused before admission are counted and summarised,
+not logged one by one: a flood of them must not become a flood of lines.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tuf_signer.model import AuditEvent, Outcome, recordable
 from tuf_signer.policy import AccessRule
 from tuf_signer.server import _metrics
 from tuf_signer.server._guard import Guard
+from tuf_signer.server._requestlog import log_refused
 from tuf_signer.server._tally import RefusalTally
 from tuf_signer.server._values import Clock, rfc3339
 from tuf_signer.server._writer import AuditWriter
@@ -61,12 +66,14 @@ class Refusal:
         recorded: the store refused the request's change itself and already
             wrote the refused record (do not record it twice).
         cause: the unexpected exception behind an "internal error", for the log.
+        seq: the record's seq when ``recorded`` (0 when not known).
     """
 
     error: TufSignerError
     event: AuditEvent
     recorded: bool = False
     cause: Exception | None = None
+    seq: int = 0
 
     @classmethod
     def internal(cls, event: AuditEvent, cause: Exception) -> Refusal:
@@ -228,7 +235,8 @@ class Recorder:
         record has refused the request's other records too.
         """
         with contextlib.suppress(TufSignerError):
-            await self.commit(refusal_entry(event, _CANCELLED))
+            committed = await self.commit(refusal_entry(event, _CANCELLED))
+            log_refused(event, _CANCELLED, committed.seq)
 
     # --- steps of a request --------------------------------------------------------
 
@@ -283,7 +291,8 @@ class Recorder:
                 self._count_refusal(identity, event.operation, e, event.time)
                 raise
             except TufSignerError as e:
-                await self.commit(refusal_entry(event, e))
+                committed = await self.commit(refusal_entry(event, e))
+                log_refused(event, e, committed.seq)
                 raise
             result = await self.outcome(event, body(rule))
             if isinstance(result, Refusal):
@@ -294,11 +303,13 @@ class Recorder:
         """Put ``refusal`` on the record (unless the store did, or cannot), then raise it."""
         error, event = refusal.error, refusal.event
         if refusal.recorded or isinstance(error, StoreError):
+            log_refused(event, error, refusal.seq)
             raise error
         if isinstance(error, LimitError):
             self._count_refusal(event.identity, event.operation, error, event.time)
             raise error
-        await self.commit(refusal.entry())
+        committed = await self.commit(refusal.entry())
+        log_refused(event, error, committed.seq)
         if refusal.cause is not None:
             raise error from refusal.cause
         raise error
@@ -325,7 +336,8 @@ class Recorder:
             except LimitError as e:
                 self._count_refusal(event.identity, operation, e, event.time)
                 raise
-            await self.commit(refusal_entry(event, error))
+            committed = await self.commit(refusal_entry(event, error))
+            log_refused(event, error, committed.seq)
             raise error
         self._count_refusal(event.identity, operation, error, event.time)
         raise error

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tuf_signer.config import Config, TlsConfig
 from tuf_signer.errors import ConfigError
+from tuf_signer.server import _metrics
 
 # Settings SIGHUP puts in force (by dotted prefix); ``path`` is the file itself.
 RELOADED = ("path", "authz", "limits", "server.tls")
@@ -109,7 +110,13 @@ class ServerTls:
         return True
 
     def _fetch(self) -> Any:
-        """gRPC's question before each handshake: new material, or None to keep it."""
+        """gRPC's question before each handshake: new material, or None to keep it.
+
+        gRPC asks once per accepted connection, before its handshake, whatever
+        becomes of it (a client without a certificate, one from another CA, a
+        plaintext client, a port scan): that is ``tuf_signer_tls_handshakes_started_total``.
+        """
+        _metrics.count_tls_handshake()
         with self._lock:
             pending, self._pending = self._pending, None
         return pending

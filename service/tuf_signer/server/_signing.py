@@ -38,6 +38,7 @@ from tuf_signer.server import _metrics
 from tuf_signer.server._preparing import Prepared, Preparer
 from tuf_signer.server._recording import Recorder, Refusal
 from tuf_signer.server._registry import KeyRegistry
+from tuf_signer.server._requestlog import log_batch, log_granted
 from tuf_signer.server._values import SignItem, SignRequest, SignResult
 
 # SignBatch items checked before they go to the HSM together.
@@ -115,6 +116,7 @@ class Signer:
             self._count("Sign", [item], [e], roles)
             raise
         self._count("Sign", [item], [result], roles)
+        log_granted(request.event, result.audit_seq, result.role, result.metadata_version)
         return result
 
     def _count(
@@ -244,7 +246,7 @@ class Signer:
         """The reply for a committed replay, or the store's (recorded) refusal."""
         self._registry.note(committed)
         if committed.error is not None:
-            return Refusal(committed.error, prep.event, recorded=True)
+            return Refusal(committed.error, prep.event, recorded=True, seq=committed.seq)
         assert prep.replay is not None
         return prep.result(committed.current or prep.replay, committed, replayed=True)
 
@@ -260,7 +262,7 @@ class Signer:
             # or the version was retired meanwhile): the signature is dropped.
             if isinstance(committed.error, StaleKeyVersionError):
                 await self._registry.refresh(prep.state.key_name)
-            return Refusal(committed.error, prep.event, recorded=True)
+            return Refusal(committed.error, prep.event, recorded=True, seq=committed.seq)
         final = committed.current or prep.state
         return prep.result(final, committed, committed.replayed)
 
@@ -301,10 +303,12 @@ class Signer:
             for i, entry in enumerate(entries):
                 roles[i] = entry.event.role or roles[i]
             committed = await self._recorder.commit_many(entries)
-            return [
+            answers = [
                 await self._settle(owner, done)
                 for owner, done in zip(owners, committed, strict=True)
             ]
+            log_batch(batch, entries, answers, [c.seq for c in committed])
+            return answers
 
         nbytes = sum(len(item.payload) for item in items)
         try:

@@ -62,7 +62,8 @@ test-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; \
 	fi
 
-$(STAMP): pyproject.toml setup.py service/tuf_signer/policy/_ccanonical.c
+# After system-deps (gcc and Python's headers), also under make -j.
+$(STAMP): pyproject.toml setup.py service/tuf_signer/policy/_ccanonical.c | system-deps
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "tuf-signer needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -95,6 +96,7 @@ proto: install
 
 clean:
 	rm -rf $(VENV) $(DEV_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -f service/tuf_signer/policy/_ccanonical*.so
 
 # Benchmarks (README "Performance"). Each run installs what it needs from Debian
 # (Go + grpc-go for bench/loadgen, nghttp2-client, notary) and builds into bench/.build/.

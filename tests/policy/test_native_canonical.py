@@ -302,6 +302,30 @@ def test_accept_json_needs_no_exact_fallback() -> None:
     assert _canonical.parse_canonical(b'{"a":"\x01"}', exact=False) == {"a": "\x01"}
 
 
+def test_the_event_loop_runs_the_reference_only_on_small_payloads() -> None:
+    """Above REFERENCE_INLINE_BYTES, exact=False accepts only what the native scan accepts.
+
+    A non-ASCII key is left to the reference (NFKC and case folding), which
+    costs ~27 ms for a hostile 256 KiB shape: on the event loop only up to
+    64 KiB; a larger one goes to a checker process (NeedsExactCheck).
+    """
+    limit = _canonical.REFERENCE_INLINE_BYTES
+
+    def sized(key: str, size: int) -> tuple[bytes, dict[str, str]]:
+        obj = {key: "a" * (size - len(encode_canonical({key: ""}).encode()))}
+        return encode_canonical(obj).encode(), obj
+
+    (small, small_obj), (large, large_obj) = sized("\u00e9", limit), sized("\u00e9", limit + 1)
+    assert (len(small), len(large)) == (limit, limit + 1)
+    assert _canonical.parse_canonical(small, exact=False) == small_obj
+    with pytest.raises(_canonical.NeedsExactCheck):
+        _canonical.parse_canonical(large, exact=False)
+    assert _canonical.parse_canonical(large) == large_obj  # exact: the reference decides
+    # What the native scan accepts stays inline at any size.
+    ascii_large, ascii_obj = sized("k", 4 * limit)
+    assert _canonical.parse_canonical(ascii_large, exact=False) == ascii_obj
+
+
 # --- differential properties --------------------------------------------------------
 
 DIFF = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

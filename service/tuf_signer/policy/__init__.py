@@ -35,7 +35,12 @@ from tuf_signer.policy._bins import (
     check_bins_delegation,
     parse_bins,
 )
-from tuf_signer.policy._canonical import NeedsExactCheck, parse_canonical
+from tuf_signer.policy._canonical import (
+    REFERENCE_INLINE_BYTES,
+    NeedsExactCheck,
+    native_check_off,
+    parse_canonical,
+)
 from tuf_signer.policy._checks import (
     PEP458_BINS,
     PEP458_ONLINE_RULES,
@@ -73,6 +78,7 @@ __all__ = [
     "PEP458_ONLINE_RULES",
     "READ_AUDIT",
     "READ_KEYS",
+    "REFERENCE_INLINE_BYTES",
     "SIGN",
     "TUF_EXPIRES_FORMAT",
     "UNRESTRICTED",
@@ -104,6 +110,7 @@ __all__ = [
     "inspect_signed",
     "is_empty_bin_role",
     "listing",
+    "native_check_off",
     "parse_bins",
     "parse_canonical",
     "pep458_online_rules",

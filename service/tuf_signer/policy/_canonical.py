@@ -75,14 +75,24 @@ _SNIPPET = 24  # characters of context shown in "not canonical" reasons
 
 # The native check (_ccanonical.c): its scan, and the verdicts that accept.
 _scan: Callable[[bytes, int, int], int] | None
+_NATIVE_OFF = ""  # why the native check is not in use ("": it is)
 try:
     from tuf_signer.policy import _ccanonical
 except ImportError:  # built without a C compiler: the reference path alone
     _scan = None
+    _NATIVE_OFF = "the extension was not built (a C compiler and Python's headers are needed)"
 else:
     _scan = _ccanonical.scan
 if os.environ.get("TUF_SIGNER_NATIVE", "1") == "0":
     _scan = None  # forced off: comparisons, or a suspected bug in the native check
+    _NATIVE_OFF = "TUF_SIGNER_NATIVE=0 is set"
+
+
+def native_check_off() -> str:
+    """Why payloads are checked by the pure-Python reference alone; "" when the native scan runs."""
+    return _NATIVE_OFF
+
+
 _ACCEPT = 0  # orjson reads it
 _ACCEPT_JSON = 1  # the json decoder reads it (raw control characters, long integers)
 
@@ -90,6 +100,12 @@ _ACCEPT_JSON = 1  # the json decoder reads it (raw control characters, long inte
 # 255 levels, so past that the reference's verdict depends on Python's recursion
 # limit, which a C scan cannot mirror.
 _NATIVE_MAX_DEPTH = 255
+
+# With exact=False (the event loop asks), the pure-Python reference runs only on
+# payloads up to this size: a hostile shape costs it ~7 ms at 64 KiB, ~27 ms at
+# 256 KiB. A larger payload the native scan did not accept goes to a checker
+# process (NeedsExactCheck), within its caller's check budget.
+REFERENCE_INLINE_BYTES = 64 * 1024
 
 
 def _reject_float(literal: str) -> NoReturn:
@@ -134,7 +150,9 @@ def parse_canonical(payload: bytes, *, max_depth: int = 64, exact: bool = True) 
         max_depth: the deepest nesting of objects and arrays allowed; the
             top-level object counts as 1.
         exact: when False, raise ``NeedsExactCheck`` instead of running the
-            slow exact fallback (the event loop asks this way).
+            slow exact fallback, or any of the reference on a payload over
+            ``REFERENCE_INLINE_BYTES`` that the native scan did not accept
+            (the event loop asks this way).
 
     Returns:
         The parsed object (a fresh ``dict``; the caller may keep it).
@@ -158,6 +176,8 @@ def parse_canonical(payload: bytes, *, max_depth: int = 64, exact: bool = True) 
                 return _DECODER.decode(payload.decode("utf-8"))  # type: ignore[no-any-return]
             except (RecursionError, ValueError):  # pragma: no cover - a deep call stack
                 pass  # the reference gives the verdict and the reason
+    if not exact and len(payload) > REFERENCE_INLINE_BYTES:
+        raise NeedsExactCheck
     return _parse_reference(payload, max_depth, exact)
 
 

@@ -40,8 +40,11 @@ CheckResult = tuple[str, SignedInfo, RoleRule]
 _START_TIMEOUT = 60.0  # seconds for a checker process to start
 
 # Payloads up to this size try the fast path inline: ~130 µs for a 54 KB bin, at
-# most ~0.6 ms (~1.5 ms without the native check) at this size. Every PEP 458
-# bin fits: at 64 KiB, ~9% of them went to a checker process, each reserving
+# most ~0.6 ms at this size when the native scan accepts. Above
+# policy.REFERENCE_INLINE_BYTES (64 KiB) only the native scan runs inline, so a
+# hostile shape it leaves to the pure-Python reference goes to a checker process
+# (and so does every such payload when the extension is not built). Every PEP
+# 458 bin fits: at 64 KiB, ~9% of them went to a checker process, each reserving
 # check_timeout of its identity's budget, and a bulk re-sign was refused.
 DEFAULT_INLINE_BYTES = 256 * 1024
 

@@ -11,6 +11,7 @@ changed is named in the log as not applied: it needs a restart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Mapping
@@ -116,9 +117,12 @@ class ServerTls:
         becomes of it (a client without a certificate, one from another CA, a
         plaintext client, a port scan): that is ``tuf_signer_tls_handshakes_started_total``.
         """
-        _metrics.count_tls_handshake()
         with self._lock:
             pending, self._pending = self._pending, None
+        # A metrics file that cannot be written (disk full, the multiprocess
+        # directory gone) must not fail the handshake nor hold back a reload.
+        with contextlib.suppress(Exception):
+            _metrics.count_tls_handshake()
         return pending
 
 

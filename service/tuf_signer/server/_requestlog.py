@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from tuf_signer._logs import GRANTED_LOGGER, REFUSED_LOGGER
 from tuf_signer.audit import Entry
-from tuf_signer.errors import TufSignerError
+from tuf_signer.errors import TufSignerError, shown
 from tuf_signer.model import AuditEvent, recordable
 
 granted_log = logging.getLogger(GRANTED_LOGGER)
@@ -39,8 +39,8 @@ def log_granted(event: AuditEvent, seq: int, role: str = "", version: int = 0) -
         "%s OK by %s: key %s, role %s%s, record %d",
         event.operation,
         event.identity,
-        event.key_name or "-",
-        role or "-",
+        _field(event.key_name),
+        _field(role),
         f" version {version}" if version else "",
         seq,
         extra=_present(
@@ -52,6 +52,11 @@ def log_granted(event: AuditEvent, seq: int, role: str = "", version: int = 0) -
             audit_seq=seq,
         ),
     )
+
+
+def _field(value: str) -> str:
+    """A client's string in a text line, quoted: a role ``x, record 9`` cannot fake a field."""
+    return shown(value) if value else "-"
 
 
 def _present(**fields: object) -> dict[str, object]:
@@ -76,8 +81,8 @@ def log_refused(event: AuditEvent, error: TufSignerError, seq: int = 0) -> None:
         event.operation,
         error.code,
         event.identity,
-        event.key_name or "-",
-        event.role or "-",
+        _field(event.key_name),
+        _field(event.role),
         f"record {seq}" if seq else "not recorded",
         recordable(error.reason, 512),
         extra=extra,
@@ -118,7 +123,7 @@ def log_batch(
         batch.operation,
         batch.identity,
         len(results),
-        keys[0] if len(keys) == 1 else f"({len(keys)} keys)",
+        _field(keys[0]) if len(keys) == 1 else f"({len(keys)} keys)",
         ", ".join(f"{name} {n}" for name, n in sorted(statuses.items())),
         seqs[0],
         seqs[-1],

@@ -6,10 +6,13 @@ Config and records are frozen dataclasses; times are timezone-aware UTC
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 # Characters a record never stores raw: C0 and C1 controls (NUL included, which
 # PostgreSQL's text type refuses), DEL, Unicode format characters (bidi
@@ -35,6 +38,38 @@ def recordable(value: str, limit: int = 255) -> str:
     if len(escaped) <= limit:
         return escaped
     return f"{escaped[: max(0, limit - 32)]}...[{len(value)} characters]"
+
+
+def evolve(value: _T, /, **changes: Any) -> _T:
+    """``dataclasses.replace`` for the Sign path: a copy of ``value`` with ``changes``.
+
+    For a dataclass whose ``__init__`` only stores its fields (no
+    ``__post_init__``, no ``__slots__``), such as ``AuditEvent`` and
+    ``RoleState``, it copies the fields instead of running ``__init__`` again:
+    the same object in a fifth of the time (issue 16: a SignBatch made four
+    such copies per item). Any other dataclass goes through ``replace``.
+
+    Raises:
+        TypeError: ``value`` is not a dataclass instance, or a change names no
+            field of it.
+    """
+    cls = type(value)
+    fields = getattr(cls, "__dataclass_fields__", None)
+    if (
+        fields is None
+        or hasattr(cls, "__post_init__")
+        or not hasattr(value, "__dict__")
+        # Anything but the fields (a cached_property's value, an init=False
+        # field) would be copied stale: let replace decide.
+        or value.__dict__.keys() != fields.keys()
+        or any(f.init is False for f in fields.values())
+    ):
+        return dataclasses.replace(value, **changes)  # type: ignore[type-var]
+    if not changes.keys() <= fields.keys():
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(changes.keys() - fields.keys())}")
+    copy = object.__new__(cls)
+    copy.__dict__.update(value.__dict__, **changes)
+    return copy
 
 
 class Algorithm(enum.Enum):

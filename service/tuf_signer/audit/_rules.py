@@ -77,7 +77,7 @@ from tuf_signer.errors import (
     TufSignerError,
     VersionStepError,
 )
-from tuf_signer.model import AuditEvent, KeyState, KeyVersion, Outcome, RoleState
+from tuf_signer.model import AuditEvent, KeyState, KeyVersion, Outcome, RoleState, evolve
 
 # What an admin runs to move a mark (named in refusals).
 RESET_HINT = "tuf-signer keys reset-role KEY ROLE --version N --reason TEXT"
@@ -454,7 +454,7 @@ def decide_advance(
         view: the key's coherence state, when ``change`` carries a listing or
             delegations (``coherence_writes``).
     """
-    new = dataclasses.replace(change.state, audit_seq=seq)
+    new = evolve(change.state, audit_seq=seq)
     what = f"key version {new.key_version} of {new.key_name!r}"
     if kv is None:
         return _refuse(KeyStateError(f"{what} does not exist"), stored)

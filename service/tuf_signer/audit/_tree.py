@@ -174,9 +174,13 @@ class Frontier:
             StoreError: the frontier is incomplete.
         """
         stored = _merkle.stored_hashes_for_append(self.size, _merkle.leaf_hash(leaf), self)
-        merged = self._hashes | {s.node: s.hash for s in stored}
+        # The subtrees the leaf completes leave the frontier (stored[1:] merged
+        # them, with their left siblings, into the top one); the top one joins it.
+        for level in range(len(stored) - 1):
+            del self._hashes[Node(level, ((self.size + 1) >> level) - 2)]
+        top = stored[-1]
+        self._hashes[top.node] = top.hash
         self.size += 1
-        self._hashes = {node: merged[node] for node in frontier_nodes(self.size)}
         return stored
 
 

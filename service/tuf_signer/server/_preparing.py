@@ -27,7 +27,7 @@ from tuf_signer.errors import (
     shown,
 )
 from tuf_signer.keys import KeyBackend
-from tuf_signer.model import Algorithm, AuditEvent, KeyState, KeyVersion, RoleState
+from tuf_signer.model import Algorithm, AuditEvent, KeyState, KeyVersion, RoleState, evolve
 from tuf_signer.policy import AccessRule
 from tuf_signer.server._checker import CheckJob, CheckResult, PayloadChecker
 from tuf_signer.server._guard import Guard
@@ -64,10 +64,10 @@ class Prepared:
 
     def entry(self, signature: str) -> Entry:
         """The record: a grant advancing the role state, or a replay that does not."""
-        event = replace(self.event, signature=signature)
+        event = evolve(self.event, signature=signature)
         if self.replay is not None:
             return Entry(event)
-        state = replace(self.state, signature=signature)
+        state = evolve(self.state, signature=signature)
         change = AdvanceRole(
             state,
             max_step=self.max_step,
@@ -198,8 +198,8 @@ class Preparer:
                     event, role=resolved, metadata_version=info.version, expires=expires
                 )
                 raise
-            # One replace for both steps: a Sign's hot path (SignBatch runs it per item).
-            event = replace(
+            # One copy for both steps: a Sign's hot path (SignBatch runs it per item).
+            event = evolve(
                 event,
                 role=resolved,
                 metadata_version=info.version,

@@ -130,12 +130,17 @@ class Signer:
         a key not in the registry is ``other``). A refusal counts under ``roles``:
         the role its checks resolved, else the one the request named."""
         known = {view.key.name for view in self._registry.views()}
+        # One increment per label set, not per item: a SignBatch's items share a few.
+        counts: dict[tuple[str, str, str], int] = {}
         for item, result, role in zip(items, results, roles, strict=True):
             key = item.key if item.key in known else _metrics.OTHER
             if isinstance(result, SignResult):
-                _metrics.count_sign(method, key, result.role, "OK")
+                labels = (key, _metrics.role_class(result.role), "OK")
             else:
-                _metrics.count_sign(method, key, role, result.code)
+                labels = (key, _metrics.role_class(role), result.code)
+            counts[labels] = counts.get(labels, 0) + 1
+        for (key, role_class, status), n in counts.items():
+            _metrics.count_sign(method, key, role_class, status, n)
 
     async def _sign(self, request: SignRequest, rule: AccessRule) -> SignResult | Refusal:
         pinned = bool(request.item.expected_keyid)

@@ -43,14 +43,7 @@ def log_granted(event: AuditEvent, seq: int, role: str = "", version: int = 0) -
         _field(role),
         f" version {version}" if version else "",
         seq,
-        extra=_present(
-            operation=event.operation,
-            identity=event.identity,
-            key=event.key_name,
-            role=role,
-            status="OK",
-            audit_seq=seq,
-        ),
+        extra=_request_fields(event, role, "OK", seq),
     )
 
 
@@ -59,8 +52,16 @@ def _field(value: str) -> str:
     return shown(value) if value else "-"
 
 
-def _present(**fields: object) -> dict[str, object]:
-    """The request fields that are known (an empty string or seq 0 is left out)."""
+def _request_fields(event: AuditEvent, role: str, status: str, seq: int) -> dict[str, object]:
+    """The JSON line's request fields that are known (an empty string or seq 0 is left out)."""
+    fields: dict[str, object] = {
+        "operation": event.operation,
+        "identity": event.identity,
+        "key": event.key_name,
+        "role": role,
+        "status": status,
+        "audit_seq": seq,
+    }
     return {name: value for name, value in fields.items() if value not in ("", 0, None)}
 
 
@@ -68,14 +69,7 @@ def log_refused(event: AuditEvent, error: TufSignerError, seq: int = 0) -> None:
     """The request line of a refusal on the record (``seq``; 0 when nothing was recorded)."""
     if not refused_log.isEnabledFor(logging.INFO):
         return
-    extra = _present(
-        operation=event.operation,
-        identity=event.identity,
-        key=event.key_name,
-        role=event.role,
-        status=error.code,
-        audit_seq=seq,
-    )
+    extra = _request_fields(event, event.role, error.code, seq)
     refused_log.info(
         "%s refused %s by %s: key %s, role %s, %s: %s",
         event.operation,

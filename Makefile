@@ -110,7 +110,8 @@ bench-extras:
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null && [ -x $(BIN)/py-spy ] \
 	  || $(BIN)/pip install -q -e '.[dev,bench]'
 
-# Under a minute, same ratio keys, smaller workloads: bench/results/quick.{json,md}.
+# About two minutes (70 s on an idle machine), same ratio keys, smaller workloads:
+# bench/results/quick.{json,md}.
 bench-quick: install
 	$(BIN)/python -m bench --quick
 

@@ -6,8 +6,11 @@ Prints µs per call (best of several repeats, one process, one thread) for a
 - reference: the pure-Python path (``_parse_reference``: C json decode, orjson
   sorted re-encode and compare, the one-reading check, the depth pre-scan);
 - native: the C scan (``_ccanonical.scan``), then orjson building the object;
-- ``parse_canonical`` as the service calls it, before (reference) and after
-  (native first).
+- native, target paths only (what ``check_sign_request`` asks for):
+  ``_ccanonical.scan_targets``, then orjson reading the payload with the
+  ``targets`` object cut to ``{}``;
+- ``parse_canonical`` before (reference), after (native first), and native
+  with ``target_paths_only`` (the Sign path since issue 16's lever 1).
 
 Usage: ``python -m bench.canonical_micro [--targets N] [--number N]``.
 """
@@ -48,6 +51,9 @@ def main() -> None:
         sys.exit("the native check is switched off (TUF_SIGNER_NATIVE=0)")
     assert _ccanonical.scan(payload, 64, digits) == _ccanonical.ACCEPT
     obj = _canonical._DECODER.decode(payload.decode())
+    _, start, end, paths = _ccanonical.scan_targets(payload, 64, digits)
+    assert paths is not None and len(paths) == args.targets
+    rest = payload[:start] + b"{}" + payload[end:]
 
     n = args.number
     rows = [
@@ -64,7 +70,13 @@ def main() -> None:
             "parse_canonical before (reference)",
             lambda: _canonical._parse_reference(payload, 64, True),
         ),
+        ("native: _ccanonical.scan_targets", lambda: _ccanonical.scan_targets(payload, 64, digits)),
+        ("native: orjson.loads without targets", lambda: orjson.loads(rest)),
         ("parse_canonical after (native first)", lambda: _canonical.parse_canonical(payload)),
+        (
+            "parse_canonical target_paths_only",
+            lambda: _canonical.parse_canonical(payload, target_paths_only=True),
+        ),
     ]
     print(f"payload: {len(payload)} bytes, {args.targets} targets; µs per call, best of {REPEAT}")
     results = {}
@@ -73,9 +85,10 @@ def main() -> None:
         print(f"  {name:46s} {results[name]:8.1f}")
     before = results["parse_canonical before (reference)"]
     after = results["parse_canonical after (native first)"]
+    light = results["parse_canonical target_paths_only"]
     print(
         f"canonical_before_us={before:.1f} canonical_after_us={after:.1f} "
-        f"speedup={before / after:.2f}"
+        f"speedup={before / after:.2f} canonical_paths_only_us={light:.1f}"
     )
 
 

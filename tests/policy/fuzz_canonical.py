@@ -16,6 +16,7 @@ few canonical TUF payloads to start from.
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,25 @@ def check_one(payload: bytes, max_depth: int = 64) -> int:
         assert same(got[1], expected[1]), payload[:200]
     else:
         assert got[1] == expected[1], (got, expected)
+    _check_targets_scan(payload, max_depth, verdict, expected)
     return verdict
+
+
+def _check_targets_scan(payload: bytes, max_depth: int, verdict: int, expected: Outcome) -> None:
+    """``scan_targets`` (the Sign path's light parse) agrees with ``scan`` and the reference:
+    the same verdict, and a span, when it gives one, holding exactly the paths it lists."""
+    targets_verdict, start, end, paths = _ccanonical.scan_targets(
+        payload, max_depth, sys.get_int_max_str_digits()
+    )
+    assert targets_verdict == verdict, (payload[:200], targets_verdict, verdict)
+    if paths is None:
+        assert (start, end) == (-1, -1)
+        return
+    assert verdict in ACCEPTS and expected[0] == "ok"
+    whole = expected[1]
+    assert whole.get("_type") == "targets" and isinstance(whole.get("targets"), dict)
+    assert list(paths) == list(whole["targets"]), payload[:200]
+    assert json.loads(payload[start:end], strict=False).keys() == whole["targets"].keys()
 
 
 def fuzz_one_input(data: bytes) -> None:
@@ -101,6 +120,7 @@ SEEDS = (
     b'{"_type":"targets","expires":"2030-01-01T00:00:00Z","spec_version":"1.0.31",'
     b'"targets":{"a/B.whl":{"hashes":{"sha256":"00ff"},"length":18446744073709551616},'
     b'"a/c.whl":{"custom":{"k":[[[]]]},"hashes":{"sha256":"ab"},"length":0}},"version":1}',
+    b'{"_type":"targets","targets":{"a/b.whl":{"length":1},"c\\"d":{}},"version":1}',
 )
 
 

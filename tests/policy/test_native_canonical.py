@@ -25,8 +25,15 @@ from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
-from tuf_signer.errors import PayloadError
-from tuf_signer.policy import _canonical
+from tuf_signer.errors import PayloadError, TufSignerError
+from tuf_signer.model import BinsDelegation, RoleRule
+from tuf_signer.policy import (
+    _canonical,
+    _checks,
+    bin_for_path,
+    check_sign_request,
+    pep458_online_rules,
+)
 
 SOURCE = Path(_canonical.__file__).with_name("_ccanonical.c")
 REQUIRED = os.environ.get("TUF_SIGNER_REQUIRE_NATIVE") == "1"
@@ -49,7 +56,7 @@ if NATIVE is None and REQUIRED:  # `make test`: the native check must be there
 if NATIVE is None:
     pytest.skip("the _ccanonical extension is not built", allow_module_level=True)
 
-from .conftest import BinFactory  # noqa: E402
+from .conftest import NOW, BinFactory  # noqa: E402
 from .fuzz_canonical import SEEDS, check_one, same, write_seeds  # noqa: E402
 
 
@@ -557,3 +564,268 @@ def test_atheris_bounded(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-4000:]
     assert "Done" in run.stderr, run.stderr[-2000:]
+
+
+# --- target paths only: check_sign_request's lighter parse (issue 16) ---------------------
+
+TARGETS_HEAD = b'{"_type":"targets",'
+
+SPAN_CASES = [
+    pytest.param(
+        TARGETS_HEAD + b'"targets":{"a":{"length":1},"b":2},"version":1}',
+        b'{"a":{"length":1},"b":2}',
+        ["a", "b"],
+        id="bin",
+    ),
+    pytest.param(TARGETS_HEAD + b'"targets":{}}', b"{}", [], id="empty"),
+    pytest.param(
+        TARGETS_HEAD + b'"targets":{"a\\"b":1,"a\\\\c":{"d":{}},"z":[]}}',
+        b'{"a\\"b":1,"a\\\\c":{"d":{}},"z":[]}',
+        ['a"b', "a\\c", "z"],
+        id="escaped-paths",
+    ),
+    pytest.param(
+        TARGETS_HEAD + b'"delegations":{"targets":{"x":1}},"targets":{"y":1}}',
+        b'{"y":1}',
+        ["y"],
+        id="nested-targets-key-ignored",
+    ),
+    # The value after "targets" is not an object: a later object is not taken for it.
+    pytest.param(TARGETS_HEAD + b'"targets":"x","z":{"a":1}}', None, None, id="string"),
+    pytest.param(TARGETS_HEAD + b'"targets":[{"a":1}],"z":{"a":1}}', None, None, id="array"),
+    pytest.param(TARGETS_HEAD + b'"targets":null,"z":{"a":1}}', None, None, id="null"),
+    pytest.param(b'{"_type":"snapshot","targets":{"a":1}}', None, None, id="other-type"),
+    pytest.param(b'{"_type":"targetsx","targets":{"a":1}}', None, None, id="type-prefix"),
+    pytest.param(b'{"_type":["targets"],"targets":{"a":1}}', None, None, id="type-array"),
+    pytest.param(b'{"targets":{"a":1}}', None, None, id="no-type"),
+    pytest.param(b'{"a":{"_type":"targets","targets":{"a":1}}}', None, None, id="deeper"),
+    pytest.param(TARGETS_HEAD + b'"targets":{"a":1.5}}', None, None, id="refused"),
+    pytest.param(TARGETS_HEAD + b'"targets":{"a":"\x01"}}', None, None, id="accept-json"),
+    pytest.param(TARGETS_HEAD + b'"targets":{"\xc3\xa9":1}}', None, None, id="undecided"),
+]
+
+
+@pytest.mark.parametrize(("payload", "span", "paths"), SPAN_CASES)
+def test_scan_targets_span_and_paths(
+    payload: bytes, span: bytes | None, paths: list[str] | None
+) -> None:
+    assert NATIVE is not None
+    verdict, start, end, found = NATIVE.scan_targets(payload, 64, DIGITS)
+    assert verdict == NATIVE.scan(payload, 64, DIGITS)
+    if span is None:
+        assert (start, end, found) == (-1, -1, None)
+        return
+    assert verdict == NATIVE.ACCEPT
+    assert payload[start:end] == span
+    assert found is not None and list(found.items()) == [(p, None) for p in paths or []]
+
+
+def test_scan_targets_checks_its_arguments() -> None:
+    assert NATIVE is not None
+    with pytest.raises(TypeError, match="scan_targets: payload must be bytes"):
+        NATIVE.scan_targets(bytearray(b"{}"), 64, DIGITS)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_depth must be >= 1"):
+        NATIVE.scan_targets(b"{}", 0, DIGITS)
+
+
+def light_form(payload: bytes, full: dict[str, Any]) -> dict[str, Any]:
+    """What ``target_paths_only`` must give for ``payload``, which parses to ``full``."""
+    assert NATIVE is not None
+    targets = full.get("targets")
+    if (
+        _canonical._scan_targets is None  # TUF_SIGNER_NATIVE=0
+        or NATIVE.scan(payload, 64, DIGITS) != NATIVE.ACCEPT
+        or full.get("_type") != "targets"
+        or not isinstance(targets, dict)
+    ):
+        return full
+    return {k: dict.fromkeys(targets) if k == "targets" else v for k, v in full.items()}
+
+
+def parse_outcome(payload: bytes, **options: Any) -> Any:
+    try:
+        obj = _canonical.parse_canonical(payload, **options)
+    except PayloadError as e:
+        return ("refused", str(e))
+    targets = obj.get("targets")
+    return ("parsed", obj, list(obj), list(targets) if isinstance(targets, dict) else None)
+
+
+def test_bin_parses_light_natively(make_bin: BinFactory) -> None:
+    payload = make_bin().signed_bytes
+    full = _canonical.parse_canonical(payload)
+    light = _canonical.parse_canonical(payload, target_paths_only=True)
+    assert light == light_form(payload, full)
+    if _canonical._scan_targets is not None:
+        assert light != full
+    assert list(light) == list(full) and list(light["targets"]) == list(full["targets"])
+
+
+def mostly(common: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> Any:
+    """``common`` 4 times in 5, else ``rare``."""
+    return st.integers(0, 4).flatmap(lambda k: common if k else rare)
+
+
+# Mostly printable ASCII, which the scan accepts; some up to U+017F, left to the reference.
+TARGET_PATHS = mostly(
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=10),
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x17F), max_size=10),
+)
+PRINTABLE = st.text(st.characters(min_codepoint=32, max_codepoint=0x17F), max_size=12)
+# Values the scan mostly accepts (no control characters, 64-bit integers), and any.
+PLAIN_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | PRINTABLE,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(st.characters(min_codepoint=32, max_codepoint=126)), inner)
+    ),
+    max_leaves=10,
+)
+TARGET_VALUES = mostly(PLAIN_VALUES, values(ASCII_KEYS)) | st.fixed_dictionaries(
+    {
+        "hashes": st.dictionaries(
+            st.sampled_from(["sha256", "blake2b-256"]), PRINTABLE, max_size=2
+        ),
+        "length": st.integers(min_value=-1, max_value=2**64),
+    }
+)
+
+
+@DIFF
+@given(
+    st.sampled_from(["targets"] * 4 + ["snapshot", "Targets"]),
+    st.integers(0, 9).flatmap(
+        lambda k: (
+            st.dictionaries(TARGET_PATHS, TARGET_VALUES, max_size=6)
+            if k < 7
+            else st.just({}) | SCALARS | st.lists(SCALARS, max_size=2)
+        )
+    ),
+    st.just({}) | st.dictionaries(ASCII_KEYS, PLAIN_VALUES | values(ASCII_KEYS), max_size=3),
+)
+def test_target_paths_only_parses_alike(type_: str, targets: Any, extra: dict[str, Any]) -> None:
+    """Same verdict and reason; accepted, the same object but each target's value None."""
+    payload = canonical({**extra, "_type": type_, "targets": targets})
+    full = parse_outcome(payload)
+    light = parse_outcome(payload, target_paths_only=True)
+    if full[0] == "refused":
+        assert light == full
+    else:
+        assert light == ("parsed", light_form(payload, full[1]), full[2], full[3])
+
+
+# check_sign_request with the light parse against the full one: same role, fields and
+# rule, or the same error and reason, over bins, top-level targets, empty and odd shapes.
+
+DAY = 86400
+BINS = BinsDelegation("bins", 8)
+RULE_SETS = [
+    pep458_online_rules(BINS),
+    (RoleRule("targets", DAY), RoleRule("other", DAY), RoleRule("bins-*", DAY)),
+    (RoleRule("timestamp", DAY), RoleRule("snapshot", DAY)),
+]
+
+
+def _in_bin(n: int) -> st.SearchStrategy[str]:
+    """Paths that hash into bin ``n`` of BINS, or anywhere."""
+    return (
+        st.integers(0, 10**6)
+        .map(lambda i: f"packages/{i}/dist-{i}.tar.gz")
+        .filter(lambda p: n < 0 or bin_for_path(BINS, p) == f"bins-{n:02x}")
+    )
+
+
+EXPIRES = "2025-06-02T00:00:00Z"
+
+
+@st.composite
+def targets_payloads(draw: st.DrawFn) -> bytes:
+    shape = draw(st.sampled_from(["bin", "scattered", "empty", "top", "odd"]))
+    value = st.one_of(TARGET_VALUES, st.just({"hashes": {"sha256": "ab"}, "length": 1}))
+    paths: st.SearchStrategy[str]
+    paths = _in_bin(draw(st.sampled_from([0, 0xC1, 0xFF]))) if shape == "bin" else _in_bin(-1)
+    if shape == "odd":
+        paths = TARGET_PATHS | paths
+    targets: Any = (
+        {} if shape in ("empty", "top") else draw(st.dictionaries(paths, value, max_size=5))
+    )
+    signed: dict[str, Any] = {
+        "_type": draw(st.sampled_from(["targets", "targets", "snapshot"])),
+        "spec_version": draw(st.sampled_from(["1.0.31"] * 5 + ["2.0.0"])),
+        "version": draw(st.sampled_from([1, 2, 3, 4, 5, 0])),
+        "expires": draw(st.sampled_from([EXPIRES] * 5 + ["2024-01-01T00:00:00Z"])),
+        "targets": targets,
+    }
+    if shape == "top" or (shape == "odd" and draw(st.booleans())):
+        prefix, bits = draw(st.sampled_from([("bins", 8), ("bins", 9), ("other", 8)]))
+        signed["delegations"] = {
+            "keys": {},
+            "succinct_roles": {
+                "bit_length": bits,
+                "keyids": [],
+                "name_prefix": prefix,
+                "threshold": 1,
+            },
+        }
+    if shape == "odd":
+        signed.update(draw(st.dictionaries(ASCII_KEYS, values(ASCII_KEYS), max_size=2)))
+        if draw(st.booleans()):
+            signed["targets"] = draw(SCALARS | st.lists(SCALARS, max_size=2))
+    return canonical(signed)
+
+
+def sign_outcome(payload: bytes, role: str | None, bins: Any, rules: Any) -> tuple[Any, ...]:
+    try:
+        return (
+            "ok",
+            *check_sign_request(
+                payload, role, "k", rules, NOW, 1 << 20, bins=bins, max_clock_skew=5
+            ),
+        )
+    except TufSignerError as e:
+        return ("error", type(e), str(e))
+
+
+def _full_parse(payload: bytes, *, exact: bool, target_paths_only: bool) -> dict[str, Any]:
+    assert target_paths_only
+    return _canonical.parse_canonical(payload, exact=exact)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    targets_payloads(),
+    st.sampled_from([None, "", "targets", "other", "bins-00", "bins-c1", "bins-ff", "bins-1"]),
+    st.sampled_from([BINS, None]),
+    st.sampled_from(RULE_SETS),
+)
+def test_sign_checks_agree_with_the_full_parse(
+    payload: bytes, role: str | None, bins: Any, rules: Any
+) -> None:
+    light = sign_outcome(payload, role, bins, rules)
+    saved = _checks.parse_canonical
+    _checks.parse_canonical = _full_parse  # type: ignore[assignment]
+    try:
+        full = sign_outcome(payload, role, bins, rules)
+    finally:
+        _checks.parse_canonical = saved
+    assert light == full
+
+
+def test_sign_checks_parse_target_paths_only(
+    make_bin: BinFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_sign_request asks for the light parse (and the bin is read through it)."""
+    if _canonical._scan_targets is None:
+        pytest.skip("TUF_SIGNER_NATIVE=0: the reference parses everything")
+    seen: list[dict[str, Any]] = []
+
+    def spy(payload: bytes, **options: Any) -> dict[str, Any]:
+        seen.append(_canonical.parse_canonical(payload, **options))
+        return seen[-1]
+
+    monkeypatch.setattr(_checks, "parse_canonical", spy)
+    md = make_bin(bins=("bins", 8), role="bins-c1")
+    rules = pep458_online_rules(BINS)
+    role, _, _ = check_sign_request(md.signed_bytes, None, "k", rules, NOW, 1 << 20, bins=BINS)
+    assert role == "bins-c1"
+    assert seen and all(v is None for v in seen[0]["targets"].values()) and seen[0]["targets"]

@@ -26,6 +26,14 @@
  *   UNDECIDED    an object key is not ASCII: the reference folds those with
  *                NFKC and full case folding, left to Python.
  *
+ * scan_targets(payload, max_depth, max_int_digits) -> (verdict, start, end, paths)
+ * is scan, and also, on ACCEPT when the top level has "_type":"targets" and a
+ * "targets" object: the byte span [start, end) of that object's value and a
+ * dict of its keys (the target paths, in payload order) to None. Otherwise
+ * (-1, -1, None). The policy reads only the paths (issue 16): the caller
+ * parses the rest with the span replaced by {} and skips building each
+ * target's hashes and length.
+ *
  * Hostile input: linear time apart from a sort of one object's keys when one
  * of them has an upper-case letter (n log n); no recursion; memory bounded by
  * the payload (one frame per open container, one span per key of the open
@@ -69,6 +77,14 @@ typedef struct {
     Py_ssize_t len, cap;
     Span local[LOCAL_SPANS];
 } SpanStack;
+
+/* What scan_targets extracts on the way (see the header comment). */
+typedef struct {
+    int type_is_targets;   /* the top level's "_type" is the string "targets" */
+    int open;              /* the scan is inside the top-level "targets" object */
+    Py_ssize_t start, end; /* its span, -1 until found */
+    SpanStack paths;       /* its keys */
+} Targets;
 
 /* Byte classes inside a string: 0 plain, 1 quote, 2 backslash, 3 control, 4 non-ASCII. */
 static unsigned char string_class[256];
@@ -328,7 +344,7 @@ scan_int(const unsigned char *s, Py_ssize_t n, Py_ssize_t p, Py_ssize_t *digits)
 
 static int
 scan_bytes(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_depth,
-           Py_ssize_t max_int_digits, Frame *frames, SpanStack *keys)
+           Py_ssize_t max_int_digits, Frame *frames, SpanStack *keys, Targets *tg)
 {
     Py_ssize_t p = 0, depth = 0;
     int json_only = 0;
@@ -341,6 +357,15 @@ scan_bytes(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_depth,
 value:
     if (p >= n) {
         return REFUSE;
+    }
+    if (tg != NULL && tg->start == -2) { /* the value of the top-level "targets" */
+        if (s[p] == '{') {
+            tg->start = p;
+            tg->open = 1;
+        }
+        else {
+            tg->start = -1;
+        }
     }
     switch (s[p]) {
     case '{':
@@ -362,6 +387,10 @@ value:
             p++;
             depth--;
             top = depth ? &frames[depth - 1] : NULL;
+            if (tg != NULL && tg->open && depth == 1) {
+                tg->end = p;
+                tg->open = 0;
+            }
             goto after_value;
         }
         if (top->is_object) {
@@ -444,6 +473,24 @@ key: {
         return REFUSE;
     }
     p++;
+    if (tg != NULL) {
+        if (depth == 1) {
+            /* Keys are sorted and "_type" < "targets": the type is known first.
+             * A string value starting with "targets" and its quote is exactly it. */
+            if (span.len == 5 && memcmp(span.start, "_type", 5) == 0) {
+                tg->type_is_targets = n - p >= 9 && memcmp(s + p, "\"targets\"", 9) == 0;
+            }
+            else if (span.len == 7 && memcmp(span.start, "targets", 7) == 0 &&
+                     tg->type_is_targets) {
+                tg->start = -2; /* the next value: an object, or not (-1) */
+            }
+        }
+        else if (depth == 2 && tg->open) {
+            if (push_span(&tg->paths, span.start, span.len) < 0) {
+                return NO_MEMORY;
+            }
+        }
+    }
     goto value;
 }
 
@@ -481,31 +528,40 @@ after_value:
     }
     depth--;
     top = depth ? &frames[depth - 1] : NULL;
+    if (tg != NULL && tg->open && depth == 1) {
+        tg->end = p;
+        tg->open = 0;
+    }
     goto after_value;
 }
 
-static PyObject *
-scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/*
+ * The scan with the arguments checked; tg is NULL for scan. Returns a verdict,
+ * or -2 with a Python exception set.
+ */
+static int
+run_scan(PyObject *const *args, Py_ssize_t nargs, const char *name, Targets *tg)
 {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "scan(payload, max_depth, max_int_digits)");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s(payload, max_depth, max_int_digits)", name);
+        return -2;
     }
     if (!PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "scan: payload must be bytes");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s: payload must be bytes", name);
+        return -2;
     }
     Py_ssize_t max_depth = PyLong_AsSsize_t(args[1]);
     if (max_depth == -1 && PyErr_Occurred()) {
-        return NULL;
+        return -2;
     }
     Py_ssize_t max_int_digits = PyLong_AsSsize_t(args[2]);
     if (max_int_digits == -1 && PyErr_Occurred()) {
-        return NULL;
+        return -2;
     }
     if (max_depth < 1 || max_int_digits < 0) {
-        PyErr_SetString(PyExc_ValueError, "scan: max_depth must be >= 1, max_int_digits >= 0");
-        return NULL;
+        PyErr_Format(PyExc_ValueError, "%s: max_depth must be >= 1, max_int_digits >= 0",
+                     name);
+        return -2;
     }
 
     const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(args[0]);
@@ -523,16 +579,17 @@ scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (frames_needed > LOCAL_FRAMES) {
         frames = PyMem_RawMalloc((size_t)frames_needed * sizeof(Frame));
         if (frames == NULL) {
-            return PyErr_NoMemory();
+            PyErr_NoMemory();
+            return -2;
         }
     }
     if (n >= RELEASE_GIL_AT) {
         Py_BEGIN_ALLOW_THREADS
-        verdict = scan_bytes(s, n, max_depth, max_int_digits, frames, &keys);
+        verdict = scan_bytes(s, n, max_depth, max_int_digits, frames, &keys, tg);
         Py_END_ALLOW_THREADS
     }
     else {
-        verdict = scan_bytes(s, n, max_depth, max_int_digits, frames, &keys);
+        verdict = scan_bytes(s, n, max_depth, max_int_digits, frames, &keys, tg);
     }
     if (frames != local_frames) {
         PyMem_RawFree(frames);
@@ -541,15 +598,108 @@ scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyMem_RawFree(keys.spans);
     }
     if (verdict == NO_MEMORY) {
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        return -2;
     }
-    return PyLong_FromLong(verdict);
+    return verdict;
+}
+
+static PyObject *
+scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int verdict = run_scan(args, nargs, "scan", NULL);
+    return verdict == -2 ? NULL : PyLong_FromLong(verdict);
+}
+
+/* A key of an accepted payload as str: ASCII (else UNDECIDED), escapes only \" and \\. */
+static PyObject *
+decode_key(const Span *key)
+{
+    Py_ssize_t escapes = 0;
+    if (memchr(key->start, '\\', (size_t)key->len) != NULL) {
+        for (Py_ssize_t i = 0; i < key->len; i++) {
+            if (key->start[i] == '\\') {
+                escapes++;
+                i++;
+            }
+        }
+    }
+    PyObject *str = PyUnicode_New(key->len - escapes, 127);
+    if (str == NULL) {
+        return NULL;
+    }
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(str);
+    if (escapes == 0) {
+        memcpy(out, key->start, (size_t)key->len);
+        return str;
+    }
+    for (Py_ssize_t i = 0; i < key->len; i++) {
+        if (key->start[i] == '\\') {
+            i++;
+        }
+        *out++ = key->start[i];
+    }
+    return str;
+}
+
+static PyObject *
+paths_dict(const SpanStack *paths)
+{
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < paths->len; k++) {
+        PyObject *key = decode_key(&paths->spans[k]);
+        if (key == NULL || PyDict_SetItem(dict, key, Py_None) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        Py_DECREF(key);
+    }
+    return dict;
+}
+
+static PyObject *
+scan_targets(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Targets tg;
+    PyObject *paths = NULL;
+    tg.type_is_targets = 0;
+    tg.open = 0;
+    tg.start = -1;
+    tg.end = -1;
+    tg.paths.spans = tg.paths.local;
+    tg.paths.len = 0;
+    tg.paths.cap = LOCAL_SPANS;
+    int verdict = run_scan(args, nargs, "scan_targets", &tg);
+    if (verdict == ACCEPT && tg.start >= 0 && tg.end > tg.start) {
+        paths = paths_dict(&tg.paths);
+        if (paths == NULL) {
+            verdict = -2;
+        }
+    }
+    if (tg.paths.spans != tg.paths.local) {
+        PyMem_RawFree(tg.paths.spans);
+    }
+    if (verdict == -2) {
+        return NULL;
+    }
+    if (paths == NULL) {
+        return Py_BuildValue("(innO)", verdict, (Py_ssize_t)-1, (Py_ssize_t)-1, Py_None);
+    }
+    return Py_BuildValue("(innN)", verdict, tg.start, tg.end, paths);
 }
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(payload: bytes, max_depth: int, max_int_digits: int) -> int\n\n"
      "ACCEPT, ACCEPT_JSON, REFUSE or UNDECIDED: see the module source."},
+    {"scan_targets", (PyCFunction)(void (*)(void))scan_targets, METH_FASTCALL,
+     "scan_targets(payload: bytes, max_depth: int, max_int_digits: int)\n"
+     "-> tuple[int, int, int, dict[str, None] | None]\n\n"
+     "scan, plus the span and paths of targets metadata's \"targets\": see the module source."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,3 +5,6 @@ REFUSE: int
 UNDECIDED: int
 
 def scan(payload: bytes, max_depth: int, max_int_digits: int, /) -> int: ...
+def scan_targets(
+    payload: bytes, max_depth: int, max_int_digits: int, /
+) -> tuple[int, int, int, dict[str, None] | None]: ...

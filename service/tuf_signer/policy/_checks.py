@@ -392,7 +392,8 @@ def check_sign_request(
         raise PayloadError(
             f"payload is {len(payload)} bytes, more than the limit of {max_payload_bytes}"
         )
-    obj = parse_canonical(payload, exact=exact)
+    # No check reads a target's hashes or length, only its path (parse_canonical).
+    obj = parse_canonical(payload, exact=exact, target_paths_only=True)
     info = inspect_signed(obj, payload, payload_sha256)
     inferred = not role and info.type == "targets"
     if inferred:

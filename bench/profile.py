@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import _payloads
 from bench._gen import SIGN, SIGN_BATCH, Phase
-from bench._procs import process_tree
+from bench._procs import _stat_fields, process_tree
 from bench._setup import prepare
 from bench.run import QUICK, Bench, _log, batches, small_signs, unary
 from tuf_signer.v1 import signer_pb2 as pb
@@ -121,10 +121,21 @@ def thread_cpu(pids: list[int]) -> collections.Counter[str]:
     return out
 
 
+def _parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields is not None else None
+
+
 def profile(bench: Bench, server, name: str, seconds: float, idle: bool = False) -> None:
     phases = WORKLOADS[name](bench, server, seconds)
     pids = process_tree(server.pids)
-    serving = [p for p in pids if p != server.pids[0]] or pids  # the workers, if any
+    # The processes that serve: the supervisor's workers, else the one server
+    # (never its checker processes, which are its children too, nor the
+    # witness, spawned before it when the transparency log is on).
+    serve = server.pids[-1]
+    serving = [serve]
+    if bench.workers(server) > 1:
+        serving = [p for p in pids if _parent(p) == serve] or serving
     raw = OUT / f"{name}.collapsed"
     spies = []
     for i, pid in enumerate(serving):

@@ -401,12 +401,13 @@ def check_sign_request(
     else:
         resolved = resolve_role(role, info.type)
     check_type_fits_role(resolved, info.type)
-    if bins is not None and is_empty_bin_role(resolved):
+    is_a_bin = bins is not None and bin_index(bins, resolved) is not None
+    is_empty_bin = bins is not None and is_empty_bin_role(resolved)
+    if bins is not None and is_empty_bin:
         rule = empty_bin_rule(rules, bins, key_name)
     else:
         rule = check_role_allowed(resolved, rules, key_name)
         if info.type == "targets":
-            is_a_bin = bins is not None and bin_index(bins, resolved) is not None
             # Inference named the bin its paths hash into, and a bin carries no
             # delegations: the bin checks have nothing left to find.
             if not (inferred and is_a_bin):
@@ -419,10 +420,7 @@ def check_sign_request(
     check_expiry(info.expires, now, rule.max_validity, max_clock_skew)
     lists = listing(obj, info.type, bins, rules)
     delegations = ""
-    is_bin = bins is not None and (
-        bin_index(bins, resolved) is not None or is_empty_bin_role(resolved)
-    )
-    if info.type == "targets" and not is_bin:
+    if info.type == "targets" and not (is_a_bin or is_empty_bin):
         delegations = delegations_digest(obj)
     if lists is not None or delegations:
         info = replace(info, lists=lists, delegations_sha256=delegations)

@@ -101,6 +101,10 @@ class KeyRegistry:
         """Every cached key, by name."""
         return [self._keys[k] for k in sorted(self._keys)]
 
+    def knows(self, name: str) -> bool:
+        """Whether the key ``name`` is cached (a metric label names only these)."""
+        return name in self._keys
+
     def read_key(self, name: str) -> KeyView | None:
         """Re-read one key from the store (blocking: off the event loop only).
 

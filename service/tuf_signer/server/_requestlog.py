@@ -97,9 +97,13 @@ def log_batch(
         results: each item's answer: a ``TufSignerError`` when refused.
         seqs: the items' record seqs (one transaction: consecutive).
     """
+    if not seqs or not (
+        granted_log.isEnabledFor(logging.INFO) or refused_log.isEnabledFor(logging.INFO)
+    ):
+        return  # the signing path: no tally of the items for a line nobody writes
     statuses = Counter(r.code if isinstance(r, TufSignerError) else "OK" for r in results)
     logger = granted_log if set(statuses) == {"OK"} else refused_log
-    if not logger.isEnabledFor(logging.INFO) or not seqs:
+    if not logger.isEnabledFor(logging.INFO):
         return
     keys = sorted({e.event.key_name for e in entries})
     extra: dict[str, object] = {

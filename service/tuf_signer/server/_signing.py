@@ -129,11 +129,10 @@ class Signer:
         """Count answered items in ``tuf_signer_sign_requests_total`` (labels bounded:
         a key not in the registry is ``other``). A refusal counts under ``roles``:
         the role its checks resolved, else the one the request named."""
-        known = {view.key.name for view in self._registry.views()}
         # One increment per label set, not per item: a SignBatch's items share a few.
         counts: dict[tuple[str, str, str], int] = {}
         for item, result, role in zip(items, results, roles, strict=True):
-            key = item.key if item.key in known else _metrics.OTHER
+            key = item.key if self._registry.knows(item.key) else _metrics.OTHER
             if isinstance(result, SignResult):
                 labels = (key, _metrics.role_class(result.role), "OK")
             else:

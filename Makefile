@@ -29,15 +29,20 @@ system-deps:
 	  echo "installing softhsm2 (Debian)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
 	fi
-	@# A C compiler and Python's headers: pip builds the native canonical-JSON check
-	@# (policy/_ccanonical.c); without them the build skips it and `make test` fails.
+	@# A C compiler and Python's headers: pip builds the native payload checks
+	@# (policy/_ccanonical.c, _cbins.c); without them the build skips them and `make test` fails.
 	@if ! command -v gcc >/dev/null; then \
-	  echo "installing gcc (Debian) for the native canonical-JSON check"; \
+	  echo "installing gcc (Debian) for the native payload checks"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc; \
 	fi
 	@if ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
-	  echo "installing python3-dev (Debian) for the native canonical-JSON check"; \
+	  echo "installing python3-dev (Debian) for the native payload checks"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev; \
+	fi
+	@# OpenSSL's headers: the native path-to-bin check (policy/_cbins.c) hashes with libcrypto.
+	@if [ ! -e /usr/include/openssl/evp.h ]; then \
+	  echo "installing libssl-dev (Debian) for the native path-to-bin check"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev; \
 	fi
 
 # The tests also need a PostgreSQL server (audit store on PostgreSQL): the one on
@@ -62,8 +67,8 @@ test-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; \
 	fi
 
-# After system-deps (gcc and Python's headers), also under make -j.
-$(STAMP): pyproject.toml setup.py service/tuf_signer/policy/_ccanonical.c | system-deps
+# After system-deps (gcc, Python's and OpenSSL's headers), also under make -j.
+$(STAMP): pyproject.toml setup.py service/tuf_signer/policy/_ccanonical.c service/tuf_signer/policy/_cbins.c | system-deps
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "tuf-signer needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -86,8 +91,8 @@ format: install
 	$(BIN)/ruff check --fix service tests scripts examples bench
 	$(BIN)/ruff format service tests scripts examples bench
 
-# TUF_SIGNER_REQUIRE_NATIVE=1: a missing native canonical-JSON check fails the run
-# (tests/policy/test_native_canonical.py) instead of skipping its tests.
+# TUF_SIGNER_REQUIRE_NATIVE=1: a missing native payload check fails the run
+# (tests/policy/test_native_canonical.py, test_native_bins.py) instead of skipping its tests.
 pytest: install test-deps
 	TUF_SIGNER_REQUIRE_NATIVE=1 $(BIN)/pytest
 
@@ -96,7 +101,7 @@ proto: install
 
 clean:
 	rm -rf $(VENV) $(DEV_DIR) .mypy_cache .ruff_cache .pytest_cache
-	rm -f service/tuf_signer/policy/_ccanonical*.so
+	rm -f service/tuf_signer/policy/_ccanonical*.so service/tuf_signer/policy/_cbins*.so
 
 # Benchmarks (README "Performance"). Each run installs what it needs from Debian
 # (Go + grpc-go for bench/loadgen, nghttp2-client, notary) and builds into bench/.build/.

@@ -11,7 +11,9 @@ into the wheel, and for ``pip install -e`` into the editable wheel.
 It is optional: without a C compiler and Python's headers (Debian:
 ``python3-dev``) the package installs without it and ``parse_canonical`` runs
 its pure-Python reference path; ``make test`` insists on it
-(TUF_SIGNER_REQUIRE_NATIVE=1).
+(TUF_SIGNER_REQUIRE_NATIVE=1). ``tuf_signer.policy._cbins``, the native
+path-to-bin check, is optional the same way and also needs OpenSSL's headers
+(Debian: ``libssl-dev``).
 """
 
 from pathlib import Path
@@ -50,4 +52,12 @@ CANONICAL_EXT = Extension(
     optional=True,
 )
 
-setup(cmdclass={"build_py": BuildPyWithPth}, ext_modules=[CANONICAL_EXT])
+BINS_EXT = Extension(
+    "tuf_signer.policy._cbins",
+    sources=["service/tuf_signer/policy/_cbins.c"],
+    libraries=["crypto"],  # OpenSSL's SHA-256 (Debian: libssl-dev)
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+    optional=True,
+)
+
+setup(cmdclass={"build_py": BuildPyWithPth}, ext_modules=[CANONICAL_EXT, BINS_EXT])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tuf_signer.audit import AuditStore, verify_store
+from tuf_signer.audit._chain import chain
 from tuf_signer.audit._merkle import (
     EMPTY_ROOT,
     LeafHashes,
@@ -30,7 +31,8 @@ from tuf_signer.audit._merkle import (
     verify_inclusion,
 )
 from tuf_signer.audit._sql import SqlAuditStore
-from tuf_signer.audit._tree import Frontier, frontier_nodes, record_leaf
+from tuf_signer.audit._store import GENESIS_HASH
+from tuf_signer.audit._tree import Frontier, chain_with_leaf, frontier_nodes, record_leaf
 from tuf_signer.cli import _main
 from tuf_signer.errors import AuditChainError, RequestError, StoreError
 from tuf_signer.model import KeyState, Outcome
@@ -444,6 +446,21 @@ def test_the_leaf_is_ascii_and_one_line(store: AuditStore, make: AuditFactory) -
     leaf = record_leaf(record)
     assert leaf.isascii() and b"\n" not in leaf
     assert json.loads(leaf)["event"]["detail"] == {"s": "a\nb\u2028é😀\x00"}
+
+
+def test_the_writer_path_chains_and_leaves_as_the_readers_do(
+    store: AuditStore, make: AuditFactory
+) -> None:
+    # The writer builds the record and its leaf from one event object
+    # (chain_with_leaf); export, proofs and verify use chain and record_leaf.
+    store.append([make.note(detail={"s": "é\n", "n": [1, None, True]}, reason="r")])
+    store.append([make.note(outcome=Outcome.REFUSED, reason="refused: x")])
+    for stored in store.records():
+        record, leaf = chain_with_leaf(stored.prev_hash, stored.seq, stored.event)
+        assert record == chain(stored.prev_hash, stored.seq, stored.event) == stored
+        assert leaf == record_leaf(stored)
+    with pytest.raises(ValueError, match="floating-point"):
+        chain_with_leaf(GENESIS_HASH, 1, make.note(detail={"f": 1.5}).event)
 
 
 def test_the_frontier_keeps_only_what_later_appends_need() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -9,6 +10,8 @@ import pytest
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets
 
 from tuf_signer.client import (
+    DEFAULT_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT,
     AsyncClient,
     RemoteError,
     RemoteNotFoundError,
@@ -34,38 +37,47 @@ def bin_request(s: RunningSigner, i: int, version: int = 1, **kw: Any) -> SignRe
     return SignRequest("online", payload, f"bins-{i:02x}", **kw)
 
 
-class CountingStub:
-    """Wraps the Signer stub to see how many sign requests are open at once.
+class Tally:
+    """Sign requests open at once over a client's connections, and the calls they took."""
 
-    A SignBatch counts as as many requests as it carries.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self) -> None:
         self.open = 0
         self.peak = 0
         self.calls = 0
         self.batches = 0
+        self.per_connection: collections.Counter[int] = collections.Counter()
+
+
+class CountingStub:
+    """Wraps one connection's Signer stub, counting into a shared ``Tally``.
+
+    A SignBatch counts as as many requests as it carries.
+    """
+
+    def __init__(self, inner: Any, tally: Tally, connection: int) -> None:
+        self.inner = inner
+        self.tally = tally
+        self.connection = connection
 
     async def Sign(self, request: pb.SignRequest, timeout: float | None = None) -> Any:
-        self.calls += 1
-        self.open += 1
-        self.peak = max(self.peak, self.open)
-        try:
-            return await self.inner.Sign(request, timeout=timeout)
-        finally:
-            self.open -= 1
+        return await self._open(1, self.inner.Sign(request, timeout=timeout))
 
     async def SignBatch(self, request: pb.SignBatchRequest, timeout: float | None = None) -> Any:
-        items = len(request.requests)
-        self.calls += items
-        self.open += items
-        self.batches += 1
-        self.peak = max(self.peak, self.open)
+        self.tally.batches += 1
+        self.tally.per_connection[self.connection] += 1
+        return await self._open(
+            len(request.requests), self.inner.SignBatch(request, timeout=timeout)
+        )
+
+    async def _open(self, items: int, call: Any) -> Any:
+        t = self.tally
+        t.calls += items
+        t.open += items
+        t.peak = max(t.peak, t.open)
         try:
-            return await self.inner.SignBatch(request, timeout=timeout)
+            return await call
         finally:
-            self.open -= items
+            t.open -= items
 
 
 async def test_every_rpc(signer_server: RunningSigner, aclient: AsyncClient) -> None:
@@ -118,9 +130,19 @@ async def test_sign_many_answers_in_order_with_errors_in_place(
 
 
 @pytest.mark.parametrize(
-    ("n", "max_in_flight", "peak"),
-    [(40, 4, 4), (40, 1, 1), (10, 64, 10)],
-    ids=["bounded", "one-at-a-time", "fewer-requests-than-slots"],
+    ("n", "max_in_flight", "connections", "peak", "batches"),
+    [
+        # Two calls of 2 on one connection: a worker has the next batch while
+        # the last one's answer travels back.
+        (40, 4, 1, 4, 20),
+        (40, 1, 1, 1, 40),
+        (10, 64, 1, 10, 1),
+        # The default, 4 connections: two calls on each, 8 in flight in all.
+        (40, 8, DEFAULT_CONNECTIONS, 8, 40),
+        (200, DEFAULT_MAX_IN_FLIGHT, DEFAULT_CONNECTIONS, 200, 7),
+        (256, 64, 1, 64, 8),
+    ],
+    ids=["bounded", "one-at-a-time", "fewer-requests-than-slots", "four", "default", "one-conn"],
 )
 async def test_sign_many_keeps_max_in_flight_open(
     signer_server: RunningSigner,
@@ -128,16 +150,24 @@ async def test_sign_many_keeps_max_in_flight_open(
     monkeypatch: pytest.MonkeyPatch,
     n: int,
     max_in_flight: int,
+    connections: int,
     peak: int,
+    batches: int,
 ) -> None:
-    counting = CountingStub(aclient._signer)
-    monkeypatch.setattr(aclient, "_signer", counting)
+    tally = Tally()
+    stubs = [CountingStub(aclient._signer, tally, c) for c in range(connections)]
+    monkeypatch.setattr(aclient, "_signers", lambda: stubs)
     outcomes = await aclient.sign_many(
-        (bin_request(signer_server, i) for i in range(n)), max_in_flight=max_in_flight
+        (bin_request(signer_server, i) for i in range(n)),
+        max_in_flight=max_in_flight,
     )
     assert all(isinstance(o, SignedResult) for o in outcomes) and len(outcomes) == n
-    assert (counting.calls, counting.peak) == (n, peak)
-    assert counting.batches == -(-n // peak), "requests travel in SignBatch calls"
+    assert (tally.calls, tally.peak, tally.batches) == (n, peak, batches), "SignBatch calls"
+    assert sorted(tally.per_connection) == list(range(connections)), "every connection used"
+
+
+async def test_the_default_client_has_several_connections(aclient: AsyncClient) -> None:
+    assert len(aclient._signers()) == DEFAULT_CONNECTIONS == 4
 
 
 async def test_sign_many_refuses_zero_in_flight(aclient: AsyncClient) -> None:

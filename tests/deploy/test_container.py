@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.cli.conftest import _env, run
 from tests.conftest import free_port
 
-from .test_kubernetes import CONTAINERFILE, container_entrypoint, render
+from .test_kubernetes import CONTAINERFILE, ROOT, container_entrypoint, render
 
 BUILD = CONTAINERFILE.with_name("build.sh")
 
@@ -91,6 +91,22 @@ def test_the_image_runs_as_the_pods_user_with_nothing_secret_inside() -> None:
     assert not re.search(r"^(ENV|ARG) .*(PIN|DSN|PASSWORD|SECRET|KEY)", text, re.MULTILINE)
     assert "apt-get install -y --no-install-recommends softhsm2" in text  # dev images only
     assert '[ "$WITH_SOFTHSM" = 1 ]' in text
+
+
+def test_the_build_stage_builds_the_native_checks() -> None:
+    """pip skips an optional extension it cannot compile; the image must not ship so."""
+    text = CONTAINERFILE.read_text()
+    build = text[: text.index("\nFROM ", text.index("AS build"))]
+    installed = re.search(r"apt-get install -y --no-install-recommends ([^\\&]+)", build)
+    assert installed and {"gcc", "libc6-dev", "libssl-dev"} <= set(installed.group(1).split())
+    native = re.findall(r"tuf_signer\.policy\.(_c\w+)", build)
+    built = {p.name.split(".")[0] for p in (ROOT / "service/tuf_signer/policy").glob("_c*.c")}
+    assert set(native) == built == {"_ccanonical", "_cbins"}  # a new extension is checked too
+    assert (
+        build.index("apt-get install")
+        < build.index("pip install")
+        < build.index("import tuf_signer")
+    )
 
 
 def test_the_build_script_parses() -> None:

@@ -164,7 +164,12 @@ def record_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
     Raises:
         ValueError: the event cannot be serialised (see ``event_to_dict``).
     """
-    body = canonical_json({"prev_hash": prev_hash, "seq": seq, "event": event_to_dict(event)})
+    return hash_of_event_dict(prev_hash, seq, event_to_dict(event))
+
+
+def hash_of_event_dict(prev_hash: str, seq: int, e: Mapping[str, Any]) -> str:
+    """``record_hash`` of the event whose ``event_to_dict`` is ``e``, already checked."""
+    body = canonical_json({"prev_hash": prev_hash, "seq": seq, "event": e})
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 

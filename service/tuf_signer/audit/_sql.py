@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from tuf_signer.audit import _rows
-from tuf_signer.audit._chain import chain
 from tuf_signer.audit._checkpoints import SqlCheckpoints
 from tuf_signer.audit._rules import (
     CoherenceView,
@@ -54,7 +53,7 @@ from tuf_signer.audit._store import (
     SetKeyRules,
     SetVersionState,
 )
-from tuf_signer.audit._tree import Frontier, SqlTree, record_leaf
+from tuf_signer.audit._tree import Frontier, SqlTree, chain_with_leaf
 from tuf_signer.audit._writes import Writes
 from tuf_signer.errors import RequestError, StoreError
 from tuf_signer.model import KeyRecord, KeyVersion, RoleState
@@ -277,8 +276,8 @@ class SqlAuditStore(SqlTree, SqlCheckpoints, AuditStore):
                 event = recorded_event(entry.event, decision)
                 if decision.error is not None:
                     logger.info("record %d: %s refused: %s", seq, event.operation, event.reason)
-                record = chain(prev_hash, seq, event)
-                writes.record(record, tree.append(record_leaf(record)))
+                record, leaf = chain_with_leaf(prev_hash, seq, event)
+                writes.record(record, tree.append(leaf))
                 if decision.advance is not None:
                     # What later entries of this batch compare with.
                     new = decision.advance

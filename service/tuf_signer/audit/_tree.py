@@ -24,13 +24,14 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tuf_signer.audit import _merkle, _rows
-from tuf_signer.audit._chain import event_to_dict
+from tuf_signer.audit._chain import event_to_dict, hash_of_event_dict
 from tuf_signer.audit._merkle import Node, StoredHash, TreeRangeError
 from tuf_signer.audit._store import AuditRecord, AuditStore
 from tuf_signer.errors import AuditChainError, RequestError, StoreError
 
 if TYPE_CHECKING:
     from tuf_signer.audit._schema import Cursor, Dialect
+    from tuf_signer.model import AuditEvent
 
 INSERT_TREE = "INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)"
 # Nodes per SELECT: two parameters each, under SQLite's historical limit of 999.
@@ -51,12 +52,28 @@ def record_leaf(record: AuditRecord) -> bytes:
     Raises:
         ValueError: the event cannot be serialised (see ``event_to_dict``).
     """
-    line = {
-        "event": event_to_dict(record.event),
-        "hash": record.hash,
-        "prev_hash": record.prev_hash,
-        "seq": record.seq,
-    }
+    return _leaf(record, event_to_dict(record.event))
+
+
+def chain_with_leaf(prev_hash: str, seq: int, event: AuditEvent) -> tuple[AuditRecord, bytes]:
+    """``chain(prev_hash, seq, event)`` and that record's ``record_leaf``.
+
+    The event becomes its JSON object, and is checked, once for both (the
+    writer's path: issue 16 measured the second ``event_to_dict`` at ~10% of
+    the audit writer's time per record).
+
+    Raises:
+        ValueError: the event cannot be serialised (see ``event_to_dict``).
+    """
+    e = event_to_dict(event)
+    record = AuditRecord(
+        seq=seq, event=event, prev_hash=prev_hash, hash=hash_of_event_dict(prev_hash, seq, e)
+    )
+    return record, _leaf(record, e)
+
+
+def _leaf(record: AuditRecord, e: dict[str, Any]) -> bytes:
+    line = {"event": e, "hash": record.hash, "prev_hash": record.prev_hash, "seq": record.seq}
     return json.dumps(line, sort_keys=True, ensure_ascii=True).encode("ascii")
 
 

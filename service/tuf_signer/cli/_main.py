@@ -231,13 +231,13 @@ def cmd_keys_set_rules(args: argparse.Namespace) -> int:
 
 
 def _warn_without_native_check() -> None:
-    """Say at start-up when payloads are checked without the native scan (~3x the CPU)."""
+    """Say at start-up when payloads are checked without a native check (~3x the CPU)."""
     from tuf_signer.policy import native_check_off
 
     if why := native_check_off():
         logging.getLogger("tuf_signer.policy").warning(
-            "the native canonical-JSON check is not in use: %s; every payload is checked by "
-            "the pure-Python reference, ~3 times the CPU per PEP 458 bin (README Performance)",
+            "a native payload check is not in use (%s); its pure-Python reference checks "
+            "every payload, ~3 times the CPU per PEP 458 bin (README Performance)",
             why,
         )
 

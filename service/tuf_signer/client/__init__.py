@@ -13,7 +13,7 @@
   TLS files) and ``RetryPolicy`` (how long its Sign retries).
 """
 
-from tuf_signer.client._aio import DEFAULT_MAX_IN_FLIGHT, AsyncClient
+from tuf_signer.client._aio import DEFAULT_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, AsyncClient
 from tuf_signer.client._client import Client
 from tuf_signer.client._errors import (
     RemoteAlreadyExistsError,
@@ -74,6 +74,7 @@ __all__ = [
     "CA_ENV",
     "CERT_ENV",
     "CONFIG_ENV",
+    "DEFAULT_CONNECTIONS",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_RETRY",
     "DEFAULT_SERVER",

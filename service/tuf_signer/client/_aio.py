@@ -34,6 +34,14 @@ from tuf_signer.v1 import signer_pb2 as pb
 from tuf_signer.v1 import signer_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_IN_FLIGHT = 256
+# TCP connections of a client by default. The kernel hands each new connection
+# to one of a server's workers (SO_REUSEPORT) at random, so one connection
+# leaves all but one worker idle in a bulk re-sign (issue 16 measured it: one of
+# two workers did all the work in 10 runs of 10). With 4, two workers both get
+# work unless all four land on one (1 in 8). gRPC connects a channel on its
+# first call, so the extra connections cost nothing until ``sign`` or
+# ``sign_many`` uses them.
+DEFAULT_CONNECTIONS = 4
 BATCH_ITEMS = 64  # requests per SignBatch call from sign_many
 BATCH_BYTES = 8 * 1024 * 1024  # and about this many payload bytes
 """Concurrent Signs of ``sign_many``: enough that the server's group commit fills
@@ -60,9 +68,10 @@ class AsyncClient:
         insecure: allow plaintext to a server that is not loopback; default
             ``$TUF_SIGNER_INSECURE``.
         connections: TCP connections that ``sign`` (in turn) and ``sign_many``
-            (its batches) spread over; more than one lets concurrent signing
-            reach every worker of a server with ``server.workers`` > 1. Other
-            calls use the first connection.
+            (its batches) spread over, default ``DEFAULT_CONNECTIONS`` (4);
+            more than one lets concurrent signing reach every worker of a
+            server with ``server.workers`` > 1 (use about twice as many as
+            the server has workers). Other calls use the first connection.
 
     Raises:
         ConfigError: contradictory or unreadable TLS settings, or plaintext
@@ -80,7 +89,7 @@ class AsyncClient:
         key: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
         tls: TlsConfig | None = None,
-        connections: int = 1,
+        connections: int = DEFAULT_CONNECTIONS,
         insecure: bool | None = None,
     ) -> None:
         if connections < 1:
@@ -158,9 +167,11 @@ class AsyncClient:
         trip at a time. One refusal does not stop the others.
 
         Requests travel in ``SignBatch`` calls of up to ``BATCH_ITEMS`` items
-        (and about ``BATCH_BYTES``), several calls in flight, so the server
-        signs and commits each group together. Against a server without
-        SignBatch it falls back to one Sign per request.
+        (and about ``BATCH_BYTES``), so the server signs and commits each group
+        together. At least two calls are open on each connection, so that a
+        worker has the next batch while the last one's answer travels back.
+        Against a server without SignBatch it falls back to one Sign per
+        request.
 
         ``requests`` is consumed lazily, so a generator that builds payloads
         on demand keeps memory flat.
@@ -180,7 +191,11 @@ class AsyncClient:
             raise RequestError(f"max_in_flight must be at least 1, got {max_in_flight}")
         results: dict[int, SignOutcome] = {}
         pending = enumerate(requests)
-        batch_items = max(1, min(BATCH_ITEMS, max_in_flight))
+        stubs = self._signers()
+        # Calls open at once, and items per call: at least two calls per
+        # connection, never more than max_in_flight items in flight in all.
+        calls = min(max_in_flight, max(2 * len(stubs), -(-max_in_flight // BATCH_ITEMS)))
+        batch_items = max(1, min(BATCH_ITEMS, max_in_flight // calls))
         unary = False
 
         def next_chunk() -> list[tuple[int, SignRequest]]:
@@ -209,7 +224,9 @@ class AsyncClient:
                     for i, request in chunk:
                         await one(stub, i, request)
                     continue
-                batch = pb.SignBatchRequest(requests=[r.to_pb() for _, r in chunk])
+                batch = pb.SignBatchRequest()
+                for _, r in chunk:
+                    r.add_to(batch)
                 try:
                     response = await stub.SignBatch(batch, timeout=self.timeout)
                 except grpc.RpcError as e:
@@ -228,8 +245,6 @@ class AsyncClient:
                         else remote_error(item.status, item.reason)
                     )
 
-        stubs = self._signers()
-        calls = max(len(stubs), -(-max_in_flight // batch_items))
         workers = [asyncio.create_task(worker(stubs[w % len(stubs)])) for w in range(calls)]
         try:
             await asyncio.gather(*workers)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
-from tuf_signer.client._aio import DEFAULT_MAX_IN_FLIGHT, AsyncClient
+from tuf_signer.client._aio import DEFAULT_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, AsyncClient
 from tuf_signer.client._errors import translated
 from tuf_signer.client._models import (
     AuditPage,
@@ -55,8 +55,8 @@ class Client:
         tls: a ready ``TlsConfig`` instead of ``ca``/``cert``/``key``/``insecure``.
         insecure: allow plaintext to a server that is not loopback; default
             ``$TUF_SIGNER_INSECURE``.
-        connections: TCP connections ``sign_many`` spreads its batches over
-            (see ``AsyncClient``).
+        connections: TCP connections ``sign_many`` spreads its batches over,
+            default ``DEFAULT_CONNECTIONS`` (4; see ``AsyncClient``).
 
     Raises:
         ConfigError: contradictory or unreadable TLS settings, or plaintext
@@ -73,7 +73,7 @@ class Client:
         key: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
         tls: TlsConfig | None = None,
-        connections: int = 1,
+        connections: int = DEFAULT_CONNECTIONS,
         insecure: bool | None = None,
     ) -> None:
         if connections < 1:

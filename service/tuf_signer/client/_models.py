@@ -46,12 +46,19 @@ class SignRequest:
 
     def to_pb(self) -> pb.SignRequest:
         """The wire form."""
-        return pb.SignRequest(
-            key=self.key,
-            role=self.role or "",
-            payload=self.payload,
-            expected_keyid=self.expected_keyid,
-        )
+        return pb.SignRequest(**self._fields())
+
+    def add_to(self, batch: pb.SignBatchRequest) -> None:
+        """Append the wire form to ``batch`` in place: the payload is copied once, not twice."""
+        batch.requests.add(**self._fields())
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "role": self.role or "",
+            "payload": self.payload,
+            "expected_keyid": self.expected_keyid,
+        }
 
 
 @dataclass(frozen=True)

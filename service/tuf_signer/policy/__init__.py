@@ -38,7 +38,6 @@ from tuf_signer.policy._bins import (
 from tuf_signer.policy._canonical import (
     REFERENCE_INLINE_BYTES,
     NeedsExactCheck,
-    native_check_off,
     parse_canonical,
 )
 from tuf_signer.policy._checks import (
@@ -66,6 +65,7 @@ from tuf_signer.policy._coherence import (
     is_empty_bin_role,
     listing,
 )
+from tuf_signer.policy._native import native_check_off
 
 __all__ = [
     "ANONYMOUS",

@@ -53,7 +53,6 @@ asks for ``target_paths_only``, and the scan also hands back the span of the
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import unicodedata
@@ -65,6 +64,7 @@ import orjson
 from securesystemslib.formats import encode_canonical
 
 from tuf_signer.errors import SHOWN, PayloadError, shown
+from tuf_signer.policy import _native
 
 # Depth pre-scan (see _check_depth): keep only quotes and brackets, with '[' and
 # ']' written as '{' and '}' (the parser refuses mismatched pairs anyway). What
@@ -80,22 +80,11 @@ _SNIPPET = 24  # characters of context shown in "not canonical" reasons
 # The native check (_ccanonical.c): its scan, and the verdicts that accept.
 _scan: Callable[[bytes, int, int], int] | None
 _scan_targets: Callable[[bytes, int, int], tuple[int, int, int, dict[str, None] | None]] | None
-_NATIVE_OFF = ""  # why the native check is not in use ("": it is)
-try:
-    from tuf_signer.policy import _ccanonical
-except ImportError:  # built without a C compiler: the reference path alone
+_ccanonical = _native.load("_ccanonical")
+if _ccanonical is None:  # not built, or TUF_SIGNER_NATIVE=0: the reference path alone
     _scan = _scan_targets = None
-    _NATIVE_OFF = "the extension was not built (a C compiler and Python's headers are needed)"
 else:
     _scan, _scan_targets = _ccanonical.scan, _ccanonical.scan_targets
-if os.environ.get("TUF_SIGNER_NATIVE", "1") == "0":
-    _scan = _scan_targets = None  # forced off: comparisons, or a suspected native bug
-    _NATIVE_OFF = "TUF_SIGNER_NATIVE=0 is set"
-
-
-def native_check_off() -> str:
-    """Why payloads are checked by the pure-Python reference alone; "" when the native scan runs."""
-    return _NATIVE_OFF
 
 
 _ACCEPT = 0  # orjson reads it

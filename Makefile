@@ -120,6 +120,6 @@ bench-extras:
 bench-quick: install
 	$(BIN)/python -m bench --quick
 
-# Where the server's CPU goes under W2, W3 and W4 (py-spy): bench/results/profiles/*.txt.
+# Where the server's CPU goes under W1, W2, W3 and W4 (py-spy): bench/results/profiles/*.txt.
 bench-profile: install bench-extras
 	$(BIN)/python -m bench.profile

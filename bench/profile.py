@@ -1,4 +1,4 @@
-"""Where a server's CPU goes: py-spy profiles of the W2, W3 and W4 workloads.
+"""Where a server's CPU goes: py-spy profiles of the W1, W2, W3 and W4 workloads.
 
 Starts one tuf-signer (mutual TLS, ``server.workers`` = 1 so that one process
 holds the whole picture), drives a workload through the bench load generator
@@ -10,7 +10,10 @@ while ``py-spy record`` samples the server, and writes per workload:
   thread, audit writer), the functions with the most samples, inclusive and
   self, as shares of that thread's samples.
 
-Usage: ``python -m bench.profile [--only w2,w3,w4] [--seconds N]`` (``make bench-profile``).
+Usage: ``python -m bench.profile [--only w1,w2,w3,w4] [--seconds N]`` (``make bench-profile``).
+
+W1 (timestamps, one at a time) shows what a Sign costs when nothing is shared
+with other requests: every commit, wake-up and hand-off is its own.
 """
 
 from __future__ import annotations
@@ -30,11 +33,27 @@ from bench import _payloads
 from bench._gen import SIGN, SIGN_BATCH, Phase
 from bench._procs import _stat_fields, process_tree
 from bench._setup import prepare
-from bench.run import QUICK, Bench, _log, batches, small_signs, unary
+from bench.run import (
+    QUICK,
+    Bench,
+    _log,
+    batches,
+    sign_snapshot,
+    small_signs,
+    timestamps,
+    unary,
+)
 from tuf_signer.v1 import signer_pb2 as pb
 
 OUT = Path(__file__).resolve().parent / "results" / "profiles"
 TOP = 40
+
+
+def _w1(bench: Bench, server, seconds: float) -> list[Phase]:
+    # W1's Signs: timestamps, one at a time, naming a snapshot the key signed.
+    snapshot_version = sign_snapshot(server, "ed", {})
+    bodies = timestamps(server, "ed", int(seconds * 1500), snapshot_version)
+    return [Phase("w1", bodies, [SIGN], concurrency=1, duration=seconds)]
 
 
 def _w2(bench: Bench, server, seconds: float) -> list[Phase]:
@@ -60,7 +79,7 @@ def _w4(bench: Bench, server, seconds: float) -> list[Phase]:
     return [Phase("w4", batches(requests, bench.batch_items), [SIGN_BATCH], 4, batch=True)]
 
 
-WORKLOADS = {"w2": _w2, "w3": _w3, "w4": _w4}
+WORKLOADS = {"w1": _w1, "w2": _w2, "w3": _w3, "w4": _w4}
 
 
 _THREADS = (  # a frame that names the thread a stack was sampled on

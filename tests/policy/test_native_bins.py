@@ -10,14 +10,8 @@ extension, and a bounded atheris run.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,26 +22,10 @@ from tuf_signer.errors import PayloadError
 from tuf_signer.model import BinsDelegation, RoleRule
 from tuf_signer.policy import _bins, bin_for_path, bins_pattern, check_bin_payload
 
-REQUIRED = os.environ.get("TUF_SIGNER_REQUIRE_NATIVE") == "1"
+from ._native import check_warning_free, native_or_skip, run_atheris
+
 SOURCE = Path(_bins.__file__).with_name("_cbins.c")
-
-
-def _load() -> ModuleType | None:
-    try:
-        return importlib.import_module("tuf_signer.policy._cbins")
-    except ImportError:
-        return None
-
-
-NATIVE = _load()
-if NATIVE is None and REQUIRED:  # `make test`: the native check must be there
-    pytest.fail(
-        "tuf_signer.policy._cbins is not built (needs gcc, python3-dev and libssl-dev; "
-        "pip install -e . rebuilds it)",
-        pytrace=False,
-    )
-if NATIVE is None:
-    pytest.skip("the _cbins extension is not built", allow_module_level=True)
+NATIVE = native_or_skip("_cbins", "gcc, python3-dev and libssl-dev")
 
 from .fuzz_bins import check_one  # noqa: E402
 
@@ -65,15 +43,7 @@ def test_extension_is_built_and_used() -> None:
 
 
 def test_source_is_warning_free() -> None:
-    """-Wall -Wextra -Werror clean (setup.py leaves -Werror out of the build itself)."""
-    include = sysconfig.get_paths()["include"]
-    if shutil.which("gcc") is None or not Path(include, "Python.h").exists():
-        pytest.skip("no gcc or no Python headers")
-    subprocess.run(
-        ["gcc", "-fsyntax-only", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{include}", SOURCE],
-        check=True,
-        capture_output=True,
-    )
+    check_warning_free(SOURCE)
 
 
 A, B, C = "packages/a.whl", "packages/b.whl", "é/😀 ü"  # prefixes below
@@ -176,21 +146,4 @@ FUZZ_SECONDS = 10
 
 def test_atheris_bounded(tmp_path: Path) -> None:
     """``fuzz_bins.py`` under atheris for FUZZ_SECONDS: no disagreement, no crash."""
-    pytest.importorskip("atheris")
-    harness = Path(__file__).with_name("fuzz_bins.py")
-    run = subprocess.run(
-        [
-            sys.executable,
-            harness,
-            f"-max_total_time={FUZZ_SECONDS}",
-            "-max_len=512",
-            "-timeout=10",
-            f"-artifact_prefix={tmp_path}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=FUZZ_SECONDS + 120,
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert "Done" in run.stderr, run.stderr[-2000:]
+    run_atheris(Path(__file__).with_name("fuzz_bins.py"), tmp_path, FUZZ_SECONDS, "-max_len=512")

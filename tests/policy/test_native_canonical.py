@@ -8,15 +8,11 @@ class, hypothesis differential properties, and a bounded atheris run.
 
 from __future__ import annotations
 
-import importlib
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -35,26 +31,10 @@ from tuf_signer.policy import (
     pep458_online_rules,
 )
 
+from ._native import check_warning_free, native_or_skip, run_atheris
+
 SOURCE = Path(_canonical.__file__).with_name("_ccanonical.c")
-REQUIRED = os.environ.get("TUF_SIGNER_REQUIRE_NATIVE") == "1"
-
-
-def _load() -> ModuleType | None:
-    try:
-        return importlib.import_module("tuf_signer.policy._ccanonical")
-    except ImportError:
-        return None
-
-
-NATIVE = _load()
-if NATIVE is None and REQUIRED:  # `make test`: the native check must be there
-    pytest.fail(
-        "tuf_signer.policy._ccanonical is not built (needs gcc and python3-dev; "
-        "pip install -e . rebuilds it)",
-        pytrace=False,
-    )
-if NATIVE is None:
-    pytest.skip("the _ccanonical extension is not built", allow_module_level=True)
+NATIVE = native_or_skip("_ccanonical", "gcc and python3-dev")
 
 from .conftest import NOW, BinFactory  # noqa: E402
 from .fuzz_canonical import SEEDS, check_one, same, write_seeds  # noqa: E402
@@ -70,15 +50,7 @@ def test_extension_is_built_and_used() -> None:
 
 
 def test_source_is_warning_free() -> None:
-    """-Wall -Wextra -Werror clean (setup.py leaves -Werror out of the build itself)."""
-    include = sysconfig.get_paths()["include"]
-    if shutil.which("gcc") is None or not Path(include, "Python.h").exists():
-        pytest.skip("no gcc or no Python headers")
-    subprocess.run(
-        ["gcc", "-fsyntax-only", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{include}", SOURCE],
-        check=True,
-        capture_output=True,
-    )
+    check_warning_free(SOURCE)
 
 
 # --- hand cases ------------------------------------------------------------------
@@ -543,27 +515,10 @@ FUZZ_SECONDS = 20
 
 def test_atheris_bounded(tmp_path: Path) -> None:
     """``fuzz_canonical.py`` under atheris for FUZZ_SECONDS: no disagreement, no crash."""
-    pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"
     write_seeds(corpus)
     harness = Path(__file__).with_name("fuzz_canonical.py")
-    run = subprocess.run(
-        [
-            sys.executable,
-            harness,
-            f"-max_total_time={FUZZ_SECONDS}",
-            "-max_len=4096",
-            "-timeout=10",
-            f"-artifact_prefix={tmp_path}/",
-            corpus,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=FUZZ_SECONDS + 120,
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert "Done" in run.stderr, run.stderr[-2000:]
+    run_atheris(harness, tmp_path, FUZZ_SECONDS, "-max_len=4096", str(corpus))
 
 
 # --- target paths only: check_sign_request's lighter parse (issue 16) ---------------------

@@ -21,9 +21,8 @@ version, hiding that bin's targets, but never adding any.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import islice, pairwise
 from typing import Any
 
 from tuf_signer.errors import PayloadError, PolicyError, RequestError, shown
@@ -224,7 +223,7 @@ def _first_path_outside(targets: dict[str, Any], low: int, high: int) -> str | N
     """
     if _cbins is not None:
         i = _cbins.first_outside(targets, low, high)
-        return None if i < 0 else next(itertools.islice(targets, i, None))
+        return None if i < 0 else next(islice(targets, i, None))
     return first_path_outside_reference(targets, low, high)
 
 

@@ -30,7 +30,10 @@ _off: dict[str, str] = {}  # extension -> why it is not in use
 
 
 def load(name: str) -> ModuleType | None:
-    """The extension ``tuf_signer.policy.<name>``, or None when it is off (see ``native_off``)."""
+    """The extension ``tuf_signer.policy.<name>``, or None when it is off.
+
+    Why it is off goes to ``native_check_off``.
+    """
     if _FORCED_OFF:
         _off[name] = _FORCED_OFF
         return None

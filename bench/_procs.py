@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,7 @@ class ServerFeatures:
     workers: bool  # `server.workers` (multi-process serving)
     max_batch_items: int | None  # default of `server.max_batch_items`, if it exists
     log: bool  # the transparency log: audit key, checkpoints, witnesses (issue 13)
+    ops: bool  # the ops listener: /metrics, with the Sign stages' histograms (issue 15)
 
 
 def server_features() -> ServerFeatures:
@@ -280,6 +282,7 @@ def server_features() -> ServerFeatures:
         workers="workers" in fields,
         max_batch_items=default if isinstance(default, int) else None,
         log=hasattr(config, "LogConfig"),
+        ops="ops" in {f.name for f in dataclasses.fields(config.Config)},
     )
 
 
@@ -302,6 +305,7 @@ max_concurrent = 100000
 rate = 1000000000
 burst = 1000000000
 
+{ops}
 [audit]
 store = "sqlite"
 path = "audit.db"
@@ -389,6 +393,8 @@ class TufSigner(Service):
         if self.features.workers:
             server_extra = f"workers = {self.workers}\n" + server_extra
         self.config = root / "tuf-signer.toml"
+        # Its /metrics tell where a Sign's time goes (``stage_seconds``).
+        self.ops_port = free_port() if self.features.ops else 0
         config = functools.partial(
             _CONFIG.format,
             listen=self.address,
@@ -397,6 +403,7 @@ class TufSigner(Service):
             token=self.hsm.label,
             conf=self.hsm.conf,
             identity=BENCH_IDENTITY if tls else "anonymous",
+            ops=f'[ops]\nlisten = "127.0.0.1:{self.ops_port}"\n' if self.ops_port else "",
         )
         self.config.write_text(config(audit_extra=""))
         self.log = self.features.log and os.environ.get(LOG_ENV, "1") != "0"
@@ -441,6 +448,31 @@ class TufSigner(Service):
     def audit_dir(self) -> Path:
         """The directory of the audit store (``[audit] path``, relative to the config)."""
         return (self.config.parent / "audit.db").parent
+
+    def stage_seconds(self) -> dict[str, tuple[float, int]]:
+        """``tuf_signer_sign_stage_seconds`` so far, all workers: stage -> (sum, count).
+
+        Empty when the server has no ops listener.
+        """
+        if not self.ops_port:
+            return {}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.ops_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "tuf_signer_sign_stage_seconds":
+                continue
+            for sample in family.samples:
+                stage = sample.labels.get("stage", "")
+                if sample.name.endswith("_sum"):
+                    sums[stage] = sums.get(stage, 0.0) + sample.value
+                elif sample.name.endswith("_count"):
+                    counts[stage] = counts.get(stage, 0) + int(sample.value)
+        return {stage: (sums[stage], counts.get(stage, 0)) for stage in sums}
 
     def take_versions(self, count: int) -> int:
         """Reserve ``count`` metadata versions; returns the first.

@@ -167,6 +167,18 @@ def machine_info() -> dict[str, Any]:
 FSYNC_SAMPLES = 200
 
 
+def stage_means(
+    before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]
+) -> dict[str, float]:
+    """Mean µs per observation of each Sign stage between two ``stage_seconds`` reads."""
+    means = {}
+    for stage, (total, count) in after.items():
+        total0, count0 = before.get(stage, (0.0, 0))
+        if count > count0:
+            means[stage] = 1e6 * (total - total0) / (count - count0)
+    return means
+
+
 def fsync_us(directory: Path, samples: int = FSYNC_SAMPLES) -> dict[str, float]:
     """What durability costs in ``directory`` (the audit store's), µs at p50.
 
@@ -500,8 +512,11 @@ class Bench:
             bodies = timestamps(server, "ed", n + warm, snapshot_version)
             for name, target in (("sign", server), ("echo", echo)):
                 phase = Phase(f"w1-{name}", bodies, [SIGN], concurrency=1, warmup=warm)
+                before = server.stage_seconds()
                 result = self.loadgen(target, [phase])
                 self._check("w1", result)
+                if name == "sign":
+                    result["stages_mean_us"] = stage_means(before, server.stage_seconds())
                 runs[name].append(result)
             fsyncs.append(fsync_us(server.audit_dir))  # next to the Signs it stands for
         raw = self.raw(server, 1, payload="timestamp", count=2000, per_sign=True)
@@ -532,13 +547,31 @@ class Bench:
             "runs": runs,
             "raw": raw,
         }
+        # Where a lone Sign's time goes, from the server's own stage histograms
+        # (the run with the best p50): what each stage costs over its floor.
+        best = min(runs["sign"], key=lambda r: r["phases"][0]["latency_us"]["p50"])
+        stages = best.get("stages_mean_us", {})
+        self.figures["w1"]["sign_stages_mean_us"] = stages
+        self.figures["w1"]["sign_mean_us"] = best["phases"][0]["latency_us"]["mean"]
+        echo_mean = min(r["phases"][0]["latency_us"]["mean"] for r in runs["echo"])
+        where = ""
+        if stages:
+            mean = best["phases"][0]["latency_us"]["mean"]
+            rest = mean - sum(stages.values())
+            where = (
+                f"; a Sign's mean {mean:.0f} µs = policy {stages.get('policy', 0):.0f} + "
+                f"HSM call {stages.get('hsm', 0):.0f} (raw {hsm_us:.0f}) + audit commit "
+                f"{stages.get('audit_commit', 0):.0f} (page fdatasync "
+                f"{fsync['page_fdatasync_p50_us']:.0f}) + the rest {rest:.0f} (gRPC, admission, "
+                f"verify, reply; echo mean {echo_mean:.0f})"
+            )
         self.record(
             "w1_p50_over_floor",
             sign_p50 / floor,
             f"Sign p50 {sign_p50:.0f} µs, p99 {sign_p99:.0f} µs; floor {floor:.0f} µs = "
             f"echo p50 {echo_p50:.0f} + raw HSM {hsm_us:.0f} + audit directory fsync "
             f"{fsync['dir_fsync_p50_us']:.0f} (a 4 KiB page rewritten and fdatasynced there: "
-            f"{fsync['page_fdatasync_p50_us']:.0f})",
+            f"{fsync['page_fdatasync_p50_us']:.0f}){where}",
         )
 
     # --- W2 ------------------------------------------------------------------------

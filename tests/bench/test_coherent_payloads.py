@@ -18,7 +18,7 @@ import pytest
 from bench._gen import GET_PUBLIC_KEYS, SIGN, SIGN_BATCH, steady_rate
 from bench._procs import TufSigner
 from bench._setup import Tools
-from bench.run import QUICK, SOAK_LAG_S, Bench
+from bench.run import QUICK, SOAK_KEY, SOAK_LAG_S, Bench
 from securesystemslib.formats import encode_canonical
 
 from bench import _payloads
@@ -56,7 +56,7 @@ class _Versions:
     """What ``soak_records`` asks of a server: its version counter and keyids."""
 
     def __init__(self) -> None:
-        self.keyids = {"ed": "ab" * 32}
+        self.keyids = {SOAK_KEY: "ab" * 32}
         self.next = 1
 
     def take_versions(self, count: int) -> int:
@@ -132,7 +132,7 @@ def test_steady_rate_leaves_out_start_and_tail() -> None:
 def test_a_soak_stream_is_signed_without_one_refusal(tmp_path: Path) -> None:
     """The real server: every Sign, GetPublicKeys and SignBatch item of a W6 stream is OK."""
     server = TufSigner(tmp_path / "signer", workers=1)
-    server.start()
+    server.start({SOAK_KEY: pb.ECDSA_P256})
     try:
         with server.channel() as channel:
             calls = [channel.unary_unary(m) for m in METHODS]

@@ -75,7 +75,10 @@ W4_BATCH_ITEMS = 32
 W4_IN_FLIGHT_PER_WORKER = 4
 W4_ROUNDS = 2  # interleaved rounds of W4 on each side, in both modes; the best of each
 GUESS_RATE = 20_000  # requests/s: bodies prepared per second of a closed-loop phase
-SOAK_LAG_S = 1.0  # W6: a snapshot lists, a timestamp names, only what was sent this long before
+SOAK_LAG_S = 5.0  # W6: a snapshot lists, a timestamp names, only what was sent this long before
+# (longer than any Sign takes in the soak: at 300/s the server runs near its
+# limit here, and a full run's p99 reached 1.3 s, max 2.4 s; with 2,048 bins
+# re-signed every ~6 s, a 1 s lag listed versions still in flight)
 # W6 signs with ECDSA P-256, as PEP 458's bins do in W4. SoftHSM 2.6.1 (Debian's)
 # leaks ~64 bytes on every Ed25519 C_SignInit (upstream's fix, SoftHSMv2 #863,
 # is in no release yet): a soak with Ed25519 would measure the dev HSM's leak.

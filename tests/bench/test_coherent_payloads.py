@@ -94,7 +94,7 @@ def test_soak_lists_and_names_only_what_was_sent_a_lag_before(tmp_path: Path) ->
     listed: dict[str, int] = {}
     named = 0
     snapshots = timestamps = 0
-    for i, method, body in _soak(tmp_path, _Versions(), rate, 30.0, bins):
+    for i, method, body in _soak(tmp_path, _Versions(), rate, 40.0, bins):
         for request in _signs(method, body):
             obj = json.loads(request.payload)
             if request.role == "snapshot":
